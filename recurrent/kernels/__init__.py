@@ -1,0 +1,18 @@
+"""Sequence kernels: one TorchScript forward loop and one hand-written backward per cell kind.
+
+Adding a cell kind means a step function in :mod:`recurrent.cells`, a module here with its
+``*_forward``/``*_backward`` pair, and a :class:`Kernel` entry below.
+"""
+from functools import partial
+
+from .autograd import Kernel, run
+from .gru import gru_backward, gru_forward
+from .rnn import rnn_backward, rnn_forward
+
+KERNELS = {
+    "RNN_TANH": Kernel(partial(rnn_forward, relu=False), partial(rnn_backward, relu=False)),
+    "RNN_RELU": Kernel(partial(rnn_forward, relu=True), partial(rnn_backward, relu=True)),
+    "GRU": Kernel(gru_forward, gru_backward),
+}
+
+__all__ = ["KERNELS", "Kernel", "gru_backward", "gru_forward", "rnn_backward", "rnn_forward", "run"]

@@ -1,0 +1,255 @@
+"""Stacked, optionally bidirectional recurrent layers with torch.nn's API, parameters and semantics.
+
+Per layer: one batched product computes the input projection of every step and both directions;
+the kernel runs the time loop of both directions together (the reverse one on time-reversed
+input); the outputs of both directions, concatenated, feed the next layer. In eager mode the loop's
+backward is the kernel's hand-written one; in a scripted module the loop is differentiated by
+TorchScript's autograd.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from . import checks, kernels
+from .kernels import gru_forward, rnn_forward
+
+_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3}
+
+
+def _per_direction(tensors: List[Tensor]) -> Tensor:
+    """Stacks one tensor per direction on a new dim 0 (a view for a single direction)."""
+    if len(tensors) == 1:
+        return tensors[0].unsqueeze(0)
+    return torch.stack(tensors)
+
+
+class RNNBase(nn.Module):
+    """What RNN and GRU share: parameters, checks, stacking, directions, dropout."""
+
+    __constants__ = [
+        "mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional",
+    ]
+    __jit_unused_properties__ = ["all_weights"]
+
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        checks.check_sizes(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
+        for name, flag in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
+            checks.check_bool(name, flag)
+        checks.check_dropout(dropout)
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout acts between recurrent layers, so non-zero dropout expects num_layers greater "
+                f"than 1, but got dropout={dropout} and num_layers={num_layers}",
+                stacklevel=3,
+            )
+        self.mode = mode
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = 0
+
+        directions = 2 if bidirectional else 1
+        gate_size = _GATES[mode] * hidden_size
+        factory = {"device": device, "dtype": dtype}
+        self._flat_weights_names: List[str] = []
+        self._all_weights: List[List[str]] = []
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else hidden_size * directions
+            for direction in range(directions):
+                suffix = "_reverse" if direction == 1 else ""
+                shapes = [("weight_ih", (gate_size, layer_input)), ("weight_hh", (gate_size, hidden_size))]
+                if bias:
+                    shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
+                names = []
+                for kind, shape in shapes:
+                    name = f"{kind}_l{layer}{suffix}"
+                    setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
+                    names.append(name)
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+        self._init_flat_weights()
+        self.reset_parameters()
+
+    # -- parameters ---------------------------------------------------------------------------
+    def _init_flat_weights(self) -> None:
+        # The list a scripted module reads its weights from (TorchScript cannot getattr by name).
+        self._flat_weights: List[Tensor] = [getattr(self, name) for name in self._flat_weights_names]
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in self.__dict__.get("_flat_weights_names", ()) and "_flat_weights" in self.__dict__:
+            self._flat_weights[self._flat_weights_names.index(name)] = value
+        super().__setattr__(name, value)
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        self._init_flat_weights()
+        return result
+
+    def flatten_parameters(self) -> None:
+        """Kept for drop-in compatibility with torch.nn: our weights need no flat cuDNN buffer."""
+
+    def reset_parameters(self) -> None:
+        """Uniform in ±1/sqrt(hidden_size), in registration order, as torch.nn does."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    @property
+    def all_weights(self) -> List[List[nn.Parameter]]:
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if self.num_layers != 1:
+            s += ", num_layers={num_layers}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += ", nonlinearity={nonlinearity}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        if self.batch_first is not False:
+            s += ", batch_first={batch_first}"
+        if self.dropout != 0:
+            s += ", dropout={dropout}"
+        if self.bidirectional is not False:
+            s += ", bidirectional={bidirectional}"
+        return s.format(**self.__dict__)
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        weights = self._flat_weights if torch.jit.is_scripting() else self._named_weights()
+        checks.check_layer_input(input, self.input_size, weights[0])
+        batched = input.dim() == 3
+        if not batched:
+            x = input.unsqueeze(1)
+        elif self.batch_first:
+            x = input.transpose(0, 1)
+        else:
+            x = input
+        states = (2 if self.bidirectional else 1) * self.num_layers
+        if hx is None:
+            h0 = torch.zeros(states, x.size(1), self.hidden_size, dtype=x.dtype, device=x.device)
+        else:
+            checks.check_hidden("hx", hx, [states, x.size(1), self.hidden_size], weights[0], batched)
+            h0 = hx if batched else hx.unsqueeze(1)
+        output, h_n = self._stack(x, h0, weights)
+        if not batched:
+            return output.squeeze(1), h_n.squeeze(1)
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        return output, h_n
+
+    def _stack(self, x: Tensor, h0: Tensor, weights: List[Tensor]) -> Tuple[Tensor, Tensor]:
+        """Runs every layer on x (L, N, I) from h0 (layers·D, N, H); returns (output, h_n)."""
+        directions = 2 if self.bidirectional else 1
+        per_direction = 4 if self.bias else 2
+        steps, batch = x.size(0), x.size(1)
+        finals: List[Tensor] = []
+        for layer in range(self.num_layers):
+            first = layer * directions * per_direction
+            mine = [weights[first + d * per_direction : first + (d + 1) * per_direction] for d in range(directions)]
+            w_ih = _per_direction([w[0] for w in mine])
+            w_hh = _per_direction([w[1] for w in mine])
+            inputs = _per_direction([x, x.flip(0)] if directions == 2 else [x]).flatten(1, 2)
+            if self.bias:
+                gi = torch.baddbmm(_per_direction([w[2] for w in mine]).unsqueeze(1), inputs, w_ih.transpose(1, 2))
+                b_hh: Optional[Tensor] = _per_direction([w[3] for w in mine]).unsqueeze(1)
+            else:
+                gi = torch.bmm(inputs, w_ih.transpose(1, 2))
+                b_hh = None
+            gi = gi.view(directions, steps, batch, -1)
+            hs = self._recurrence(gi, h0[layer * directions : (layer + 1) * directions], w_hh, b_hh)
+            finals.append(hs[:, -1])
+            x = hs[0] if directions == 1 else torch.cat([hs[0], hs[1].flip(0)], -1)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, True)
+        return x, torch.cat(finals, 0)
+
+    def _recurrence(self, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor]) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._scripted_recurrence(gi, h0, w_hh, b_hh)
+        return self._eager_recurrence(gi, h0, w_hh, b_hh)
+
+    @torch.jit.unused
+    def _eager_recurrence(self, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor]) -> Tensor:
+        return kernels.run(kernels.KERNELS[self.mode], gi, h0, w_hh, b_hh)
+
+    def _scripted_recurrence(self, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor]) -> Tensor:
+        raise NotImplementedError("each layer kind runs its own kernel")
+
+    @torch.jit.unused
+    def _named_weights(self) -> List[Tensor]:
+        # Looked up by name on every call, so torch.func.functional_call and reassigned weights work.
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+
+class RNN(RNNBase):
+    """Elman RNN with ``torch.nn.RNN``'s API: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
+        checks.check_nonlinearity(nonlinearity)
+        self.nonlinearity = nonlinearity
+        mode = "RNN_RELU" if nonlinearity == "relu" else "RNN_TANH"
+        super().__init__(
+            mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype
+        )
+
+    def _scripted_recurrence(self, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor]) -> Tensor:
+        return rnn_forward(gi, h0, w_hh.transpose(1, 2), b_hh, False, self.mode == "RNN_RELU")[0]
+
+
+class GRU(RNNBase):
+    """Multi-layer GRU with ``torch.nn.GRU``'s API; the gate math is :func:`recurrent.cells.gru_step`."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(
+            "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype
+        )
+
+    def _scripted_recurrence(self, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor]) -> Tensor:
+        return gru_forward(gi, h0, w_hh.transpose(1, 2), b_hh, False)[0]

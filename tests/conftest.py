@@ -1,0 +1,21 @@
+"""Shared test settings: hypothesis profiles and the devices every parity test runs on."""
+import os
+
+import torch
+from hypothesis import HealthCheck, settings
+
+# "ci" keeps the whole suite within a few minutes on 2 cores; "thorough" is for a long local run.
+settings.register_profile(
+    "ci", max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def pytest_generate_tests(metafunc) -> None:
+    # A parameter rather than a fixture: hypothesis rejects function-scoped fixtures in @given tests.
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", DEVICES)

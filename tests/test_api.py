@@ -1,0 +1,87 @@
+"""torch.nn's API: constructors, attributes, parameters, initialisation, state_dict, repr."""
+import inspect
+
+import pytest
+import torch
+from torch import nn
+
+import recurrent
+from helpers import pair
+
+KINDS = ["RNN", "GRU", "RNNCell", "GRUCell"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_constructor_signature_matches_torch(kind):
+    ours = inspect.signature(getattr(recurrent, kind))
+    theirs_cls = getattr(nn, kind)
+    if kind in ("RNN", "GRU"):
+        # torch.nn declares these through @overload; read the documented typed overload.
+        expected = ["input_size", "hidden_size", "num_layers"] + (["nonlinearity"] if kind == "RNN" else []) + [
+            "bias", "batch_first", "dropout", "bidirectional", "device", "dtype"]
+        defaults = {"num_layers": 1, "nonlinearity": "tanh", "bias": True, "batch_first": False, "dropout": 0.0,
+                    "bidirectional": False, "device": None, "dtype": None}
+    else:
+        theirs = inspect.signature(theirs_cls)
+        expected = list(theirs.parameters)
+        defaults = {n: p.default for n, p in theirs.parameters.items() if p.default is not inspect.Parameter.empty}
+    assert list(ours.parameters) == expected
+    for name, default in defaults.items():
+        if name in ours.parameters:
+            assert ours.parameters[name].default == default, name
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("kind", ["RNN", "GRU"])
+def test_same_parameters_init_and_state_dict(kind, bias, bidirectional):
+    args = (5, 7, 3)
+    kwargs = dict(bias=bias, bidirectional=bidirectional, batch_first=True, dropout=0.1)
+    torch.manual_seed(123)
+    reference = getattr(nn, kind)(*args, **kwargs)
+    torch.manual_seed(123)
+    ours = getattr(recurrent, kind)(*args, **kwargs)
+    theirs_sd, ours_sd = reference.state_dict(), ours.state_dict()
+    assert list(ours_sd) == list(theirs_sd)
+    for key in theirs_sd:
+        assert ours_sd[key].shape == theirs_sd[key].shape, key
+        # Same seed, same registration order, same uniform(±1/sqrt(H)): the very same numbers.
+        assert torch.equal(ours_sd[key], theirs_sd[key]), key
+    for attr in ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional", "proj_size", "mode"):
+        assert getattr(ours, attr) == getattr(reference, attr), attr
+    assert [[p.shape for p in ws] for ws in ours.all_weights] == [[p.shape for p in ws] for ws in reference.all_weights]
+    assert repr(ours) == repr(reference)
+    # And the reverse direction of the swap: ours into torch.nn, strictly.
+    reference.load_state_dict(ours.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("kind", ["RNNCell", "GRUCell"])
+def test_cell_parameters_and_init(kind):
+    torch.manual_seed(7)
+    reference = getattr(nn, kind)(4, 6)
+    torch.manual_seed(7)
+    ours = getattr(recurrent, kind)(4, 6)
+    for (n1, p1), (n2, p2) in zip(reference.named_parameters(), ours.named_parameters()):
+        assert n1 == n2 and torch.equal(p1, p2)
+    assert repr(ours) == repr(reference)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    reference.load_state_dict(ours.state_dict(), strict=True)
+
+
+def test_functional_call_uses_given_weights():
+    torch.manual_seed(0)
+    reference, ours = pair("GRU", 3, 4)
+    x = torch.randn(2, 1, 3)
+    zeros = {name: torch.zeros_like(p) for name, p in ours.named_parameters()}
+    out, _ = torch.func.functional_call(ours, zeros, (x,))
+    assert torch.equal(out, torch.zeros_like(out))  # h stays 0 when every weight and bias is 0
+
+
+def test_module_moves_with_to():
+    torch.manual_seed(0)
+    reference, ours = pair("RNN", 3, 4, 2, bidirectional=True)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    ours.to(torch.float64)
+    reference.to(torch.float64)
+    torch.testing.assert_close(ours(x)[0], reference(x)[0])
+    assert ours.flatten_parameters() is None

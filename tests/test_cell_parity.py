@@ -1,0 +1,45 @@
+"""Property tests: RNNCell and GRUCell equal torch.nn's cells, values and gradients."""
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+import recurrent
+from helpers import assert_close, grads, scripted
+
+cell_options = st.fixed_dictionaries(
+    {
+        "kind": st.sampled_from(["RNNCell_tanh", "RNNCell_relu", "GRUCell"]),
+        "input_size": st.integers(1, 9),
+        "hidden_size": st.integers(1, 9),
+        "bias": st.booleans(),
+        "batch": st.integers(1, 5),
+        "batched": st.booleans(),
+        "with_h": st.booleans(),
+        "script": st.booleans(),
+        "dtype": st.sampled_from([torch.float32, torch.float64]),
+        "seed": st.integers(0, 2**16),
+    }
+)
+
+
+@given(cell_options)
+def test_cells_equal_torch(device, o):
+    kind, _, nonlinearity = o["kind"].partition("_")
+    extra = {"nonlinearity": nonlinearity} if nonlinearity else {}
+    dtype = o["dtype"]
+    torch.manual_seed(o["seed"])
+    args = (o["input_size"], o["hidden_size"], o["bias"])
+    reference = getattr(nn, kind)(*args, device=device, dtype=dtype, **extra)
+    ours = getattr(recurrent, kind)(*args, device=device, dtype=dtype, **extra)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    run = scripted(ours) if o["script"] else ours
+    lead = (o["batch"],) if o["batched"] else ()
+    x = torch.randn(*lead, o["input_size"], device=device, dtype=dtype, requires_grad=True)
+    h = torch.randn(*lead, o["hidden_size"], device=device, dtype=dtype, requires_grad=True) if o["with_h"] else None
+    expected, actual = reference(x, h), run(x, h)
+    assert actual.shape == expected.shape
+    assert_close(actual, expected, dtype, "cell output")
+    inputs = [x] + ([h] if h is not None else [])
+    for a, e in zip(grads([actual], inputs + list(ours.parameters())), grads([expected], inputs + list(reference.parameters()))):
+        assert_close(a, e, dtype, "cell gradient")

@@ -1,0 +1,127 @@
+"""Bad input: a clear exception naming what was expected and what was given, never a silent broadcast."""
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import recurrent
+from helpers import scripted
+
+
+@pytest.mark.parametrize(
+    "kind,kwargs,error,pattern",
+    [
+        ("GRU", dict(hidden_size=0), ValueError, "hidden_size must be greater than zero, got 0"),
+        ("GRU", dict(hidden_size=-3), ValueError, "hidden_size must be greater than zero, got -3"),
+        ("RNN", dict(num_layers=0), ValueError, "num_layers must be greater than zero, got 0"),
+        ("RNN", dict(input_size=0), ValueError, "input_size must be greater than zero"),
+        ("GRU", dict(hidden_size=2.5), TypeError, "hidden_size should be of type int, got: float"),
+        ("GRU", dict(dropout=1.5), ValueError, r"dropout should be a number in range \[0, 1\].*got 1.5"),
+        ("GRU", dict(dropout=-0.1), ValueError, r"range \[0, 1\]"),
+        ("GRU", dict(dropout=True), ValueError, r"range \[0, 1\]"),
+        ("RNN", dict(nonlinearity="sigmoid"), ValueError, "Unknown nonlinearity 'sigmoid'. Select from 'tanh' or 'relu'"),
+        ("RNN", dict(bias=1), TypeError, "bias should be of type bool, got: int"),
+        ("GRU", dict(batch_first="yes"), TypeError, "batch_first should be of type bool, got: str"),
+        ("RNNCell", dict(nonlinearity="gelu"), ValueError, "Unknown nonlinearity 'gelu'"),
+        ("GRUCell", dict(hidden_size=0), ValueError, "hidden_size must be greater than zero"),
+    ],
+)
+def test_constructor_rejects(kind, kwargs, error, pattern):
+    args = dict(input_size=3, hidden_size=4)
+    args.update(kwargs)
+    with pytest.raises(error, match=pattern):
+        getattr(recurrent, kind)(**args)
+
+
+def test_torch_nn_rejects_what_we_reject_for_layers():
+    """Where torch.nn raises at construction, we raise the same exception type."""
+    for kwargs, error in [(dict(hidden_size=0), ValueError), (dict(num_layers=0), ValueError), (dict(dropout=2.0), ValueError)]:
+        args = dict(input_size=3, hidden_size=4)
+        args.update(kwargs)
+        with pytest.raises(error):
+            nn.GRU(**args)
+        with pytest.raises(error):
+            recurrent.GRU(**args)
+
+
+LAYER = dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)  # h0 is (4, N, 4)
+
+BAD_LAYER_CALLS = [
+    ("wrong feature size", lambda: (torch.randn(5, 2, 7), None), RuntimeError, "input_size. Expected 3, got 7"),
+    ("1-d input", lambda: (torch.randn(5), None), ValueError, "2D .*or 3D.*got 1D"),
+    ("4-d input", lambda: (torch.randn(5, 2, 3, 1), None), ValueError, "got 4D"),
+    ("empty input", lambda: (torch.randn(0, 2, 3), None), ValueError, "non-empty input, got shape \\[0, 2, 3\\]"),
+    ("h0 wrong batch", lambda: (torch.randn(5, 2, 3), torch.randn(4, 3, 4)), RuntimeError, re.escape("Expected hx of size [4, 2, 4], got [4, 3, 4]")),
+    ("h0 wrong layer count", lambda: (torch.randn(5, 2, 3), torch.randn(2, 2, 4)), RuntimeError, re.escape("Expected hx of size [4, 2, 4], got [2, 2, 4]")),
+    ("h0 wrong hidden size", lambda: (torch.randn(5, 2, 3), torch.randn(4, 2, 5)), RuntimeError, re.escape("got [4, 2, 5]")),
+    ("h0 broadcastable", lambda: (torch.randn(5, 2, 3), torch.randn(4, 1, 4)), RuntimeError, re.escape("Expected hx of size [4, 2, 4], got [4, 1, 4]")),
+    ("batched h0, unbatched input", lambda: (torch.randn(5, 3), torch.randn(4, 1, 4)), RuntimeError, "unbatched 2-D input, hx should also be 2-D but got 3-D"),
+    ("unbatched h0, batched input", lambda: (torch.randn(5, 2, 3), torch.randn(4, 4)), RuntimeError, "batched 3-D input, hx should also be 3-D but got 2-D"),
+    ("input dtype", lambda: (torch.randn(5, 2, 3, dtype=torch.float64), None), ValueError, r"input dtype \(torch.float64\) does not match weight dtype \(torch.float32\)"),
+    ("h0 dtype", lambda: (torch.randn(5, 2, 3), torch.randn(4, 2, 4, dtype=torch.float64)), ValueError, r"hx dtype \(torch.float64\)"),
+    ("input integer", lambda: (torch.ones(5, 2, 3, dtype=torch.long), None), ValueError, "torch.int64"),
+]
+
+
+@pytest.mark.parametrize("what,make,error,pattern", BAD_LAYER_CALLS, ids=[c[0] for c in BAD_LAYER_CALLS])
+@pytest.mark.parametrize("kind", ["RNN", "GRU"])
+def test_layer_rejects(kind, what, make, error, pattern):
+    layer = getattr(recurrent, kind)(**LAYER)
+    x, h0 = make()
+    with pytest.raises(error, match=pattern):
+        layer(x, h0)
+
+
+@pytest.mark.parametrize("what,make,error,pattern", BAD_LAYER_CALLS[:10], ids=[c[0] for c in BAD_LAYER_CALLS[:10]])
+def test_scripted_layer_rejects(what, make, error, pattern):
+    """A scripted module raises too, with the same message (TorchScript wraps it in a RuntimeError)."""
+    layer = scripted(recurrent.GRU(**LAYER))
+    x, h0 = make()
+    with pytest.raises(Exception, match=pattern):
+        layer(x, h0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device")
+def test_layer_rejects_input_on_other_device():
+    layer = recurrent.GRU(**LAYER)
+    with pytest.raises(RuntimeError, match="is on cuda.*parameters are on cpu"):
+        layer(torch.randn(5, 2, 3, device="cuda"))
+
+
+def test_layer_rejects_input_on_other_device_meta():
+    """The device check, exercised without a GPU: parameters on 'meta', input on the CPU."""
+    layer = recurrent.GRU(**LAYER, device="meta")
+    with pytest.raises(RuntimeError, match="input is on cpu but the parameters are on meta"):
+        layer(torch.randn(5, 2, 3))
+
+
+BAD_CELL_CALLS = [
+    ("wrong feature size", lambda: (torch.randn(2, 5), None), RuntimeError, "Expected 3, got 5"),
+    ("3-d input", lambda: (torch.randn(2, 2, 3), None), ValueError, "1D or 2D, got 3D"),
+    ("h wrong batch", lambda: (torch.randn(2, 3), torch.randn(3, 4)), RuntimeError, re.escape("Expected hidden size [2, 4], got [3, 4]")),
+    ("h broadcastable", lambda: (torch.randn(2, 3), torch.randn(1, 4)), RuntimeError, re.escape("got [1, 4]")),
+    ("h wrong size", lambda: (torch.randn(3), torch.randn(5)), RuntimeError, re.escape("Expected hidden size [4], got [5]")),
+    ("batched h, unbatched input", lambda: (torch.randn(3), torch.randn(1, 4)), RuntimeError, "hidden to be 1D like the input, got 2D"),
+    ("input dtype", lambda: (torch.randn(2, 3, dtype=torch.float64), None), ValueError, "input dtype"),
+]
+
+
+@pytest.mark.parametrize("what,make,error,pattern", BAD_CELL_CALLS, ids=[c[0] for c in BAD_CELL_CALLS])
+@pytest.mark.parametrize("kind", ["RNNCell", "GRUCell"])
+def test_cell_rejects(kind, what, make, error, pattern):
+    cell = getattr(recurrent, kind)(3, 4)
+    x, h = make()
+    with pytest.raises(error, match=pattern):
+        cell(x, h)
+
+
+@pytest.mark.parametrize("what,make,error,pattern", BAD_LAYER_CALLS[:10], ids=[c[0] for c in BAD_LAYER_CALLS[:10]])
+def test_torch_nn_also_rejects(what, make, error, pattern):
+    """Every bad call we reject is rejected by torch.nn as well (ours just says more)."""
+    if what == "empty input":
+        pytest.skip("torch.nn's message differs by version; our own check is above")
+    layer = nn.GRU(**LAYER)
+    x, h0 = make()
+    with pytest.raises(Exception):
+        layer(x, h0)
