@@ -1,0 +1,166 @@
+"""Render benchmark JSON files (from benchmarks/speed.py) into benchmarks/RESULTS.md.
+
+    python benchmarks/report.py [JSON ...] [--output PATH] [--notes PATH]
+
+Without JSON arguments it takes every benchmarks/results/speed-*.json except --quick runs.
+The hand-written analysis lives in benchmarks/NOTES.md and is included verbatim at the end, so
+regenerating the file never overwrites it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+HERE = Path(__file__).resolve().parent
+REFERENCE = "torch.nn"
+FMNIST = ["fmnist-gru2", "fmnist-birnn"]
+L256 = ["gru-L256-H512", "rnn-L256-H512"]
+
+# (device, target, shapes (None: every non-tiny shape), modes, contender, versus, metric, limit):
+# met when metric(contender) / metric(versus) <= limit for every listed (shape, mode) measured.
+TARGETS: list[tuple[str, str, Optional[list[str]], list[str], str, str, str, float]] = [
+    ("cpu", "GRU 2-layer, Fashion-MNIST, fwd+bwd ≤ 0.8× torch.nn",
+     ["fmnist-gru2"], ["fwd+bwd"], "recurrent", REFERENCE, "median_ms", 0.8),
+    ("cpu", "bidirectional RNN, Fashion-MNIST, fwd+bwd ≤ 0.8× torch.nn",
+     ["fmnist-birnn"], ["fwd+bwd"], "recurrent", REFERENCE, "median_ms", 0.8),
+    ("cpu", "GRU 2-layer, Fashion-MNIST, inference ≤ 1.0× torch.nn",
+     ["fmnist-gru2"], ["inference"], "recurrent", REFERENCE, "median_ms", 1.0),
+    ("cpu", "bidirectional RNN, Fashion-MNIST, inference ≤ 1.0× torch.nn",
+     ["fmnist-birnn"], ["inference"], "recurrent", REFERENCE, "median_ms", 1.0),
+    ("cpu", "GRU N=64 L=100 H=256, fwd+bwd ≤ 1.0× torch.nn",
+     ["gru-L100-H256"], ["fwd+bwd"], "recurrent", REFERENCE, "median_ms", 1.0),
+    ("cpu", "recurrent ≥ 2× faster than eager cells (time ratio ≤ 0.5), every shape and mode",
+     None, ["inference", "fwd+bwd"], "recurrent", "eager cells", "median_ms", 0.5),
+    ("cpu", "peak memory fwd+bwd ≤ 1.2× torch.nn, every shape",
+     None, ["fwd+bwd"], "recurrent", REFERENCE, "peak_mb", 1.2),
+    ("cuda", "Fashion-MNIST shapes, fwd+bwd ≤ 1.0× cuDNN",
+     FMNIST, ["fwd+bwd"], "recurrent", REFERENCE, "median_ms", 1.0),
+    ("cuda", "N=64 L=256 H=512 (GRU and RNN), fwd+bwd ≤ 1.3× cuDNN",
+     L256, ["fwd+bwd"], "recurrent", REFERENCE, "median_ms", 1.3),
+]
+
+
+def num(v: Optional[float], fmt: str = ".3f") -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def index(doc: dict) -> dict[tuple[str, str, str], dict]:
+    return {(r["shape"], r["mode"], r["contender"]): r for r in doc["results"]}
+
+
+def target_lines(doc: dict) -> list[str]:
+    rows = index(doc)
+    # Tiny shapes only exercise the code paths; the targets are about the real ones.
+    measured = [s["name"] for s in doc["shapes"] if s["group"] != "tiny"]
+    lines = []
+    for device, text, shapes, modes, who, versus, metric, limit in TARGETS:
+        if device != doc["meta"]["device"]:
+            continue
+        ratios = []  # (ratio, shape, mode)
+        for shape in shapes or measured:
+            for mode in modes:
+                a, b = rows.get((shape, mode, who), {}), rows.get((shape, mode, versus), {})
+                if a.get(metric) and b.get(metric):
+                    ratios.append((a[metric] / b[metric], shape, mode))
+        missing = shapes is not None and {s for _, s, _ in ratios} != set(shapes)
+        if not ratios:
+            lines.append(f"- [ ] {text}: not measured")
+            continue
+        worst, shape, mode = max(ratios)
+        mark = "x" if worst <= limit and not missing else " "
+        note = " (some shapes not measured)" if missing else ""
+        lines.append(f"- [{mark}] {text}: worst {worst:.2f}× ({shape}, {mode}){note}")
+    return lines
+
+
+def results_table(doc: dict) -> list[str]:
+    lines = [
+        "| shape | mode | contender | median ms | IQR ms | min ms | × torch.nn | peak MB | × torch.nn |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["results"]:
+        cells = [r["shape"], r["mode"], r["contender"]]
+        if r["status"] != "ok":
+            cells += [r["status"]] + [""] * 5
+        else:
+            cells += [num(r["median_ms"]), num(r["iqr_ms"]), num(r["min_ms"])]
+            cells += [num(r["ratio"], ".2f"), num(r["peak_mb"], ".2f"), num(r["mem_ratio"], ".2f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def section(path: Path, doc: dict, out_dir: Path) -> list[str]:
+    m = doc["meta"]
+    chart = Path(os.path.relpath(path.parent / m["chart"], out_dir)).as_posix()
+    cuda = f", CUDA {m['cuda']}, cuDNN TF32 {'on' if m['cudnn_tf32'] else 'off'}" if m["cuda"] else ""
+    bad = [
+        f"{shape}/{name} ({c['max_abs_diff']:.1e})"
+        for shape, by_name in doc["checks"].items()
+        for name, c in by_name.items()
+        if not c["ok"]
+    ]
+    return [
+        f"## {m['device'].upper()}: {m['machine']}" + (" (quick run)" if m["quick"] else ""),
+        "",
+        f"- torch {m['torch']}{cuda}",
+        f"- threads: {m['threads']}; date: {m['date']}; commit: {m['git_commit'] or 'unknown'}",
+        f"- command: `{m['command']}` (source: `{path.name}`)",
+        f"- timing: {m['reps']} repetitions; {m['timing_method']}",
+        f"- memory: {m['memory_method']}",
+        f"- outputs checked against torch.nn before timing (max |diff| ≤ {m['tolerance']:g}): "
+        + (f"MISMATCH {', '.join(bad)}" if bad else "all match"),
+        "",
+        "### Targets",
+        "",
+        *target_lines(doc),
+        "",
+        "### Timings",
+        "",
+        *results_table(doc),
+        "",
+        f"![speed ratios to torch.nn]({chart})",
+        "",
+    ]
+
+
+def render(paths: list[Path], out: Path, notes: Path) -> str:
+    parts = [
+        "# Speed results",
+        "",
+        "Generated by `benchmarks/report.py` from `benchmarks/speed.py` output; do not edit by hand "
+        "(the analysis below comes from `benchmarks/NOTES.md`). Ratios are to torch.nn "
+        "(cuDNN on GPU); below 1 is faster / smaller.",
+        "",
+    ]
+    for path in paths:
+        parts += section(path, json.loads(path.read_text()), out.parent)
+    if notes.exists():
+        parts.append(notes.read_text().strip())
+    else:
+        parts += ["## What limits it", "", f"_To be written in `{notes.name}`._"]
+    return "\n".join(parts) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("json", nargs="*", type=Path, help="default: benchmarks/results/speed-*.json")
+    p.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
+    p.add_argument("--notes", type=Path, default=HERE / "NOTES.md")
+    args = p.parse_args()
+    paths = args.json or [
+        q for q in sorted((HERE / "results").glob("speed-*.json")) if not q.stem.endswith("-quick")
+    ]
+    if not paths:
+        print("no benchmark JSON found; run benchmarks/speed.py first", file=sys.stderr)
+        return 1
+    args.output.write_text(render(paths, args.output, args.notes))
+    print(f"wrote {args.output} from {', '.join(map(str, paths))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,545 @@
+"""Speed and memory of `recurrent` against torch.nn, side by side in one process.
+
+    python benchmarks/speed.py --device cpu|cuda [--quick] [--out DIR] [--threads T] [--reps N]
+
+Contenders, all built from the same weights (torch.nn's state_dict loaded into ours):
+  torch.nn     the reference (cuDNN on GPU, ATen's native loop on CPU)
+  recurrent    our layer, eager fast path
+  eager cells  our cells driven by a plain Python loop over layers, directions and time steps
+  scripted     torch.jit.script(our layer): a TorchScript loop that autograd differentiates
+  recurrent+graph  (CUDA, fp32) our layer captured in CUDA graphs (make_graphed_callables for fwd+bwd)
+Modes: inference (forward under no_grad) and fwd+bwd (backward into every parameter and the
+input); on CUDA also both under bf16 autocast.
+
+Writes DIR/speed-<device>[-quick].json and a .png chart next to it; benchmarks/report.py turns
+them into benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere, against this checkout
+
+import recurrent  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    kind: str  # 'gru' | 'rnn_tanh' | 'rnn_relu'; 'lstm' slots in here (its state is (h, c))
+    layers: int
+    bidirectional: bool
+    batch: int  # N
+    seq_len: int  # L
+    input_size: int  # I
+    hidden_size: int  # H
+    group: str  # 'fmnist' | 'large' | 'tiny', selectable with --shapes
+    # Variable-length (packed) cases will add a column here, e.g. the spread of sequence lengths.
+
+
+# fmt: off
+SHAPES = [Shape(*row) for row in [
+    # name             kind        layers bidir    N    L    I    H   group
+    ("fmnist-gru2",    "gru",      2,     False, 128,  28,  28, 128, "fmnist"),
+    ("fmnist-birnn",   "rnn_tanh", 1,     True,  128,  28,  28, 128, "fmnist"),
+    ("gru-L100-H256",  "gru",      1,     False,  64, 100, 256, 256, "large"),
+    ("rnn-L100-H256",  "rnn_tanh", 1,     False,  64, 100, 256, 256, "large"),
+    ("gru-L256-H512",  "gru",      1,     False,  64, 256, 512, 512, "large"),
+    ("rnn-L256-H512",  "rnn_tanh", 1,     False,  64, 256, 512, 512, "large"),
+    ("tiny-gru2-bi",   "gru",      2,     True,    4,   6,   5,   8, "tiny"),
+    ("tiny-rnn-relu",  "rnn_relu", 1,     False,   4,   6,   5,   8, "tiny"),
+]]
+# fmt: on
+
+# kind -> (layer class, cell class, extra constructor arguments); same names in torch.nn and ours.
+KINDS: dict[str, tuple[str, str, dict]] = {
+    "gru": ("GRU", "GRUCell", {}),
+    "rnn_tanh": ("RNN", "RNNCell", {"nonlinearity": "tanh"}),
+    "rnn_relu": ("RNN", "RNNCell", {"nonlinearity": "relu"}),
+}
+
+# mode -> (backward?, autocast dtype)
+MODES: dict[str, tuple[bool, Optional[torch.dtype]]] = {
+    "inference": (False, None),
+    "fwd+bwd": (True, None),
+    "inference bf16": (False, torch.bfloat16),
+    "fwd+bwd bf16": (True, torch.bfloat16),
+}
+CPU_MODES = ["inference", "fwd+bwd"]
+CUDA_MODES = list(MODES)
+
+REFERENCE = "torch.nn"
+CONTENDERS = [REFERENCE, "recurrent", "eager cells", "scripted", "recurrent+graph"]  # table order
+WARMUP = 3
+WARMUP_SCRIPTED = 10  # the profiling executor records shapes on the first calls, then optimises
+# cuDNN's kernels sum in another order than cuBLAS GEMMs + pointwise ops, which drifts over L steps.
+TOLERANCE = {"cpu": 1e-4, "cuda": 1e-3}
+
+TIMING_METHOD = (
+    "warm-up ({} calls, {} for scripted), then contenders interleaved round-robin with the order "
+    "rotated every repetition; median, IQR and min of the repetitions; {}"
+)
+MEMORY_METHOD = {
+    "cpu": "peak of the running sum of the CPU allocator's allocation/free events recorded by "
+    "torch.profiler (profile_memory=True) over one fwd+bwd step, gradients cleared beforehand, "
+    "so tensors alive before the step (weights, input) are not counted",
+    "cuda": "torch.cuda.max_memory_allocated() over one fwd+bwd step minus memory_allocated() "
+    "before it, gradients cleared beforehand; CUDA-graph contenders are not measured (their "
+    "memory sits in the graph's private pool)",
+}
+
+
+def flat(result) -> list[Tensor]:
+    """(output, h_n) -> [output, h_n]; also flattens LSTM's (output, (h_n, c_n))."""
+    if isinstance(result, Tensor):
+        return [result]
+    return [t for item in result for t in flat(item)]
+
+
+class CellLoop(nn.Module):
+    """A layer's function computed by single cells in a Python loop, with the layer's weights."""
+
+    def __init__(self, layer: nn.Module, cell_cls: type, kwargs: dict) -> None:
+        super().__init__()
+        self.num_layers = layer.num_layers
+        self.dirs = 2 if layer.bidirectional else 1
+        cells = []
+        for k in range(self.num_layers):
+            for d in range(self.dirs):
+                suffix = f"_l{k}" + ("_reverse" if d else "")
+                in_size = layer.input_size if k == 0 else layer.hidden_size * self.dirs
+                cell = cell_cls(in_size, layer.hidden_size, bias=layer.bias, **kwargs)
+                with torch.no_grad():
+                    for name, p in cell.named_parameters():
+                        p.copy_(getattr(layer, name + suffix))
+                cells.append(cell)
+        self.cells = nn.ModuleList(cells)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        last = []
+        for k in range(self.num_layers):
+            outs = []
+            for d in range(self.dirs):
+                cell = self.cells[k * self.dirs + d]
+                steps = range(x.size(0) - 1, -1, -1) if d else range(x.size(0))
+                h: Optional[Tensor] = None
+                ys: list[Tensor] = [x] * x.size(0)  # placeholders, every slot is overwritten
+                for t in steps:
+                    h = cell(x[t], h)
+                    ys[t] = h
+                outs.append(torch.stack(ys))
+                last.append(h)
+            x = torch.cat(outs, -1) if self.dirs > 1 else outs[0]
+        return x, torch.stack(last)
+
+
+def build(shape: Shape, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """The contenders' modules, and the reasons for any that could not be built."""
+    layer_name, cell_name, kwargs = KINDS[shape.kind]
+    args = (shape.input_size, shape.hidden_size)
+    kw = dict(kwargs, num_layers=shape.layers, bidirectional=shape.bidirectional)
+    ref = getattr(nn, layer_name)(*args, **kw).to(device)
+
+    def ours() -> nn.Module:
+        m = getattr(recurrent, layer_name)(*args, **kw).to(device)
+        m.load_state_dict(ref.state_dict())
+        return m
+
+    models: dict[str, nn.Module] = {REFERENCE: ref, "recurrent": ours()}
+    models["eager cells"] = CellLoop(ref, getattr(recurrent, cell_name), kwargs).to(device)
+    failed: dict[str, str] = {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script's deprecation notice
+            models["scripted"] = torch.jit.script(ours())
+    except Exception as e:  # noqa: BLE001 - reported in the results instead
+        failed["scripted"] = reason(e)
+    if device.type == "cuda":
+        models["recurrent+graph"] = ours()  # captured per mode in graph_step
+    return models, failed
+
+
+def reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"n/a: {type(e).__name__}: {text[0] if text else ''}"[:200]
+
+
+def check_outputs(models: dict[str, nn.Module], x: Tensor, tol: float) -> dict[str, dict]:
+    """Max |difference| of every output against torch.nn, in fp32 (cuDNN's TF32 switched off)."""
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            ref = flat(models[REFERENCE](x))
+            checks = {}
+            for name, model in models.items():
+                if name == REFERENCE:
+                    continue
+                diff = max((a - b).abs().max().item() for a, b in zip(ref, flat(model(x))))
+                checks[name] = {"max_abs_diff": diff, "ok": diff <= tol}
+            return checks
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def clear_grads(model: nn.Module, x: Tensor) -> None:
+    x.grad = None
+    for p in model.parameters():
+        p.grad = None
+
+
+def make_step(model: nn.Module, x: Tensor, mode: str) -> Callable[[], None]:
+    backward, amp_dtype = MODES[mode]
+
+    def amp():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(x.device.type, dtype=amp_dtype)
+
+    if not backward:
+
+        def infer() -> None:
+            with torch.no_grad(), amp():
+                model(x)
+
+        return infer
+
+    def train() -> None:
+        clear_grads(model, x)  # set_to_none: every contender allocates fresh gradients
+        with amp():
+            outs = flat(model(x))
+        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+
+    return train
+
+
+def graph_step(model: nn.Module, x: Tensor, mode: str) -> Callable[[], None]:
+    """Our layer with its fixed-shape forward (and for fwd+bwd, backward) captured as CUDA graphs."""
+    if MODES[mode][0]:
+        return make_step(torch.cuda.make_graphed_callables(model, (x,)), x, mode)
+    static_x = x.detach().clone()
+    side = torch.cuda.Stream()  # warm up on a side stream, as capture requires
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(WARMUP):
+            model(static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        model(static_x)
+
+    def replay() -> None:
+        static_x.copy_(x)
+        graph.replay()
+
+    return replay
+
+
+def timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
+    """Milliseconds of one call: perf_counter on CPU, CUDA events around a synchronised call."""
+    if device.type != "cuda":
+
+        def cpu_ms(fn: Callable[[], None]) -> float:
+            start = time.perf_counter()
+            fn()
+            return (time.perf_counter() - start) * 1e3
+
+        return cpu_ms
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def cuda_ms(fn: Callable[[], None]) -> float:
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    return cuda_ms
+
+
+@contextlib.contextmanager
+def quiet_fd2() -> Iterator[None]:
+    """Silence file descriptor 2: kineto logs every profiler start/stop there from C++."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_cpu_bytes(fn: Callable[[], None]) -> int:
+    """Peak bytes held by allocations made during fn, from the profiler's allocator events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with quiet_fd2(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # The raw '[memory]' records (+bytes on allocation, -bytes on free) carry exact timestamps;
+    # prof.events() would fold them into the enclosing op and hide peaks inside an op.
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]"
+    )
+    held = peak = 0
+    for _, nbytes in events:
+        held += nbytes
+        peak = max(peak, held)
+    return peak
+
+
+def peak_cuda_bytes(fn: Callable[[], None]) -> int:
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def bench_mode(
+    models: dict[str, nn.Module], failed: dict[str, str], x: Tensor, mode: str, reps: int
+) -> dict[str, dict]:
+    """Time every contender in one mode; returns contender -> figures (or status 'n/a: ...')."""
+    results: dict[str, dict] = {name: {"status": why} for name, why in failed.items()}
+    steps: dict[str, Callable[[], None]] = {}
+    for name, model in models.items():
+        if name.endswith("+graph") and MODES[mode][1] is not None:
+            continue  # graphs are captured in fp32 only
+        model.train(MODES[mode][0])  # eval() for inference, so cuDNN skips its training workspace
+        try:
+            step = (graph_step if name.endswith("+graph") else make_step)(model, x, mode)
+            for _ in range(WARMUP_SCRIPTED if name == "scripted" else WARMUP):
+                step()
+            steps[name] = step
+        except Exception as e:  # noqa: BLE001 - one contender failing must not end the run
+            results[name] = {"status": reason(e)}
+    measure = timer(x.device)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    gc.collect()
+    gc.disable()  # a cyclic-GC pause would land on whichever contender happens to be running
+    try:
+        for rep in range(reps if names else 0):
+            for name in names[rep % len(names) :] + names[: rep % len(names)]:
+                times[name].append(measure(steps[name]))
+    finally:
+        gc.enable()
+    for name, ts in times.items():
+        q1, _, q3 = statistics.quantiles(ts, n=4) if len(ts) > 1 else (ts[0],) * 3
+        results[name] = {
+            "status": "ok",
+            "median_ms": statistics.median(ts),
+            "iqr_ms": q3 - q1,
+            "min_ms": min(ts),
+            "times_ms": ts,
+            "peak_mb": None,
+        }
+    if MODES[mode][0]:
+        for name in steps:
+            if name.endswith("+graph"):
+                continue
+            clear_grads(models[name], x)  # freeing old gradients inside the window would offset it
+            peak = peak_cuda_bytes if x.device.type == "cuda" else peak_cpu_bytes
+            results[name]["peak_mb"] = peak(steps[name]) / 2**20
+    return {name: results[name] for name in sorted(results, key=CONTENDERS.index)}
+
+
+def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return a / b if a is not None and b else None
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def select(spec: str) -> list[Shape]:
+    """--shapes: comma-separated shape names and groups; 'all' is every non-tiny shape."""
+    wanted = set(spec.split(","))
+    if "all" in wanted:
+        wanted |= {"fmnist", "large"}
+    chosen = [s for s in SHAPES if s.name in wanted or s.group in wanted]
+    unknown = wanted - {"all"} - {s.name for s in SHAPES} - {s.group for s in SHAPES}
+    if unknown or not chosen:
+        raise SystemExit(f"unknown --shapes {sorted(unknown) or spec}")
+    return chosen
+
+
+def print_table(rows: list[dict]) -> None:
+    def num(v: Optional[float], fmt: str) -> str:
+        return format(v, fmt) if v is not None else "-"
+
+    head = f"{'shape':<15} {'mode':<15} {'contender':<16} {'median ms':>10} {'IQR':>8} {'min':>9}"
+    print(head + f" {'x torch.nn':>10} {'peak MB':>9} {'x torch.nn':>10}")
+    for r in rows:
+        line = f"{r['shape']:<15} {r['mode']:<15} {r['contender']:<16} "
+        if r["status"] != "ok":
+            print(line + r["status"])
+            continue
+        print(
+            line + f"{r['median_ms']:>10.3f} {r['iqr_ms']:>8.3f} {r['min_ms']:>9.3f} "
+            f"{num(r['ratio'], '.2f'):>10} {num(r['peak_mb'], '.2f'):>9} "
+            f"{num(r['mem_ratio'], '.2f'):>10}"
+        )
+
+
+def plot(rows: list[dict], title: str, path: Path) -> None:
+    """Bar chart of time ratios to torch.nn (one panel per mode) and of fwd+bwd memory ratios."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    panels = [(m, "ratio") for m in dict.fromkeys(r["mode"] for r in rows)]
+    panels.append(("fwd+bwd", "mem_ratio"))
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    contenders = [c for c in dict.fromkeys(r["contender"] for r in rows) if c != REFERENCE]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(7, 1.8 * len(shapes)), 3 * len(panels)))
+    width = 0.8 / max(1, len(contenders))
+    for ax, (mode, key) in zip(axes, panels):
+        for i, c in enumerate(contenders):
+            got = {r["shape"]: r[key] for r in rows if r["mode"] == mode and r["contender"] == c}
+            xs = [j + i * width for j, s in enumerate(shapes) if got.get(s)]
+            values = [got[s] for s in shapes if got.get(s)]
+            # Bars grow from the 1.0 line: up is slower / bigger than torch.nn, down is better.
+            bars = ax.bar(xs, [v - 1 for v in values], width, bottom=1, label=c)
+            ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=6)
+        ax.axhline(1.0, color="black", linewidth=1)
+        ax.set_yscale("log")  # ratios: 0.5x and 2x sit the same distance from the line
+        ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))], shapes, fontsize=8)
+        what = "peak memory" if key == "mem_ratio" else "time"
+        ax.set_ylabel(f"{what} / torch.nn")
+        ax.set_title(f"{mode}: {what} relative to torch.nn (lower is better)", fontsize=9)
+        ax.margins(y=0.15)  # room for the value labels
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--quick", action="store_true", help="Fashion-MNIST and tiny shapes, few reps")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="output DIR")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--reps", type=int, help="timed repetitions per contender (default 20, quick 5)")
+    p.add_argument("--shapes", help="comma-separated names/groups: fmnist, large, tiny, all")
+    args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    reps = args.reps if args.reps is not None else (5 if args.quick else 20)
+    if reps < 1:
+        p.error("--reps must be at least 1")
+    shapes = select(args.shapes or ("fmnist,tiny" if args.quick else "all"))
+    device = torch.device(args.device)
+    modes = CUDA_MODES if device.type == "cuda" else CPU_MODES
+    torch.manual_seed(0)
+
+    rows: list[dict] = []
+    checks: dict[str, dict] = {}
+    for shape in shapes:
+        print(f"[{shape.name}]", file=sys.stderr, flush=True)
+        models, failed = build(shape, device)
+        x = torch.randn(shape.seq_len, shape.batch, shape.input_size, device=device)
+        x.requires_grad_()
+        checks[shape.name] = check_outputs(models, x, TOLERANCE[device.type])
+        for name, c in checks[shape.name].items():
+            if not c["ok"]:  # timing a different function would be meaningless
+                del models[name]
+                failed[name] = f"n/a: output differs from torch.nn by {c['max_abs_diff']:.2e}"
+        for mode in modes:
+            figures = bench_mode(models, failed, x, mode, reps)
+            ref = figures.get(REFERENCE, {})
+            for name, f in figures.items():
+                f["ratio"] = ratio(f.get("median_ms"), ref.get("median_ms"))
+                f["mem_ratio"] = ratio(f.get("peak_mb"), ref.get("peak_mb"))
+                rows.append({"shape": shape.name, "mode": mode, "contender": name, **f})
+        del models
+        gc.collect()
+
+    suffix = "-quick" if args.quick else ""
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / f"speed-{device.type}{suffix}.json"
+    chart_path = json_path.with_suffix(".png")
+    meta = {
+        "device": device.type,
+        "machine": machine(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "cudnn_tf32": torch.backends.cudnn.allow_tf32 if device.type == "cuda" else None,
+        "threads": torch.get_num_threads(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "command": shlex.join(["python", *sys.argv]),
+        "quick": args.quick,
+        "reps": reps,
+        "timing_method": TIMING_METHOD.format(
+            WARMUP,
+            WARMUP_SCRIPTED,
+            "CUDA events around each synchronised call"
+            if device.type == "cuda"
+            else "time.perf_counter around each call",
+        ),
+        "memory_method": MEMORY_METHOD[device.type],
+        "tolerance": TOLERANCE[device.type],
+        "chart": chart_path.name,
+    }
+    doc = {"meta": meta, "shapes": [asdict(s) for s in shapes], "checks": checks, "results": rows}
+    json_path.write_text(json.dumps(doc, indent=1))
+    plot(rows, f"{meta['machine']}, torch {meta['torch']}, {meta['threads']} threads", chart_path)
+    print_table(rows)
+    print(f"wrote {json_path} and {chart_path}")
+    bad = [f"{s}/{n}" for s, cs in checks.items() for n, c in cs.items() if not c["ok"]]
+    if bad:
+        print(f"OUTPUT MISMATCH vs torch.nn: {', '.join(bad)}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The benchmark scripts run end to end on tiny shapes, and their CPU memory probe is exact."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+CONTENDERS = {"torch.nn", "recurrent", "eager cells", "scripted"}
+MODES = {"inference", "fwd+bwd"}
+
+
+@pytest.fixture(scope="module")
+def speed():
+    spec = importlib.util.spec_from_file_location("bench_speed", BENCH / "speed.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("speed")
+    cmd = [sys.executable, str(BENCH / "speed.py"), "--device", "cpu", "--shapes", "tiny"]
+    subprocess.run(cmd + ["--reps", "3", "--threads", "1", "--out", str(out)], check=True, timeout=120)
+    path = out / "speed-cpu.json"
+    return path, json.loads(path.read_text())
+
+
+def test_json_has_every_contender_and_mode(run) -> None:
+    path, doc = run
+    shapes = {s["name"] for s in doc["shapes"]}
+    got = {(r["shape"], r["mode"], r["contender"]) for r in doc["results"] if r["status"] == "ok"}
+    assert got == {(s, m, c) for s in shapes for m in MODES for c in CONTENDERS}
+    for r in doc["results"]:
+        assert math.isfinite(r["ratio"]) and r["ratio"] > 0
+        assert len(r["times_ms"]) == 3
+        if r["mode"] == "fwd+bwd":
+            assert math.isfinite(r["mem_ratio"]) and r["mem_ratio"] > 0
+    assert (path.parent / doc["meta"]["chart"]).stat().st_size > 0
+    assert doc["meta"]["threads"] == 1 and doc["meta"]["torch"] == torch.__version__
+
+
+def test_every_contender_matched_torch_nn(run) -> None:
+    checks = run[1]["checks"]
+    for by_name in checks.values():
+        assert set(by_name) == CONTENDERS - {"torch.nn"}
+        assert all(c["ok"] for c in by_name.values()), by_name
+
+
+def test_report_renders_markdown(run, tmp_path: Path) -> None:
+    path, doc = run
+    out = tmp_path / "RESULTS.md"
+    notes = tmp_path / "NOTES.md"
+    notes.write_text("## What limits it\n\nhand-written\n")
+    subprocess.run(
+        [sys.executable, str(BENCH / "report.py"), str(path), "--output", str(out), "--notes", str(notes)],
+        check=True,
+        timeout=60,
+    )
+    text = out.read_text()
+    assert "| shape | mode | contender | median ms |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| tiny-")]
+    assert len(rows) == len(doc["results"])
+    assert "### Targets" in text and "hand-written" in text
+    chart = text.split("](", 1)[1].split(")", 1)[0]  # the one image link, relative to RESULTS.md
+    assert (out.parent / chart).resolve() == (path.parent / "speed-cpu.png").resolve()
+
+
+def test_cpu_peak_memory_probe_is_exact(speed) -> None:
+    """A known allocation pattern: 1 MiB + 3 MiB live together, then 2 MiB alone -> peak 4 MiB."""
+
+    def pattern() -> None:
+        a = torch.empty(1 << 20, dtype=torch.uint8)
+        b = torch.empty(3 << 20, dtype=torch.uint8)
+        del a, b
+        torch.empty(2 << 20, dtype=torch.uint8)
+
+    assert speed.peak_cpu_bytes(pattern) == 4 << 20
+
+
+def test_cell_loop_matches_layer_gradients(speed) -> None:
+    """The eager-cell contender computes torch.nn's function, gradients included."""
+    layer = torch.nn.GRU(3, 4, num_layers=2, bidirectional=True)
+    loop = speed.CellLoop(layer, torch.nn.GRUCell, {})
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    ref, mine = speed.flat(layer(x)), speed.flat(loop(x))
+    for a, b in zip(ref, mine):
+        torch.testing.assert_close(a, b)
+    gx_ref, = torch.autograd.grad(sum(t.sum() for t in ref), x)
+    gx, = torch.autograd.grad(sum(t.sum() for t in mine), x)
+    torch.testing.assert_close(gx_ref, gx)
+
+
+def test_check_flags_a_different_function(speed) -> None:
+    layer = torch.nn.RNN(3, 4)
+    loop = speed.CellLoop(layer, torch.nn.RNNCell, {"nonlinearity": "tanh"})
+    with torch.no_grad():
+        loop.cells[0].bias_hh.add_(1e-3)
+    checks = speed.check_outputs({"torch.nn": layer, "eager cells": loop}, torch.randn(5, 2, 3), 1e-4)
+    assert not checks["eager cells"]["ok"] and checks["eager cells"]["max_abs_diff"] > 1e-4
