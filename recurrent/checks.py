@@ -78,6 +78,14 @@ def check_layer_input(input: Tensor, input_size: int, weight: Tensor) -> None:
     check_like_weight("input", input, weight)
 
 
+def check_packed_input(data: Tensor, input_size: int, weight: Tensor) -> None:
+    if data.dim() != 2:
+        raise ValueError(f"Expected PackedSequence data to be 2D (rows, features), got {data.dim()}D")
+    if data.size(-1) != input_size:
+        raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {input_size}, got {data.size(-1)}")
+    check_like_weight("input", data, weight)
+
+
 def check_hidden(name: str, hx: Tensor, expected: List[int], weight: Tensor, batched: bool) -> None:
     """``expected`` is the batched shape (layers*directions, batch, hidden)."""
     if batched and hx.dim() != 3:

@@ -15,18 +15,12 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.utils.rnn import PackedSequence
 
 from . import checks, kernels
 from .kernels import gru_forward, rnn_forward
 
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3}
-
-
-def _per_direction(tensors: List[Tensor]) -> Tensor:
-    """Stacks one tensor per direction on a new dim 0 (a view for a single direction)."""
-    if len(tensors) == 1:
-        return tensors[0].unsqueeze(0)
-    return torch.stack(tensors)
 
 
 class RNNBase(nn.Module):
@@ -139,6 +133,8 @@ class RNNBase(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        if not torch.jit.is_scripting() and isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
         weights = self._flat_weights if torch.jit.is_scripting() else self._named_weights()
         checks.check_layer_input(input, self.input_size, weights[0])
         batched = input.dim() == 3
@@ -148,55 +144,72 @@ class RNNBase(nn.Module):
             x = input.transpose(0, 1)
         else:
             x = input
-        states = (2 if self.bidirectional else 1) * self.num_layers
-        if hx is None:
-            h0 = torch.zeros(states, x.size(1), self.hidden_size, dtype=x.dtype, device=x.device)
-        else:
-            checks.check_hidden("hx", hx, [states, x.size(1), self.hidden_size], weights[0], batched)
-            h0 = hx if batched else hx.unsqueeze(1)
-        output, h_n = self._stack(x, h0, weights)
+        steps, batch = x.size(0), x.size(1)
+        h0 = self._initial_state(hx, batch, x, weights[0], batched)
+        rows, finals = self._stack(x.reshape(steps * batch, -1), [batch] * steps, [h0], weights)
+        output, h_n = rows.view(steps, batch, -1), finals[0]
         if not batched:
             return output.squeeze(1), h_n.squeeze(1)
         if self.batch_first:
             output = output.transpose(0, 1)
         return output, h_n
 
-    def _stack(self, x: Tensor, h0: Tensor, weights: List[Tensor]) -> Tuple[Tensor, Tensor]:
-        """Runs every layer on x (L, N, I) from h0 (layers·D, N, H); returns (output, h_n)."""
-        directions = 2 if self.bidirectional else 1
-        per_direction = 4 if self.bias else 2
-        steps, batch = x.size(0), x.size(1)
-        finals: List[Tensor] = []
-        for layer in range(self.num_layers):
-            first = layer * directions * per_direction
-            mine = [weights[first + d * per_direction : first + (d + 1) * per_direction] for d in range(directions)]
-            w_ih = _per_direction([w[0] for w in mine])
-            w_hh = _per_direction([w[1] for w in mine])
-            inputs = _per_direction([x, x.flip(0)] if directions == 2 else [x]).flatten(1, 2)
-            if self.bias:
-                gi = torch.baddbmm(_per_direction([w[2] for w in mine]).unsqueeze(1), inputs, w_ih.transpose(1, 2))
-                b_hh: Optional[Tensor] = _per_direction([w[3] for w in mine]).unsqueeze(1)
-            else:
-                gi = torch.bmm(inputs, w_ih.transpose(1, 2))
-                b_hh = None
-            gi = gi.view(directions, steps, batch, -1)
-            hs = self._recurrence(gi, h0[layer * directions : (layer + 1) * directions], w_hh, b_hh)
-            finals.append(hs[:, -1])
-            x = hs[0] if directions == 1 else torch.cat([hs[0], hs[1].flip(0)], -1)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, True)
-        return x, torch.cat(finals, 0)
-
-    def _recurrence(self, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor]) -> Tensor:
-        if torch.jit.is_scripting():
-            return self._scripted_recurrence(gi, h0, w_hh, b_hh)
-        return self._eager_recurrence(gi, h0, w_hh, b_hh)
-
     @torch.jit.unused
-    def _eager_recurrence(self, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor]) -> Tensor:
-        return kernels.run(kernels.KERNELS[self.mode], gi, h0, w_hh, b_hh)
+    def _forward_packed(self, input: PackedSequence, hx: Optional[Tensor]) -> Tuple[PackedSequence, Tensor]:
+        weights = self._named_weights()
+        checks.check_packed_input(input.data, self.input_size, weights[0])
+        batch_sizes = input.batch_sizes.tolist()
+        h0 = self._initial_state(hx, batch_sizes[0], input.data, weights[0], True)
+        if input.sorted_indices is not None:
+            h0 = h0.index_select(1, input.sorted_indices)
+        rows, finals = self._stack(input.data, batch_sizes, [h0], weights)
+        h_n = finals[0]
+        if input.unsorted_indices is not None:
+            h_n = h_n.index_select(1, input.unsorted_indices)
+        return PackedSequence(rows, input.batch_sizes, input.sorted_indices, input.unsorted_indices), h_n
 
-    def _scripted_recurrence(self, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor]) -> Tensor:
+    def _initial_state(self, hx: Optional[Tensor], batch: int, like: Tensor, weight: Tensor, batched: bool) -> Tensor:
+        states = (2 if self.bidirectional else 1) * self.num_layers
+        if hx is None:
+            return torch.zeros(states, batch, self.hidden_size, dtype=like.dtype, device=like.device)
+        checks.check_hidden("hx", hx, [states, batch, self.hidden_size], weight, batched)
+        return hx if batched else hx.unsqueeze(1)
+
+    def _stack(
+        self, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor]
+    ) -> Tuple[Tensor, List[Tensor]]:
+        """Runs every layer over rows (T, I) from state0 [(layers·D, N, H)]; returns (rows, finals)."""
+        directions = 2 if self.bidirectional else 1
+        per_layer = directions * (4 if self.bias else 2)
+        reverse = kernels.reverse_index(batch_sizes, rows.device) if directions == 2 else None
+        finals: List[List[Tensor]] = [[] for _ in state0]
+        for layer in range(self.num_layers):
+            mine = [s[layer * directions : (layer + 1) * directions] for s in state0]
+            params = weights[layer * per_layer : (layer + 1) * per_layer]
+            if torch.jit.is_scripting():
+                rows, last = self._scripted_layer(rows, mine, params, batch_sizes, reverse)
+            else:
+                spec = kernels.LayerSpec(kernels.KERNELS[self.mode], directions, self.bias, batch_sizes, reverse)
+                rows, last = kernels.run_layer(spec, rows, mine, params)
+            for i, state in enumerate(last):
+                finals[i].append(state)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                rows = F.dropout(rows, self.dropout, True)
+        return rows, [torch.cat(f, 0) for f in finals]
+
+    def _scripted_layer(
+        self, rows: Tensor, state0: List[Tensor], params: List[Tensor], batch_sizes: List[int], reverse: Optional[Tensor]
+    ) -> Tuple[Tensor, List[Tensor]]:
+        """The layer as TorchScript autograd sees it: the same kernels, differentiated op by op."""
+        directions = 2 if self.bidirectional else 1
+        w_ih, w_hh, b_ih, b_hh = kernels.stack_weights(params, directions, self.bias)
+        gi = kernels.gate_inputs(rows, w_ih, b_ih, directions, reverse)
+        hs, finals = self._scripted_recurrence(gi, state0, w_hh.transpose(1, 2), b_hh, batch_sizes)
+        return kernels.join_directions(hs, reverse), finals
+
+    def _scripted_recurrence(
+        self, gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], batch_sizes: List[int]
+    ) -> Tuple[Tensor, List[Tensor]]:
         raise NotImplementedError("each layer kind runs its own kernel")
 
     @torch.jit.unused
@@ -228,8 +241,11 @@ class RNN(RNNBase):
             mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype
         )
 
-    def _scripted_recurrence(self, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor]) -> Tensor:
-        return rnn_forward(gi, h0, w_hh.transpose(1, 2), b_hh, False, self.mode == "RNN_RELU")[0]
+    def _scripted_recurrence(
+        self, gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], batch_sizes: List[int]
+    ) -> Tuple[Tensor, List[Tensor]]:
+        hs, finals, _ = rnn_forward(gi, state0, w_hh_t, b_hh, batch_sizes, False, self.mode == "RNN_RELU")
+        return hs, finals
 
 
 class GRU(RNNBase):
@@ -251,5 +267,8 @@ class GRU(RNNBase):
             "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype
         )
 
-    def _scripted_recurrence(self, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor]) -> Tensor:
-        return gru_forward(gi, h0, w_hh.transpose(1, 2), b_hh, False)[0]
+    def _scripted_recurrence(
+        self, gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], batch_sizes: List[int]
+    ) -> Tuple[Tensor, List[Tensor]]:
+        hs, finals, _ = gru_forward(gi, state0, w_hh_t, b_hh, batch_sizes, False)
+        return hs, finals

@@ -5,7 +5,8 @@ Adding a cell kind means a step function in :mod:`recurrent.cells`, a module her
 """
 from functools import partial
 
-from .autograd import Kernel, run
+from .autograd import Kernel, LayerSpec, gate_inputs, run_layer, stack_weights
+from .common import join_directions, reverse_index
 from .gru import gru_backward, gru_forward
 from .rnn import rnn_backward, rnn_forward
 
@@ -15,4 +16,7 @@ KERNELS = {
     "GRU": Kernel(gru_forward, gru_backward),
 }
 
-__all__ = ["KERNELS", "Kernel", "gru_backward", "gru_forward", "rnn_backward", "rnn_forward", "run"]
+__all__ = [
+    "KERNELS", "Kernel", "LayerSpec", "gate_inputs", "gru_backward", "gru_forward", "join_directions",
+    "reverse_index", "rnn_backward", "rnn_forward", "run_layer", "stack_weights",
+]

@@ -1,13 +1,19 @@
-"""Pieces every sequence kernel shares.
+"""Pieces every sequence kernel shares, and the layout they share.
 
-Layout used by all kernels: directions are batched on dim 0, so a bidirectional layer runs both of
-its directions in one loop with one batched hidden product per step. The reverse direction's input
-arrives already reversed in time. Shapes: gi (D, L, N, G), h0 (D, N, H), w_hh (D, G, H),
-b_hh (D, 1, G), hs (D, L, N, H), with G the gate width (H for RNN, 3H for GRU).
+Rows layout. A sequence batch is held as rows, time-major: the rows of step t are the sequences
+still running at t, so a padded (L, N, ·) batch is simply its L·N rows and a PackedSequence's data
+is used as it is. ``batch_sizes[t]`` is the number of rows of step t (non-increasing, as in a
+PackedSequence; all N for a padded batch).
+
+Directions are batched on dim 0: a bidirectional layer runs both directions in one loop with one
+batched hidden product per step. The reverse direction reads its rows reversed in time within each
+sequence (the permutation :func:`reverse_index` builds), so both directions run "forward" over
+their own rows. Shapes: gi (D, T, G), state (D, N, H), w_hh (D, G, H), b_hh (D, 1, G),
+hs (D, T, H), with T the number of rows and G the gate width (H for RNN, 3H for GRU).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -24,9 +30,51 @@ def hidden_product(h: Tensor, w_hh_t: Tensor, b_hh: Optional[Tensor]) -> Tensor:
 
 
 @script
-def hidden_weight_grad(dgh: Tensor, h0: Tensor, hs: Tensor) -> Tensor:
-    """dW_hh = Σ_t dgh_tᵀ h_{t-1} as two batched products over all steps, without copying h_{t-1}."""
-    grad = torch.bmm(dgh[:, 0].transpose(1, 2), h0)
-    if hs.size(1) > 1:
-        grad = torch.baddbmm(grad, dgh[:, 1:].flatten(1, 2).transpose(1, 2), hs[:, :-1].flatten(1, 2))
-    return grad
+def reverse_index(batch_sizes: List[int], device: torch.device) -> Tensor:
+    """Row permutation that reverses every sequence in time within its own length (an involution)."""
+    sizes = torch.tensor(batch_sizes, dtype=torch.long, device=device)
+    starts = torch.cumsum(sizes, 0) - sizes
+    lengths = (sizes.unsqueeze(1) > torch.arange(batch_sizes[0], device=device)).sum(0)
+    step = torch.repeat_interleave(torch.arange(len(batch_sizes), device=device), sizes)
+    sequence = torch.arange(step.numel(), device=device) - starts[step]
+    return starts[lengths[sequence] - 1 - step] + sequence
+
+
+@script
+def split_directions(rows: Tensor, directions: int, reverse: Optional[Tensor]) -> Tensor:
+    """(T, D·G) in natural time → (D, T, G), the second direction's rows reversed in time."""
+    if directions == 1 or reverse is None:
+        return rows.unsqueeze(0)
+    width = rows.size(1) // 2
+    return torch.stack([rows[:, :width], rows[:, width:].index_select(0, reverse)])
+
+
+@script
+def join_directions(per_direction: Tensor, reverse: Optional[Tensor]) -> Tensor:
+    """(D, T, H) → (T, D·H) in natural time: the inverse of :func:`split_directions`."""
+    if per_direction.size(0) == 1 or reverse is None:
+        return per_direction[0]
+    return torch.cat([per_direction[0], per_direction[1].index_select(0, reverse)], 1)
+
+
+@script
+def previous_states(h0: Tensor, hs: Tensor, batch_sizes: List[int]) -> Tensor:
+    """(D, T, H) whose row for (t, n) is sequence n's state before step t: h0 at t = 0."""
+    pieces: List[Tensor] = [h0[:, : batch_sizes[0]]]
+    start = 0
+    for t in range(1, len(batch_sizes)):
+        pieces.append(hs[:, start : start + batch_sizes[t]])
+        start += batch_sizes[t - 1]
+    return torch.cat(pieces, 1)
+
+
+@script
+def step_rows(state: Tensor, size: int) -> Tensor:
+    """The rows of ``state`` (D, N, ·) still running at a step with ``size`` rows."""
+    return state if size == state.size(1) else state[:, :size]
+
+
+@script
+def carry_rows(new: Tensor, state: Tensor) -> Tensor:
+    """The state after a step: new values for the running rows, the finished rows kept as they were."""
+    return new if new.size(1) == state.size(1) else torch.cat([new, state[:, new.size(1) :]], 1)
