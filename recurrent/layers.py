@@ -203,7 +203,7 @@ class RNNBase(nn.Module):
         """The layer as TorchScript autograd sees it: the same kernels, differentiated op by op."""
         directions = 2 if self.bidirectional else 1
         w_ih, w_hh, b_ih, b_hh = kernels.stack_weights(params, directions, self.bias)
-        gi = kernels.gate_inputs(rows, w_ih, b_ih, directions, reverse)
+        gi = kernels.gate_inputs(kernels.per_direction(rows, reverse), w_ih, b_ih)
         hs, finals = self._scripted_recurrence(gi, state0, w_hh.transpose(1, 2), b_hh, batch_sizes)
         return kernels.join_directions(hs, reverse), finals
 

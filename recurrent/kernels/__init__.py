@@ -6,7 +6,7 @@ Adding a cell kind means a step function in :mod:`recurrent.cells`, a module her
 from functools import partial
 
 from .autograd import Kernel, LayerSpec, gate_inputs, run_layer, stack_weights
-from .common import join_directions, reverse_index
+from .common import join_directions, per_direction, reverse_index
 from .gru import gru_backward, gru_forward
 from .rnn import rnn_backward, rnn_forward
 
@@ -17,6 +17,6 @@ KERNELS = {
 }
 
 __all__ = [
-    "KERNELS", "Kernel", "LayerSpec", "gate_inputs", "gru_backward", "gru_forward", "join_directions",
+    "KERNELS", "Kernel", "LayerSpec", "gate_inputs", "gru_backward", "gru_forward", "join_directions", "per_direction",
     "reverse_index", "rnn_backward", "rnn_forward", "run_layer", "stack_weights",
 ]

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .._jit import script
-from .common import join_directions, previous_states, split_directions
+from .common import join_directions, per_direction, previous_states, split_directions, sum_directions
 
 
 class Kernel(NamedTuple):
@@ -35,26 +35,26 @@ class LayerSpec(NamedTuple):
 def stack_weights(
     params: List[Tensor], directions: int, bias: bool
 ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
-    """A layer's per-direction parameters [w_ih, w_hh(, b_ih, b_hh)]·D as (w_ih, w_hh, b_ih, b_hh):
-    w_ih (D·G, I) and b_ih (D·G,) side by side for one input product, w_hh (D, G, H) and b_hh
-    (D, 1, G) stacked for the batched hidden product."""
+    """A layer's per-direction parameters [w_ih, w_hh(, b_ih, b_hh)]·D stacked on a new dim 0:
+    (w_ih (D, G, I), w_hh (D, G, H), b_ih (D, 1, G), b_hh (D, 1, G)), for batched products."""
     per = 4 if bias else 2
-    if directions == 1:
-        w_ih, w_hh = params[0], params[1].unsqueeze(0)
-    else:
-        w_ih, w_hh = torch.cat([params[0], params[per]]), torch.stack([params[1], params[per + 1]])
+    stacked: List[Tensor] = []
+    for i in range(per):
+        if directions == 1:
+            stacked.append(params[i].unsqueeze(0))
+        else:
+            stacked.append(torch.stack([params[i], params[per + i]]))
     if not bias:
-        return w_ih, w_hh, None, None
-    if directions == 1:
-        return w_ih, w_hh, params[2], params[3].view(1, 1, -1)
-    return w_ih, w_hh, torch.cat([params[2], params[per + 2]]), torch.stack([params[3], params[per + 3]]).unsqueeze(1)
+        return stacked[0], stacked[1], None, None
+    return stacked[0], stacked[1], stacked[2].unsqueeze(1), stacked[3].unsqueeze(1)
 
 
 @script
-def gate_inputs(rows: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], directions: int, reverse: Optional[Tensor]) -> Tensor:
-    """gi = W_ih x + b_ih for every row and direction in one product: (T, I) → (D, T, G)."""
-    gi = torch.mm(rows, w_ih.t()) if b_ih is None else torch.addmm(b_ih, rows, w_ih.t())
-    return split_directions(gi, directions, reverse)
+def gate_inputs(inputs: Tensor, w_ih: Tensor, b_ih: Optional[Tensor]) -> Tensor:
+    """gi = W_ih x + b_ih for every row of every direction in one batched product: (D, T, I) → (D, T, G)."""
+    if b_ih is None:
+        return torch.bmm(inputs, w_ih.transpose(1, 2))
+    return torch.baddbmm(b_ih, inputs, w_ih.transpose(1, 2))
 
 
 class LayerFunction(torch.autograd.Function):
@@ -62,7 +62,7 @@ class LayerFunction(torch.autograd.Function):
     def forward(ctx, spec: LayerSpec, rows: Tensor, states: int, *tensors: Tensor):
         state0, params = list(tensors[:states]), list(tensors[states:])
         w_ih, w_hh, b_ih, b_hh = stack_weights(params, spec.directions, spec.bias)
-        gi = gate_inputs(rows, w_ih, b_ih, spec.directions, spec.reverse)
+        gi = gate_inputs(per_direction(rows, spec.reverse), w_ih, b_ih)
         hs, finals, saved = spec.kernel.forward(gi, state0, w_hh.transpose(1, 2), b_hh, spec.batch_sizes, True)
         ctx.spec, ctx.states = spec, states
         ctx.save_for_backward(rows, w_ih, w_hh, hs, *state0, *saved)
@@ -80,17 +80,16 @@ class LayerFunction(torch.autograd.Function):
         spec: LayerSpec = ctx.spec
         rows, w_ih, w_hh, hs, *rest = ctx.saved_tensors
         state0, saved = rest[: ctx.states], rest[ctx.states :]
-        grad_hs = split_directions(grad_out, spec.directions, spec.reverse)
+        grad_hs = split_directions(grad_out, spec.reverse)
         h_prev = previous_states(state0[0], hs, spec.batch_sizes)
         dgi, dgh, dstate0 = spec.kernel.backward(
             grad_hs, list(grad_finals), state0, hs, h_prev, saved, w_hh, spec.batch_sizes
         )
-        dgi_rows = join_directions(dgi, spec.reverse)  # (T, D·G), natural time
-        dx = dgi_rows.mm(w_ih) if ctx.needs_input_grad[1] else None
-        # Weight and bias gradients over all rows at once, then handed back per direction.
-        dw_ih = dgi_rows.t().mm(rows).chunk(spec.directions)
+        # Input, weight and bias gradients as single batched products over all rows.
+        dx = sum_directions(torch.bmm(dgi, w_ih), spec.reverse) if ctx.needs_input_grad[1] else None
+        dw_ih = torch.bmm(dgi.transpose(1, 2), per_direction(rows, spec.reverse)).unbind(0)
         dw_hh = torch.bmm(dgh.transpose(1, 2), h_prev).unbind(0)
-        db_ih = dgi_rows.sum(0).chunk(spec.directions) if spec.bias else ()
+        db_ih = dgi.sum(1).unbind(0) if spec.bias else ()
         db_hh = dgh.sum(1).unbind(0) if spec.bias else ()
         grads: List[Optional[Tensor]] = []
         for d in range(spec.directions):
@@ -104,6 +103,6 @@ def run_layer(spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: List[
         out, *finals = LayerFunction.apply(spec, rows, len(state0), *state0, *params)
         return out, finals
     w_ih, w_hh, b_ih, b_hh = stack_weights(params, spec.directions, spec.bias)
-    gi = gate_inputs(rows, w_ih, b_ih, spec.directions, spec.reverse)
+    gi = gate_inputs(per_direction(rows, spec.reverse), w_ih, b_ih)
     hs, finals, _ = spec.kernel.forward(gi, state0, w_hh.transpose(1, 2), b_hh, spec.batch_sizes, False)
     return join_directions(hs, spec.reverse), finals

@@ -8,7 +8,7 @@ PackedSequence; all N for a padded batch).
 Directions are batched on dim 0: a bidirectional layer runs both directions in one loop with one
 batched hidden product per step. The reverse direction reads its rows reversed in time within each
 sequence (the permutation :func:`reverse_index` builds), so both directions run "forward" over
-their own rows. Shapes: gi (D, T, G), state (D, N, H), w_hh (D, G, H), b_hh (D, 1, G),
+their own rows. Shapes: gi (D, T, G), state (D, N, H), w_ih (D, G, I), w_hh (D, G, H), b_* (D, 1, G),
 hs (D, T, H), with T the number of rows and G the gate width (H for RNN, 3H for GRU).
 """
 from __future__ import annotations
@@ -32,29 +32,55 @@ def hidden_product(h: Tensor, w_hh_t: Tensor, b_hh: Optional[Tensor]) -> Tensor:
 @script
 def reverse_index(batch_sizes: List[int], device: torch.device) -> Tensor:
     """Row permutation that reverses every sequence in time within its own length (an involution)."""
+    steps, batch = len(batch_sizes), batch_sizes[0]
+    if batch_sizes[-1] == batch:  # a padded batch: plain time reversal
+        return torch.arange(steps * batch, device=device).view(steps, batch).flip(0).reshape(-1)
     sizes = torch.tensor(batch_sizes, dtype=torch.long, device=device)
     starts = torch.cumsum(sizes, 0) - sizes
-    lengths = (sizes.unsqueeze(1) > torch.arange(batch_sizes[0], device=device)).sum(0)
-    step = torch.repeat_interleave(torch.arange(len(batch_sizes), device=device), sizes)
+    lengths = (sizes.unsqueeze(1) > torch.arange(batch, device=device)).sum(0)
+    step = torch.repeat_interleave(torch.arange(steps, device=device), sizes)
     sequence = torch.arange(step.numel(), device=device) - starts[step]
     return starts[lengths[sequence] - 1 - step] + sequence
 
 
 @script
-def split_directions(rows: Tensor, directions: int, reverse: Optional[Tensor]) -> Tensor:
-    """(T, D·G) in natural time → (D, T, G), the second direction's rows reversed in time."""
-    if directions == 1 or reverse is None:
+def per_direction(rows: Tensor, reverse: Optional[Tensor]) -> Tensor:
+    """(T, W) → (D, T, W): what each direction reads, the second one reversed in time."""
+    if reverse is None:
         return rows.unsqueeze(0)
-    width = rows.size(1) // 2
-    return torch.stack([rows[:, :width], rows[:, width:].index_select(0, reverse)])
+    return torch.stack([rows, rows.index_select(0, reverse)])
 
 
 @script
-def join_directions(per_direction: Tensor, reverse: Optional[Tensor]) -> Tensor:
-    """(D, T, H) → (T, D·H) in natural time: the inverse of :func:`split_directions`."""
-    if per_direction.size(0) == 1 or reverse is None:
-        return per_direction[0]
-    return torch.cat([per_direction[0], per_direction[1].index_select(0, reverse)], 1)
+def join_directions(per_dir: Tensor, reverse: Optional[Tensor]) -> Tensor:
+    """(D, T, W) → (T, D·W) in natural time, written in place into one new tensor."""
+    if reverse is None:
+        return per_dir[0]
+    width = per_dir.size(2)
+    joined = torch.empty(per_dir.size(1), 2 * width, dtype=per_dir.dtype, device=per_dir.device)
+    joined[:, :width].copy_(per_dir[0])
+    joined[:, width:].index_copy_(0, reverse, per_dir[1])  # the permutation is its own inverse
+    return joined
+
+
+@script
+def split_directions(rows: Tensor, reverse: Optional[Tensor]) -> Tensor:
+    """(T, D·W) → (D, T, W): the inverse of :func:`join_directions` (backward only: writes with out=)."""
+    if reverse is None:
+        return rows.unsqueeze(0)
+    width = rows.size(1) // 2
+    split = torch.empty(2, rows.size(0), width, dtype=rows.dtype, device=rows.device)
+    split[0].copy_(rows[:, :width])
+    torch.index_select(rows[:, width:], 0, reverse, out=split[1])
+    return split
+
+
+@script
+def sum_directions(per_dir: Tensor, reverse: Optional[Tensor]) -> Tensor:
+    """(D, T, W) → (T, W): gradients of what :func:`per_direction` handed out, added back up."""
+    if reverse is None:
+        return per_dir[0]
+    return per_dir[0].index_add(0, reverse, per_dir[1])
 
 
 @script

@@ -49,30 +49,30 @@ def gru_backward(
         da_z = dh' ⊙ (h − n) ⊙ z(1 − z)        da_r  = da_n ⊙ ghn ⊙ r(1 − r)
         dh   = dh' ⊙ z + dgh W_hh
     Every factor that does not depend on dh' is formed for all steps before the loop, so a step
-    is one add, two multiplies and one batched product.
+    is one add, two multiplies and one batched product, each writing into its slice of a buffer.
     """
     rz, n, ghn = saved[0], saved[1], saved[2]
-    hidden = hs.size(-1)
+    directions, rows, hidden = hs.size(0), hs.size(1), hs.size(2)
     r = rz[..., :hidden]
     z = rz[..., hidden:]
     dn_factor = (1 - z) * (1 - n * n)
     # d gh / d h' per gate block (r, z, n), side by side as in gh itself.
-    dgh_factor = torch.cat([dn_factor * ghn * r * (1 - r), (h_prev - n) * z * (1 - z), dn_factor * r], -1)
-    dgh_factor = dgh_factor.unflatten(-1, (3, hidden))
+    factor = torch.empty(directions, rows, 3, hidden, dtype=hs.dtype, device=hs.device)
+    torch.mul(dn_factor * ghn, r * (1 - r), out=factor[:, :, 0])
+    torch.mul(h_prev - n, z * (1 - z), out=factor[:, :, 1])
+    torch.mul(dn_factor, r, out=factor[:, :, 2])
     dh = grad_finals[0]
-    dhs: List[Tensor] = []
-    dghs: List[Tensor] = []
-    end = hs.size(1)
+    dh_all = torch.empty_like(hs)
+    dgh = torch.empty_like(factor)
+    end = rows
     for t in range(len(batch_sizes) - 1, -1, -1):
         start = end - batch_sizes[t]
-        dh_t = step_rows(dh, batch_sizes[t]) + grad_hs[:, start:end]
-        dgh = (dgh_factor[:, start:end] * dh_t.unsqueeze(-2)).flatten(-2)
-        dhs.append(dh_t)
-        dghs.append(dgh)
-        dh = carry_rows(torch.baddbmm(dh_t * z[:, start:end], dgh, w_hh), dh)
+        dh_t = torch.add(step_rows(dh, batch_sizes[t]), grad_hs[:, start:end], out=dh_all[:, start:end])
+        dgh_t = torch.mul(factor[:, start:end], dh_t.unsqueeze(-2), out=dgh[:, start:end])
+        dh = carry_rows(torch.baddbmm(dh_t * z[:, start:end], dgh_t.flatten(-2), w_hh), dh)
         end = start
-    dhs.reverse()
-    dghs.reverse()
-    dgh_all = torch.cat(dghs, 1)
-    dgi = torch.cat([dgh_all[..., : 2 * hidden], torch.cat(dhs, 1) * dn_factor], -1)
-    return dgi, dgh_all, [dh]
+    dgh = dgh.flatten(-2)
+    dgi = torch.empty_like(dgh)
+    dgi[..., : 2 * hidden].copy_(dgh[..., : 2 * hidden])
+    torch.mul(dh_all, dn_factor, out=dgi[..., 2 * hidden :])
+    return dgi, dgh, [dh]

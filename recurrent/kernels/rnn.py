@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .._jit import script
 from ..cells import rnn_relu_step, rnn_tanh_step
-from .common import carry_rows, hidden_product, step_rows
+from .common import carry_rows, step_rows
 
 
 @script
@@ -19,11 +19,14 @@ def rnn_forward(
     """Returns (hs, [h_n], saved). The outputs hs are all the backward needs: nothing else is saved."""
     h = state0[0]
     hs: List[Tensor] = []
+    # b_hh joins gi once for all rows (in place: gi is the caller's fresh projection), so a step is
+    # one batched product and one activation.
+    if b_hh is not None:
+        gi = gi.add_(b_hh)
     start = 0
     for size in batch_sizes:
-        gh = hidden_product(step_rows(h, size), w_hh_t, b_hh)
-        gi_t = gi[:, start : start + size]
-        new = rnn_relu_step(gi_t, gh) if relu else rnn_tanh_step(gi_t, gh)
+        pre = torch.baddbmm(gi[:, start : start + size], step_rows(h, size), w_hh_t)
+        new = rnn_relu_step(pre) if relu else rnn_tanh_step(pre)
         hs.append(new)
         h = carry_rows(new, h)
         start += size
@@ -37,16 +40,13 @@ def rnn_backward(
 ) -> Tuple[Tensor, Tensor, List[Tensor]]:
     """Returns (dgi, dgh, [dh0]). With a = gi + gh and h' = act(a): da = dh' ⊙ act'(a), dh = da W_hh."""
     # act'(a) from the outputs, for all steps at once: relu' = [h' > 0], tanh' = 1 − h'².
-    slope = (hs > 0).to(hs.dtype) if relu else 1 - hs * hs
+    # The loop then turns it into da in place, row block by row block.
+    da = (hs > 0).to(hs.dtype) if relu else 1 - hs * hs
     dh = grad_finals[0]
-    das: List[Tensor] = []
     end = hs.size(1)
     for t in range(len(batch_sizes) - 1, -1, -1):
         start = end - batch_sizes[t]
-        da = (step_rows(dh, batch_sizes[t]) + grad_hs[:, start:end]) * slope[:, start:end]
-        das.append(da)
-        dh = carry_rows(torch.bmm(da, w_hh), dh)
+        da_t = da[:, start:end].mul_(step_rows(dh, batch_sizes[t]) + grad_hs[:, start:end])
+        dh = carry_rows(torch.bmm(da_t, w_hh), dh)
         end = start
-    das.reverse()
-    da_all = torch.cat(das, 1)
-    return da_all, da_all, [dh]
+    return da, da, [dh]
