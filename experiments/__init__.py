@@ -1,0 +1,1 @@
+"""The Fashion-MNIST experiment harness: reproduces the reference report with our layers and torch.nn."""

@@ -1,0 +1,100 @@
+"""Train one model on Fashion-MNIST: python -m experiments.fashion_mnist --model gru --impl recurrent."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from experiments import data
+from experiments.models import IMPLS, RECIPES, override
+from experiments.train import ResumeError, RunSpec, run, run_name
+
+RUNS_DIR = data.REPO / "experiments" / "runs"
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return value
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """Options shared with experiments.reproduce."""
+    p.add_argument("--epochs", type=positive, help="override the recipe's number of epochs")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--data-dir", type=Path, help=f"folder holding FashionMNIST/raw/*.gz "
+                   f"(default: ${data.ENV_VAR}, else ../shared/data, else <repo>/data)")
+    p.add_argument("--limit", type=positive, help="use only the first N images of train, validation and test "
+                   "(smoke runs)")
+    p.add_argument("--threads", type=positive, default=torch.get_num_threads(),
+                   help="CPU threads for torch (default: %(default)s)")
+
+
+def check_device(p: argparse.ArgumentParser, device: str) -> None:
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        p.error(f"--device {device!r} is not a device name")
+    if kind not in ("cpu", "cuda"):
+        p.error(f"--device must be cpu or cuda, got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda was asked for but torch sees no CUDA device")
+
+
+def data_dir_and_origin(arg: Path | None) -> tuple[Path, str]:
+    return (arg, "--data-dir") if arg is not None else data.default_data_dir()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.fashion_mnist", description=__doc__)
+    p.add_argument("--model", choices=sorted(RECIPES), required=True)
+    p.add_argument("--impl", choices=IMPLS, default="recurrent", help="our layers or torch.nn's")
+    p.add_argument("--seed", type=non_negative, default=0)
+    p.add_argument("--out", type=Path,
+                   help="run folder (default: experiments/runs/<model>-<impl>-seed<S>-<device>[-limit<N>])")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (or start it if there is none)")
+    p.add_argument("--stop-after", type=positive, metavar="EPOCH",
+                   help="stop after this epoch, resumable later with --resume (e.g. to fit a time slot)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set lr=0.002 --set augment=false (repeatable)")
+    add_common_args(p)
+    args = p.parse_args(argv)
+    check_device(p, args.device)
+
+    try:
+        recipe = override(RECIPES[args.model], args.set + ([f"epochs={args.epochs}"] if args.epochs else []))
+    except ValueError as e:
+        p.error(str(e))
+    data_dir, origin = data_dir_and_origin(args.data_dir)
+    spec = RunSpec(model=args.model, impl=args.impl, seed=args.seed, recipe=recipe, limit=args.limit,
+                   device=args.device, threads=args.threads, data_dir=str(data_dir), data_origin=origin)
+    out = args.out or RUNS_DIR / run_name(spec)
+    try:
+        metrics = run(spec, out, resume=args.resume, stop_after=args.stop_after)
+    except (data.DataError, FileExistsError, ResumeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if metrics["complete"]:
+        print(f"{args.model}/{args.impl} seed {args.seed}: best epoch {metrics['best_epoch']}, "
+              f"test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f} "
+              f"({metrics['seconds_per_epoch']:.1f} s/epoch) -> {out}")
+    else:
+        print(f"stopped after epoch {metrics['epochs_done']} of {recipe.epochs}; continue with --resume -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The experiment's models and their training recipes, all configured in RECIPES below."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SEQ_LEN, INPUT_SIZE, N_CLASSES = 28, 28, 10  # each image is 28 rows of 28 pixels
+
+
+@dataclass(frozen=True)
+class Recipe:
+    # model
+    cell: str  # "rnn" | "gru"
+    hidden_size: int
+    num_layers: int
+    bidirectional: bool
+    readout: str  # "flatten" (all steps) | "last" (last step) | "pool" (mean and max over time)
+    dropout: float  # before the classifier's last Linear (flatten: after fc, before ReLU)
+    fc_hidden: int = 0  # 0: Dropout -> Linear(features, 10); else Linear -> Dropout -> ReLU -> Linear
+    rnn_dropout: float = 0.0  # between stacked recurrent layers (the layers' own `dropout` argument)
+    # training
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"  # "adam" | "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # "constant" | "onecycle" (linear warm-up, then cosine to zero)
+    warmup: float = 0.1  # fraction of the steps spent warming up (onecycle only)
+    clip_grad_norm: float = 0.0  # 0: no clipping
+    augment: bool = False  # random horizontal flip and shifts of up to `shift` pixels
+    shift: int = 2
+
+
+RECIPES: dict[str, Recipe] = {
+    # The report's bidirectional RNN: all 28 steps' outputs (28 x 256) -> fc(512) -> Dropout -> ReLU -> fc2.
+    "rnn": Recipe(cell="rnn", hidden_size=128, num_layers=1, bidirectional=True, readout="flatten",
+                  dropout=0.2, fc_hidden=512),
+    # The report's 2-layer GRU: last step's output (128) -> Dropout(0.1) -> Linear(128, 10).
+    "gru": Recipe(cell="gru", hidden_size=128, num_layers=2, bidirectional=False, readout="last", dropout=0.1),
+    # Our stronger configuration; tune on validation only.
+    "bigru": Recipe(cell="gru", hidden_size=256, num_layers=2, bidirectional=True, readout="pool",
+                    dropout=0.3, rnn_dropout=0.1, epochs=20, optimizer="adamw", lr=2e-3, weight_decay=0.05,
+                    schedule="onecycle", clip_grad_norm=1.0, augment=True),
+}
+IMPLS = ("recurrent", "torch")
+CHOICES = {"cell": ("rnn", "gru"), "readout": ("flatten", "last", "pool"), "optimizer": ("adam", "adamw"),
+           "schedule": ("constant", "onecycle")}
+
+
+def override(recipe: Recipe, settings: list[str]) -> Recipe:
+    """Apply KEY=VALUE strings (from --set) to a recipe, parsing each value as its field's type."""
+    types = {f.name: type(getattr(recipe, f.name)) for f in dataclasses.fields(recipe)}
+    changes: dict[str, object] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or key not in types:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(types)}")
+        if types[key] is bool:
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"--set {item!r}: {key} takes true or false")
+            changes[key] = value.lower() in ("true", "1")
+        else:
+            try:
+                changes[key] = types[key](value)
+            except ValueError:
+                raise ValueError(f"--set {item!r}: {key} takes a {types[key].__name__}") from None
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ValueError(f"--set {item!r}: {key} is one of {', '.join(CHOICES[key])}")
+    return dataclasses.replace(recipe, **changes)
+
+
+class SequenceClassifier(nn.Module):
+    """A recurrent layer reading the image row by row, a readout over its outputs, and a classifier."""
+
+    def __init__(self, recipe: Recipe, layers: ModuleType) -> None:
+        super().__init__()
+        r = recipe
+        cell = {"rnn": layers.RNN, "gru": layers.GRU}[r.cell]
+        self.readout = r.readout
+        self.rnn = cell(INPUT_SIZE, r.hidden_size, r.num_layers, batch_first=True,
+                        bidirectional=r.bidirectional, dropout=r.rnn_dropout)
+        width = r.hidden_size * (2 if r.bidirectional else 1)
+        features = {"flatten": SEQ_LEN * width, "last": width, "pool": 2 * width}[r.readout]
+        self.dropout = nn.Dropout(r.dropout)
+        self.fc = nn.Linear(features, r.fc_hidden or N_CLASSES)
+        self.fc2 = nn.Linear(r.fc_hidden, N_CLASSES) if r.fc_hidden else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.rnn(x)  # (batch, 28, width)
+        if self.readout == "flatten":
+            features = out.flatten(1)
+        elif self.readout == "last":
+            features = out[:, -1]
+        else:
+            features = torch.cat((out.mean(1), out.amax(1)), dim=1)
+        if self.fc2 is None:
+            return self.fc(self.dropout(features))
+        return self.fc2(F.relu(self.dropout(self.fc(features))))
+
+
+def layers_for(impl: str) -> ModuleType:
+    """The module providing RNN and GRU: ours or torch.nn (imported lazily: torch runs need no `recurrent`)."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown impl {impl!r}; choose from {', '.join(IMPLS)}")
+    return nn if impl == "torch" else importlib.import_module("recurrent")
+
+
+def build_model(recipe: Recipe, impl: str, seed: int) -> SequenceClassifier:
+    """Initialise with torch.nn layers under `seed`, then copy into `impl`'s layers, so that both
+    impls start from the same weights (their state_dict keys are identical by design)."""
+    torch.manual_seed(seed)
+    reference = SequenceClassifier(recipe, nn)
+    if impl == "torch":
+        return reference
+    model = SequenceClassifier(recipe, layers_for(impl))
+    model.load_state_dict(reference.state_dict(), strict=True)
+    return model

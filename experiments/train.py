@@ -1,0 +1,302 @@
+"""One training run: fit with early stopping on validation loss, checkpoint, resume, evaluate, report."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from experiments import data, plots
+from experiments.models import N_CLASSES, Recipe, build_model
+
+EVAL_BATCH = 1000  # evaluation batch size: only speed depends on it
+REPORT_BATCH = 128  # the report's test loss is a sum of per-batch means over batches of 128
+DROPOUT_SEED_OFFSET = 1_000_003  # training randomness must not replay the weight initialisation's stream
+LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.json"
+# Settings that may change when resuming; everything else must match the checkpoint.
+RESUMABLE_CHANGES = {"device", "threads", "data_dir"}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    model: str
+    impl: str
+    seed: int
+    recipe: Recipe
+    limit: int | None
+    device: str
+    threads: int
+    data_dir: str
+    data_origin: str = "--data-dir"
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("data_origin")
+        return d
+
+
+class ResumeError(ValueError):
+    """The checkpoint in the run folder was made with settings that cannot be continued."""
+
+
+def run_name(spec: RunSpec) -> str:
+    """Run folder name; the device type is part of it so that runs from several machines can sit together."""
+    limit = f"-limit{spec.limit}" if spec.limit else ""
+    return f"{spec.model}-{spec.impl}-seed{spec.seed}-{torch.device(spec.device).type}{limit}"
+
+
+def atomic_write(path: Path, payload: bytes) -> None:
+    """Write via a temp file in the same dir + fsync + os.replace: a crash leaves the old file or the new."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; outputs are ordinary readable files
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+def write_json(obj: Any, path: Path) -> None:
+    atomic_write(path, (json.dumps(obj, indent=1) + "\n").encode())
+
+
+def make_optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
+    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[r.optimizer]
+    return kind(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, r: Recipe, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per batch. A LambdaLR over the whole run's steps: its state is only the step count.
+    "onecycle": linear warm-up over the first r.warmup of the steps, then cosine decay to zero."""
+    if r.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    warm = max(1, round(r.warmup * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total_steps - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def augment(x: Tensor, r: Recipe, generator: torch.Generator) -> Tensor:
+    """Random horizontal flip and a random shift of up to r.shift pixels each way, filled with
+    background; rows stay rows. Draws come from the CPU batch generator so that they resume exactly."""
+    n, s = len(x), r.shift
+    flip = torch.rand(n, generator=generator) < 0.5
+    dy, dx = (torch.randint(0, 2 * s + 1, (2, n), generator=generator)).to(x.device)
+    x = torch.where(flip.to(x.device)[:, None, None], x.flip(2), x)
+    padded = F.pad(x, (s, s, s, s), value=(0 - data.MEAN) / data.STD)  # a black pixel, normalised
+    ar = torch.arange(x.shape[1], device=x.device)
+    rows, cols = dy[:, None] + ar, dx[:, None] + ar
+    return padded[torch.arange(n, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample losses and predicted classes, in eval mode."""
+    model.eval()
+    losses, preds = [], []
+    for i in range(0, len(x), EVAL_BATCH):
+        logits = model(x[i : i + EVAL_BATCH])
+        losses.append(F.cross_entropy(logits, y[i : i + EVAL_BATCH], reduction="none"))
+        preds.append(logits.argmax(1))
+    return torch.cat(losses), torch.cat(preds)
+
+
+def train_epoch(
+    model: nn.Module, splits: data.Splits, r: Recipe, optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator, desc: str,
+) -> tuple[float, float]:
+    """One pass over the training set; mean loss and accuracy, measured on the fly (dropout on)."""
+    model.train()
+    total_loss = torch.zeros((), dtype=torch.float64, device=splits.train_x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=splits.train_x.device)
+    n = len(splits.train_y)
+    for idx in tqdm(data.batches(n, r.batch_size, generator), desc=desc, leave=False, disable=None):
+        idx = idx.to(splits.train_x.device)
+        x, y = splits.train_x[idx], splits.train_y[idx]
+        if r.augment:
+            x = augment(x, r, generator)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if r.clip_grad_norm:
+            nn.utils.clip_grad_norm_(model.parameters(), r.clip_grad_norm)
+        optimizer.step()
+        schedule.step()
+        # Accumulate on the device: no host sync per batch.
+        total_loss += loss.detach().double() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+    return total_loss.item() / n, correct.item() / n
+
+
+def rng_states(generator: torch.Generator) -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "batches": generator.get_state(),
+    }
+
+
+def restore_rng(states: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    generator.set_state(states["batches"])
+
+
+def _flat(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k != "recipe"} | {f"recipe.{k}": v for k, v in spec["recipe"].items()}
+
+
+def check_resumable(saved: dict[str, Any], spec: RunSpec) -> None:
+    old, new = _flat(saved), _flat(spec.as_dict())
+    diffs = [k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k]]
+    # Extending a run is fine when the learning rate does not depend on its length.
+    if diffs == ["recipe.epochs"] and spec.recipe.schedule == "constant":
+        return
+    if diffs:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diffs)
+        raise ResumeError(f"cannot resume: the checkpoint was made with other settings ({detail})")
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's or CPU's model name, for the timing tables."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+    return f"{name or platform.processor() or 'CPU'} ({os.cpu_count()} logical cores)"
+
+
+def run(spec: RunSpec, out: Path, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
+    """Train (or continue) the run described by `spec` in `out`; return its metrics.
+
+    stop_after: end after that many epochs without the final evaluation, as if interrupted; a later
+    call with resume=True carries on exactly."""
+    r = spec.recipe
+    torch.set_num_threads(spec.threads)
+    device = torch.device(spec.device)
+    splits = data.load_splits(Path(spec.data_dir), spec.limit, origin=spec.data_origin).to(device)
+    out.mkdir(parents=True, exist_ok=True)  # after the data checks: a failed start leaves no folder
+
+    model = build_model(r, spec.impl, spec.seed).to(device)
+    optimizer = make_optimizer(model, r)
+    steps_per_epoch = math.ceil(len(splits.train_y) / r.batch_size)
+    schedule = make_schedule(optimizer, r, r.epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(spec.seed)  # batch order and augmentation draws
+    torch.manual_seed(spec.seed + DROPOUT_SEED_OFFSET)
+    history: list[dict[str, float]] = []
+    best: dict[str, Any] = {"epoch": 0, "val_loss": math.inf, "model": None}
+
+    if (out / LAST).exists():
+        if not resume:
+            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, or pick another --out")
+        ckpt = torch.load(out / LAST, map_location="cpu")  # RNG states must stay CPU tensors
+        check_resumable(ckpt["spec"], spec)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["schedule"])
+        restore_rng(ckpt["rng"], generator)
+        history, best = ckpt["history"], ckpt["best"]
+
+    started = len(history)
+    last_epoch = r.epochs if stop_after is None else min(r.epochs, stop_after)
+    for epoch in tqdm(range(started + 1, last_epoch + 1), desc=f"{spec.model}/{spec.impl}", disable=None,
+                      initial=started, total=r.epochs):
+        t0 = time.perf_counter()
+        train_loss, train_acc = train_epoch(model, splits, r, optimizer, schedule, generator, f"epoch {epoch}")
+        val_losses, val_preds = predict(model, splits.val_x, splits.val_y)
+        row = {
+            "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+            "val_loss": val_losses.double().mean().item(),
+            "val_acc": (val_preds == splits.val_y).double().mean().item(),
+        }
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        if row["val_loss"] < best["val_loss"]:  # early stopping: keep the lowest validation loss
+            best = {"epoch": epoch, "val_loss": row["val_loss"],
+                    "model": {k: v.clone() for k, v in model.state_dict().items()}}
+            save_checkpoint({"model": best["model"], "epoch": epoch, "spec": spec.as_dict()}, out / BEST)
+        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "schedule": schedule.state_dict(), "rng": rng_states(generator),
+                         "history": history, "best": best, "spec": spec.as_dict()}, out / LAST)
+        tqdm.write(f"{spec.model}/{spec.impl} seed {spec.seed} epoch {epoch}: train loss {train_loss:.4f} "
+                   f"acc {train_acc:.4f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} "
+                   f"| {row['seconds']:.1f}s", file=sys.stderr)
+
+    metrics = summarize(spec, device, splits, history, best["epoch"])
+    if len(history) == r.epochs:
+        model.load_state_dict(best["model"])
+        metrics.update(evaluate_test(model, splits))
+        plots.confusion(metrics["confusion_matrix"], data.CLASSES, out / "confusion.png",
+                        f"{spec.model} ({spec.impl}), test set, epoch {best['epoch']}")
+    plots.curves({"": (history, best["epoch"])}, out / "curves.png",
+                 f"{spec.model} ({spec.impl}), seed {spec.seed}")
+    write_json(metrics, out / METRICS)
+    return metrics
+
+
+def summarize(
+    spec: RunSpec, device: torch.device, splits: data.Splits, history: list[dict[str, float]], best_epoch: int
+) -> dict[str, Any]:
+    seconds = [h["seconds"] for h in history]
+    return {
+        "model": spec.model, "impl": spec.impl, "seed": spec.seed, "complete": len(history) == spec.recipe.epochs,
+        "epochs_done": len(history), "best_epoch": best_epoch, "history": history,
+        "sizes": {"train": len(splits.train_y), "val": len(splits.val_y), "test": len(splits.test_y)},
+        "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
+        "device": device_name(device), "device_type": device.type, "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(), "config": spec.as_dict(),
+    }
+
+
+def evaluate_test(model: nn.Module, splits: data.Splits) -> dict[str, Any]:
+    losses, preds = predict(model, splits.test_x, splits.test_y)
+    y = splits.test_y
+    confusion = torch.zeros(N_CLASSES, N_CLASSES, dtype=torch.int64)
+    confusion.index_put_((y.cpu(), preds.cpu()), torch.ones(len(y), dtype=torch.int64), accumulate=True)
+    per_class = confusion.diag().double() / confusion.sum(1).clamp(min=1).double()
+    return {
+        "test_accuracy": (preds == y).double().mean().item(),
+        "test_loss": losses.double().mean().item(),  # mean per-sample cross-entropy
+        # The report's form: the sum over batches of 128 of each batch's mean loss.
+        "test_loss_report_form": sum(b.double().mean().item() for b in losses.split(REPORT_BATCH)),
+        "per_class_accuracy": dict(zip(data.CLASSES, per_class.tolist())),
+        "confusion_matrix": confusion.tolist(),
+    }
