@@ -1,6 +1,6 @@
 """recurrent: recurrent layers with explicit gate math, torch.nn's API and numbers, and a fast path."""
-from .cells import GRUCell, RNNCell
-from .layers import GRU, RNN
+from .cells import GRUCell, LSTMCell, RNNCell
+from .layers import GRU, LSTM, RNN
 
-__all__ = ["GRU", "GRUCell", "RNN", "RNNCell"]
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell"]
 __version__ = "0.1.0"

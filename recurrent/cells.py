@@ -58,6 +58,29 @@ def gru_step(gi: Tensor, gh: Tensor, h: Tensor) -> Tuple[Tensor, Tensor, Tensor]
     return torch.lerp(n, h, z), rz, n
 
 
+@script
+def lstm_step(gi: Tensor, gh: Tensor, c: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """LSTM step with torch.nn's gate order (i, f, g, o) along the last dimension of gi and gh.
+
+        i  = σ(W_ii x + b_ii + W_hi h + b_hi)
+        f  = σ(W_if x + b_if + W_hf h + b_hf)
+        g  = tanh(W_ig x + b_ig + W_hg h + b_hg)
+        o  = σ(W_io x + b_io + W_ho h + b_ho)
+        c' = f ⊙ c + i ⊙ g
+        h' = o ⊙ tanh(c')
+
+    Returns ``(h', c', if, g, o)``, ``if`` being i and f side by side; the kernels keep the gates
+    for the backward. (A projected LSTM then maps h' to W_hr h'; the layer kernel does that.)
+    """
+    hidden = c.size(-1)
+    pre = gi + gh
+    i_f = torch.sigmoid(pre[..., : 2 * hidden])
+    g = tanh(pre[..., 2 * hidden : 3 * hidden])
+    o = torch.sigmoid(pre[..., 3 * hidden :])
+    c_new = torch.addcmul(i_f[..., hidden:] * c, i_f[..., :hidden], g)
+    return o * tanh(c_new), c_new, i_f, g, o
+
+
 class RNNCellBase(nn.Module):
     """Parameters, initialisation and input checks shared by the cells (torch.nn's layout)."""
 
@@ -99,17 +122,19 @@ class RNNCellBase(nn.Module):
 
     def _projections(self, input: Tensor, hx: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, bool]:
         """Checks the arguments, adds the batch dimension if missing; returns (gi, gh, h, batched)."""
-        checks.check_cell_input(input, hx, self.input_size, self.hidden_size, self.weight_ih)
+        checks.check_cell_input(input, hx, self.input_size, self.hidden_size, self.weight_ih, "hx")
         batched = input.dim() == 2
         if not batched:
             input = input.unsqueeze(0)
-        if hx is None:
-            h = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
-        else:
-            h = hx if batched else hx.unsqueeze(0)
+        h = self._state(hx, input, batched)
         gi = F.linear(input, self.weight_ih, self.bias_ih)
         gh = F.linear(h, self.weight_hh, self.bias_hh)
         return gi, gh, h, batched
+
+    def _state(self, given: Optional[Tensor], input: Tensor, batched: bool) -> Tensor:
+        if given is None:
+            return torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+        return given if batched else given.unsqueeze(0)
 
 
 class RNNCell(RNNCellBase):
@@ -147,3 +172,23 @@ class GRUCell(RNNCellBase):
         gi, gh, h, batched = self._projections(input, hx)
         h = gru_step(gi, gh, h)[0]
         return h if batched else h.squeeze(0)
+
+
+class LSTMCell(RNNCellBase):
+    """Long short-term memory cell, ``torch.nn.LSTMCell``'s API; the math is :func:`lstm_step`."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+        h0, c0 = (None, None) if hx is None else hx
+        checks.check_cell_input(input, h0, self.input_size, self.hidden_size, self.weight_ih, "h0")
+        checks.check_cell_input(input, c0, self.input_size, self.hidden_size, self.weight_ih, "c0")
+        batched = input.dim() == 2
+        if not batched:
+            input = input.unsqueeze(0)
+        h, c = self._state(h0, input, batched), self._state(c0, input, batched)
+        gi = F.linear(input, self.weight_ih, self.bias_ih)
+        gh = F.linear(h, self.weight_hh, self.bias_hh)
+        h, c, _, _, _ = lstm_step(gi, gh, c)
+        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))

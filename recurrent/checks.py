@@ -19,6 +19,13 @@ def check_sizes(**sizes: int) -> None:
             raise ValueError(f"{name} must be greater than zero, got {value}")
 
 
+def check_proj_size(proj_size: int, hidden_size: int) -> None:
+    if not isinstance(proj_size, int) or isinstance(proj_size, bool) or proj_size < 0:
+        raise ValueError(f"proj_size should be a positive integer or zero to disable projections, got {proj_size!r}")
+    if proj_size >= hidden_size:
+        raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} >= {hidden_size}")
+
+
 def check_bool(name: str, value: bool) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
@@ -51,7 +58,9 @@ def check_like_weight(name: str, tensor: Tensor, weight: Tensor) -> None:
         )
 
 
-def check_cell_input(input: Tensor, hx: Optional[Tensor], input_size: int, hidden_size: int, weight: Tensor) -> None:
+def check_cell_input(
+    input: Tensor, hx: Optional[Tensor], input_size: int, hidden_size: int, weight: Tensor, name: str
+) -> None:
     if input.dim() not in (1, 2):
         raise ValueError(f"Expected input to be 1D or 2D, got {input.dim()}D instead")
     if input.size(-1) != input_size:
@@ -59,13 +68,11 @@ def check_cell_input(input: Tensor, hx: Optional[Tensor], input_size: int, hidde
     check_like_weight("input", input, weight)
     if hx is not None:
         if hx.dim() != input.dim():
-            raise RuntimeError(
-                f"Expected hidden to be {input.dim()}D like the input, got {hx.dim()}D instead"
-            )
+            raise RuntimeError(f"Expected {name} to be {input.dim()}D like the input, got {hx.dim()}D instead")
         expected = [hidden_size] if input.dim() == 1 else [input.size(0), hidden_size]
         if list(hx.size()) != expected:
-            raise RuntimeError(f"Expected hidden size {expected}, got {list(hx.size())}")
-        check_like_weight("hx", hx, weight)
+            raise RuntimeError(f"Expected {name} of size {expected}, got {list(hx.size())}")
+        check_like_weight(name, hx, weight)
 
 
 def check_layer_input(input: Tensor, input_size: int, weight: Tensor) -> None:

@@ -6,7 +6,6 @@ input); the outputs of both directions, concatenated, feed the next layer. In ea
 backward is the kernel's hand-written one; in a scripted module the loop is differentiated by
 TorchScript's autograd.
 """
-from __future__ import annotations
 
 import math
 import warnings
@@ -18,16 +17,17 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from . import checks, kernels
-from .kernels import gru_forward, rnn_forward
+from .kernels import gru_forward, lstm_forward, rnn_forward
 
-_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3}
+_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3, "LSTM": 4}
 
 
 class RNNBase(nn.Module):
-    """What RNN and GRU share: parameters, checks, stacking, directions, dropout."""
+    """What RNN, GRU and LSTM share: parameters, checks, stacking, directions, dropout, packing."""
 
     __constants__ = [
         "mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional",
+        "proj_size",
     ]
     __jit_unused_properties__ = ["all_weights"]
 
@@ -41,11 +41,13 @@ class RNNBase(nn.Module):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
+        proj_size: int = 0,
         device=None,
         dtype=None,
     ) -> None:
         super().__init__()
         checks.check_sizes(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
+        checks.check_proj_size(proj_size, hidden_size)
         for name, flag in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
             checks.check_bool(name, flag)
         checks.check_dropout(dropout)
@@ -63,20 +65,23 @@ class RNNBase(nn.Module):
         self.batch_first = batch_first
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
-        self.proj_size = 0
+        self.proj_size = proj_size
 
         directions = 2 if bidirectional else 1
         gate_size = _GATES[mode] * hidden_size
+        output_size = proj_size or hidden_size
         factory = {"device": device, "dtype": dtype}
         self._flat_weights_names: List[str] = []
         self._all_weights: List[List[str]] = []
         for layer in range(num_layers):
-            layer_input = input_size if layer == 0 else hidden_size * directions
+            layer_input = input_size if layer == 0 else output_size * directions
             for direction in range(directions):
                 suffix = "_reverse" if direction == 1 else ""
-                shapes = [("weight_ih", (gate_size, layer_input)), ("weight_hh", (gate_size, hidden_size))]
+                shapes = [("weight_ih", (gate_size, layer_input)), ("weight_hh", (gate_size, output_size))]
                 if bias:
                     shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
+                if proj_size:
+                    shapes += [("weight_hr", (proj_size, hidden_size))]
                 names = []
                 for kind, shape in shapes:
                     name = f"{kind}_l{layer}{suffix}"
@@ -117,6 +122,8 @@ class RNNBase(nn.Module):
 
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
+        if self.proj_size != 0:
+            s += ", proj_size={proj_size}"
         if self.num_layers != 1:
             s += ", num_layers={num_layers}"
         if getattr(self, "nonlinearity", "tanh") != "tanh":
@@ -132,9 +139,27 @@ class RNNBase(nn.Module):
         return s.format(**self.__dict__)
 
     # -- forward ------------------------------------------------------------------------------
+    # forward takes a Tensor or (in eager mode) a PackedSequence. torch.nn declares two TorchScript
+    # overloads instead, but a module scripted that way has no callable forward of its own; so a
+    # scripted module takes packed input through forward_packed.
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         if not torch.jit.is_scripting() and isinstance(input, PackedSequence):
-            return self._forward_packed(input, hx)
+            return self.forward_packed(input, hx)
+        output, finals = self._run(input, None if hx is None else [hx])
+        return output, finals[0]
+
+    @torch.jit.export
+    def forward_packed(self, input: PackedSequence, hx: Optional[Tensor] = None) -> Tuple[PackedSequence, Tensor]:
+        """forward for a PackedSequence; what a scripted module calls (eager forward dispatches here)."""
+        packed, finals = self._run_packed(input, None if hx is None else [hx])
+        return packed, finals[0]
+
+    def _state_sizes(self) -> List[int]:
+        """The last dimension of each state: [h] for RNN and GRU; LSTM overrides this."""
+        return [self.hidden_size]
+
+    def _run(self, input: Tensor, hx: Optional[List[Tensor]]) -> Tuple[Tensor, List[Tensor]]:
+        """Padded (or unbatched) input: checks, layout, the stack, and back to the caller's layout."""
         weights = self._flat_weights if torch.jit.is_scripting() else self._named_weights()
         checks.check_layer_input(input, self.input_size, weights[0])
         batched = input.dim() == 3
@@ -145,42 +170,47 @@ class RNNBase(nn.Module):
         else:
             x = input
         steps, batch = x.size(0), x.size(1)
-        h0 = self._initial_state(hx, batch, x, weights[0], batched)
-        rows, finals = self._stack(x.reshape(steps * batch, -1), [batch] * steps, [h0], weights)
-        output, h_n = rows.view(steps, batch, -1), finals[0]
+        state0 = self._initial_states(hx, batch, x, weights[0], batched)
+        rows, finals = self._stack(x.reshape(steps * batch, -1), [batch] * steps, state0, weights)
+        output = rows.view(steps, batch, -1)
         if not batched:
-            return output.squeeze(1), h_n.squeeze(1)
-        if self.batch_first:
-            output = output.transpose(0, 1)
-        return output, h_n
+            return output.squeeze(1), [f.squeeze(1) for f in finals]
+        return (output.transpose(0, 1) if self.batch_first else output), finals
 
-    @torch.jit.unused
-    def _forward_packed(self, input: PackedSequence, hx: Optional[Tensor]) -> Tuple[PackedSequence, Tensor]:
-        weights = self._named_weights()
+    def _run_packed(self, input: PackedSequence, hx: Optional[List[Tensor]]) -> Tuple[PackedSequence, List[Tensor]]:
+        """PackedSequence input: its data are the rows, its batch_sizes the steps (sorted by length)."""
+        weights = self._flat_weights if torch.jit.is_scripting() else self._named_weights()
         checks.check_packed_input(input.data, self.input_size, weights[0])
-        batch_sizes = input.batch_sizes.tolist()
-        h0 = self._initial_state(hx, batch_sizes[0], input.data, weights[0], True)
-        if input.sorted_indices is not None:
-            h0 = h0.index_select(1, input.sorted_indices)
-        rows, finals = self._stack(input.data, batch_sizes, [h0], weights)
-        h_n = finals[0]
-        if input.unsorted_indices is not None:
-            h_n = h_n.index_select(1, input.unsorted_indices)
-        return PackedSequence(rows, input.batch_sizes, input.sorted_indices, input.unsorted_indices), h_n
+        batch_sizes: List[int] = input.batch_sizes.tolist()
+        state0 = self._initial_states(hx, batch_sizes[0], input.data, weights[0], True)
+        sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices  # locals refine Optional
+        if sorted_indices is not None:
+            state0 = [s.index_select(1, sorted_indices) for s in state0]
+        rows, finals = self._stack(input.data, batch_sizes, state0, weights)
+        if unsorted_indices is not None:
+            finals = [f.index_select(1, unsorted_indices) for f in finals]
+        return PackedSequence(rows, input.batch_sizes, input.sorted_indices, input.unsorted_indices), finals
 
-    def _initial_state(self, hx: Optional[Tensor], batch: int, like: Tensor, weight: Tensor, batched: bool) -> Tensor:
-        states = (2 if self.bidirectional else 1) * self.num_layers
+    def _initial_states(
+        self, hx: Optional[List[Tensor]], batch: int, like: Tensor, weight: Tensor, batched: bool
+    ) -> List[Tensor]:
+        layers = (2 if self.bidirectional else 1) * self.num_layers
+        sizes = self._state_sizes()
+        names = ["hx"] if len(sizes) == 1 else ["h0", "c0"]
         if hx is None:
-            return torch.zeros(states, batch, self.hidden_size, dtype=like.dtype, device=like.device)
-        checks.check_hidden("hx", hx, [states, batch, self.hidden_size], weight, batched)
-        return hx if batched else hx.unsqueeze(1)
+            return [torch.zeros(layers, batch, size, dtype=like.dtype, device=like.device) for size in sizes]
+        states: List[Tensor] = []
+        for state, name, size in zip(hx, names, sizes):
+            checks.check_hidden(name, state, [layers, batch, size], weight, batched)
+            states.append(state if batched else state.unsqueeze(1))
+        return states
 
     def _stack(
         self, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor]
     ) -> Tuple[Tensor, List[Tensor]]:
         """Runs every layer over rows (T, I) from state0 [(layers·D, N, H)]; returns (rows, finals)."""
         directions = 2 if self.bidirectional else 1
-        per_layer = directions * (4 if self.bias else 2)
+        per_layer = directions * ((4 if self.bias else 2) + (1 if self.proj_size > 0 else 0))
         reverse = kernels.reverse_index(batch_sizes, rows.device) if directions == 2 else None
         finals: List[List[Tensor]] = [[] for _ in state0]
         for layer in range(self.num_layers):
@@ -189,7 +219,9 @@ class RNNBase(nn.Module):
             if torch.jit.is_scripting():
                 rows, last = self._scripted_layer(rows, mine, params, batch_sizes, reverse)
             else:
-                spec = kernels.LayerSpec(kernels.KERNELS[self.mode], directions, self.bias, batch_sizes, reverse)
+                spec = kernels.LayerSpec(
+                    kernels.KERNELS[self.mode], directions, self.bias, self.proj_size > 0, batch_sizes, reverse
+                )
                 rows, last = kernels.run_layer(spec, rows, mine, params)
             for i, state in enumerate(last):
                 finals[i].append(state)
@@ -202,13 +234,14 @@ class RNNBase(nn.Module):
     ) -> Tuple[Tensor, List[Tensor]]:
         """The layer as TorchScript autograd sees it: the same kernels, differentiated op by op."""
         directions = 2 if self.bidirectional else 1
-        w_ih, w_hh, b_ih, b_hh = kernels.stack_weights(params, directions, self.bias)
+        w_ih, w_hh, b_ih, b_hh, extra = kernels.stack_weights(params, directions, self.bias, self.proj_size > 0)
         gi = kernels.gate_inputs(kernels.per_direction(rows, reverse), w_ih, b_ih)
-        hs, finals = self._scripted_recurrence(gi, state0, w_hh.transpose(1, 2), b_hh, batch_sizes)
+        hs, finals = self._scripted_recurrence(gi, state0, w_hh.transpose(1, 2), b_hh, extra, batch_sizes)
         return kernels.join_directions(hs, reverse), finals
 
     def _scripted_recurrence(
-        self, gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], batch_sizes: List[int]
+        self, gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
+        batch_sizes: List[int],
     ) -> Tuple[Tensor, List[Tensor]]:
         raise NotImplementedError("each layer kind runs its own kernel")
 
@@ -238,13 +271,14 @@ class RNN(RNNBase):
         self.nonlinearity = nonlinearity
         mode = "RNN_RELU" if nonlinearity == "relu" else "RNN_TANH"
         super().__init__(
-            mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype
+            mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype
         )
 
     def _scripted_recurrence(
-        self, gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], batch_sizes: List[int]
+        self, gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
+        batch_sizes: List[int],
     ) -> Tuple[Tensor, List[Tensor]]:
-        hs, finals, _ = rnn_forward(gi, state0, w_hh_t, b_hh, batch_sizes, False, self.mode == "RNN_RELU")
+        hs, finals, _ = rnn_forward(gi, state0, w_hh_t, b_hh, extra, batch_sizes, False, self.mode == "RNN_RELU")
         return hs, finals
 
 
@@ -264,11 +298,61 @@ class GRU(RNNBase):
         dtype=None,
     ) -> None:
         super().__init__(
-            "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype
+            "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype
         )
 
     def _scripted_recurrence(
-        self, gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], batch_sizes: List[int]
+        self, gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
+        batch_sizes: List[int],
     ) -> Tuple[Tensor, List[Tensor]]:
-        hs, finals, _ = gru_forward(gi, state0, w_hh_t, b_hh, batch_sizes, False)
+        hs, finals, _ = gru_forward(gi, state0, w_hh_t, b_hh, extra, batch_sizes, False)
+        return hs, finals
+
+
+class LSTM(RNNBase):
+    """Multi-layer LSTM with ``torch.nn.LSTM``'s API, ``proj_size`` included; the gate math is
+    :func:`recurrent.cells.lstm_step`. Takes an optional ``(h0, c0)``, returns ``(output, (h_n, c_n))``."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(
+            "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
+            device, dtype,
+        )
+
+    def forward(  # type: ignore[override]
+        self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
+    ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        if not torch.jit.is_scripting() and isinstance(input, PackedSequence):
+            return self.forward_packed(input, hx)
+        output, finals = self._run(input, None if hx is None else [hx[0], hx[1]])
+        return output, (finals[0], finals[1])
+
+    @torch.jit.export
+    def forward_packed(  # type: ignore[override]
+        self, input: PackedSequence, hx: Optional[Tuple[Tensor, Tensor]] = None
+    ) -> Tuple[PackedSequence, Tuple[Tensor, Tensor]]:
+        """forward for a PackedSequence; what a scripted module calls (eager forward dispatches here)."""
+        packed, finals = self._run_packed(input, None if hx is None else [hx[0], hx[1]])
+        return packed, (finals[0], finals[1])
+
+    def _state_sizes(self) -> List[int]:
+        return [self.proj_size if self.proj_size > 0 else self.hidden_size, self.hidden_size]
+
+    def _scripted_recurrence(
+        self, gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
+        batch_sizes: List[int],
+    ) -> Tuple[Tensor, List[Tensor]]:
+        hs, finals, _ = lstm_forward(gi, state0, w_hh_t, b_hh, extra, batch_sizes, False)
         return hs, finals

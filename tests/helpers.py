@@ -29,7 +29,8 @@ def scripted(module: nn.Module) -> torch.jit.ScriptModule:
 def grads(outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> list:
     """Gradients of a loss that weighs every output element differently (catches transposed grads)."""
     loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype, device=o.device).view_as(o)).sum() for o in outputs)
-    return list(torch.autograd.grad(loss, list(inputs), allow_unused=True))
+    # retain_graph: the reference and ours may share the graph of their input (e.g. a PackedSequence).
+    return list(torch.autograd.grad(loss, list(inputs), allow_unused=True, retain_graph=True))
 
 
 def assert_close(actual, expected, dtype: torch.dtype, what: str) -> None:

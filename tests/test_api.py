@@ -8,19 +8,20 @@ from torch import nn
 import recurrent
 from helpers import pair
 
-KINDS = ["RNN", "GRU", "RNNCell", "GRUCell"]
+KINDS = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_constructor_signature_matches_torch(kind):
     ours = inspect.signature(getattr(recurrent, kind))
     theirs_cls = getattr(nn, kind)
-    if kind in ("RNN", "GRU"):
+    if kind in ("RNN", "GRU", "LSTM"):
         # torch.nn declares these through @overload; read the documented typed overload.
         expected = ["input_size", "hidden_size", "num_layers"] + (["nonlinearity"] if kind == "RNN" else []) + [
-            "bias", "batch_first", "dropout", "bidirectional", "device", "dtype"]
+            "bias", "batch_first", "dropout", "bidirectional"] + (["proj_size"] if kind == "LSTM" else []) + [
+            "device", "dtype"]
         defaults = {"num_layers": 1, "nonlinearity": "tanh", "bias": True, "batch_first": False, "dropout": 0.0,
-                    "bidirectional": False, "device": None, "dtype": None}
+                    "bidirectional": False, "proj_size": 0, "device": None, "dtype": None}
     else:
         theirs = inspect.signature(theirs_cls)
         expected = list(theirs.parameters)
@@ -33,10 +34,13 @@ def test_constructor_signature_matches_torch(kind):
 
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("kind", ["RNN", "GRU"])
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM", "LSTM_proj"])
 def test_same_parameters_init_and_state_dict(kind, bias, bidirectional):
+    kind, _, proj = kind.partition("_")
     args = (5, 7, 3)
     kwargs = dict(bias=bias, bidirectional=bidirectional, batch_first=True, dropout=0.1)
+    if proj:
+        kwargs["proj_size"] = 4
     torch.manual_seed(123)
     reference = getattr(nn, kind)(*args, **kwargs)
     torch.manual_seed(123)
@@ -55,7 +59,7 @@ def test_same_parameters_init_and_state_dict(kind, bias, bidirectional):
     reference.load_state_dict(ours.state_dict(), strict=True)
 
 
-@pytest.mark.parametrize("kind", ["RNNCell", "GRUCell"])
+@pytest.mark.parametrize("kind", ["RNNCell", "GRUCell", "LSTMCell"])
 def test_cell_parameters_and_init(kind):
     torch.manual_seed(7)
     reference = getattr(nn, kind)(4, 6)

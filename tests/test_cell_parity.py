@@ -1,4 +1,4 @@
-"""Property tests: RNNCell and GRUCell equal torch.nn's cells, values and gradients."""
+"""Property tests: RNNCell, GRUCell and LSTMCell equal torch.nn's cells, values and gradients."""
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -9,7 +9,7 @@ from helpers import assert_close, grads, scripted
 
 cell_options = st.fixed_dictionaries(
     {
-        "kind": st.sampled_from(["RNNCell_tanh", "RNNCell_relu", "GRUCell"]),
+        "kind": st.sampled_from(["RNNCell_tanh", "RNNCell_relu", "GRUCell", "LSTMCell"]),
         "input_size": st.integers(1, 9),
         "hidden_size": st.integers(1, 9),
         "bias": st.booleans(),
@@ -36,10 +36,15 @@ def test_cells_equal_torch(device, o):
     run = scripted(ours) if o["script"] else ours
     lead = (o["batch"],) if o["batched"] else ()
     x = torch.randn(*lead, o["input_size"], device=device, dtype=dtype, requires_grad=True)
-    h = torch.randn(*lead, o["hidden_size"], device=device, dtype=dtype, requires_grad=True) if o["with_h"] else None
-    expected, actual = reference(x, h), run(x, h)
-    assert actual.shape == expected.shape
-    assert_close(actual, expected, dtype, "cell output")
-    inputs = [x] + ([h] if h is not None else [])
-    for a, e in zip(grads([actual], inputs + list(ours.parameters())), grads([expected], inputs + list(reference.parameters()))):
+    count = (2 if kind == "LSTMCell" else 1) if o["with_h"] else 0
+    states = [torch.randn(*lead, o["hidden_size"], device=device, dtype=dtype, requires_grad=True) for _ in range(count)]
+    hx = None if not states else states[0] if count == 1 else tuple(states)
+    expected, actual = reference(x, hx), run(x, hx)
+    expected = list(expected) if isinstance(expected, tuple) else [expected]
+    actual = list(actual) if isinstance(actual, tuple) else [actual]
+    for a, e in zip(actual, expected):
+        assert a.shape == e.shape
+        assert_close(a, e, dtype, "cell output")
+    inputs = [x] + states
+    for a, e in zip(grads(actual, inputs + list(ours.parameters())), grads(expected, inputs + list(reference.parameters()))):
         assert_close(a, e, dtype, "cell gradient")

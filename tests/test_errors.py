@@ -25,6 +25,10 @@ from helpers import scripted
         ("GRU", dict(batch_first="yes"), TypeError, "batch_first should be of type bool, got: str"),
         ("RNNCell", dict(nonlinearity="gelu"), ValueError, "Unknown nonlinearity 'gelu'"),
         ("GRUCell", dict(hidden_size=0), ValueError, "hidden_size must be greater than zero"),
+        ("LSTM", dict(proj_size=4), ValueError, "proj_size has to be smaller than hidden_size, got proj_size=4 >= 4"),
+        ("LSTM", dict(proj_size=9), ValueError, "proj_size has to be smaller than hidden_size"),
+        ("LSTM", dict(proj_size=-1), ValueError, "proj_size should be a positive integer or zero"),
+        ("LSTMCell", dict(hidden_size=-1), ValueError, "hidden_size must be greater than zero"),
     ],
 )
 def test_constructor_rejects(kind, kwargs, error, pattern):
@@ -99,10 +103,10 @@ def test_layer_rejects_input_on_other_device_meta():
 BAD_CELL_CALLS = [
     ("wrong feature size", lambda: (torch.randn(2, 5), None), RuntimeError, "Expected 3, got 5"),
     ("3-d input", lambda: (torch.randn(2, 2, 3), None), ValueError, "1D or 2D, got 3D"),
-    ("h wrong batch", lambda: (torch.randn(2, 3), torch.randn(3, 4)), RuntimeError, re.escape("Expected hidden size [2, 4], got [3, 4]")),
+    ("h wrong batch", lambda: (torch.randn(2, 3), torch.randn(3, 4)), RuntimeError, re.escape("Expected hx of size [2, 4], got [3, 4]")),
     ("h broadcastable", lambda: (torch.randn(2, 3), torch.randn(1, 4)), RuntimeError, re.escape("got [1, 4]")),
-    ("h wrong size", lambda: (torch.randn(3), torch.randn(5)), RuntimeError, re.escape("Expected hidden size [4], got [5]")),
-    ("batched h, unbatched input", lambda: (torch.randn(3), torch.randn(1, 4)), RuntimeError, "hidden to be 1D like the input, got 2D"),
+    ("h wrong size", lambda: (torch.randn(3), torch.randn(5)), RuntimeError, re.escape("Expected hx of size [4], got [5]")),
+    ("batched h, unbatched input", lambda: (torch.randn(3), torch.randn(1, 4)), RuntimeError, "hx to be 1D like the input, got 2D"),
     ("input dtype", lambda: (torch.randn(2, 3, dtype=torch.float64), None), ValueError, "input dtype"),
 ]
 
@@ -125,3 +129,39 @@ def test_torch_nn_also_rejects(what, make, error, pattern):
     x, h0 = make()
     with pytest.raises(Exception):
         layer(x, h0)
+
+
+LSTM_ARGS = dict(input_size=3, hidden_size=4, num_layers=2, proj_size=2)  # h0 (2, N, 2), c0 (2, N, 4)
+
+BAD_LSTM_STATES = [
+    ("h0 of hidden_size, not proj_size", (torch.randn(2, 5, 4), torch.randn(2, 5, 4)), re.escape("Expected h0 of size [2, 5, 2], got [2, 5, 4]")),
+    ("c0 of proj_size", (torch.randn(2, 5, 2), torch.randn(2, 5, 2)), re.escape("Expected c0 of size [2, 5, 4], got [2, 5, 2]")),
+    ("c0 wrong batch", (torch.randn(2, 5, 2), torch.randn(2, 1, 4)), re.escape("Expected c0 of size [2, 5, 4], got [2, 1, 4]")),
+    ("h0 wrong layers", (torch.randn(1, 5, 2), torch.randn(2, 5, 4)), re.escape("Expected h0 of size [2, 5, 2], got [1, 5, 2]")),
+    ("c0 2-D", (torch.randn(2, 5, 2), torch.randn(2, 4)), "c0 should also be 3-D but got 2-D"),
+]
+
+
+@pytest.mark.parametrize("what,states,pattern", BAD_LSTM_STATES, ids=[c[0] for c in BAD_LSTM_STATES])
+def test_lstm_rejects_states(what, states, pattern):
+    layer = recurrent.LSTM(**LSTM_ARGS)
+    with pytest.raises(RuntimeError, match=pattern):
+        layer(torch.randn(6, 5, 3), states)
+    with pytest.raises(Exception):  # torch.nn rejects them as well
+        nn.LSTM(**LSTM_ARGS)(torch.randn(6, 5, 3), states)
+
+
+def test_lstm_cell_rejects_states():
+    cell = recurrent.LSTMCell(3, 4)
+    with pytest.raises(RuntimeError, match=re.escape("Expected c0 of size [2, 4], got [3, 4]")):
+        cell(torch.randn(2, 3), (torch.randn(2, 4), torch.randn(3, 4)))
+
+
+def test_packed_input_rejects_wrong_features_and_state():
+    from torch.nn.utils.rnn import pack_sequence
+
+    layer = recurrent.GRU(3, 4)
+    with pytest.raises(RuntimeError, match="Expected 3, got 5"):
+        layer(pack_sequence([torch.randn(4, 5), torch.randn(2, 5)]))
+    with pytest.raises(RuntimeError, match=re.escape("Expected hx of size [1, 2, 4], got [1, 3, 4]")):
+        layer(pack_sequence([torch.randn(4, 3), torch.randn(2, 3)]), torch.randn(1, 3, 4))

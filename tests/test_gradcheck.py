@@ -5,26 +5,34 @@ import pytest
 import torch
 
 import recurrent
+from torch.nn.utils.rnn import pack_padded_sequence
 
-OPTIONS = list(itertools.product(["RNN_tanh", "RNN_relu", "GRU"], [False, True], [False, True]))
+KINDS = ["RNN_tanh", "RNN_relu", "GRU", "LSTM", "LSTM_proj"]
+OPTIONS = list(itertools.product(KINDS, [False, True], [False, True], [False, True]))
 
 
-@pytest.mark.parametrize("kind,bidirectional,bias", OPTIONS)
-def test_gradcheck_layers(kind, bidirectional, bias):
-    name, _, nonlinearity = kind.partition("_")
-    extra = {"nonlinearity": nonlinearity} if nonlinearity else {}
+@pytest.mark.parametrize("kind,bidirectional,bias,packed", OPTIONS)
+def test_gradcheck_layers(kind, bidirectional, bias, packed):
+    name, _, variant = kind.partition("_")
+    extra = {"nonlinearity": variant} if name == "RNN" else {"proj_size": 2} if variant == "proj" else {}
     torch.manual_seed(0)
     layer = getattr(recurrent, name)(3, 4, 2, bias=bias, bidirectional=bidirectional, dtype=torch.float64, **extra)
-    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(4 if bidirectional else 2, 2, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
+    layers = 4 if bidirectional else 2
+    states = [torch.randn(layers, 3, 2 if variant == "proj" else 4, dtype=torch.float64, requires_grad=True)]
+    if name == "LSTM":
+        states.append(torch.randn(layers, 3, 4, dtype=torch.float64, requires_grad=True))
     params = list(layer.parameters())
     names = [n for n, _ in layer.named_parameters()]
 
-    def run(x, h0, *weights):
-        out, h_n = torch.func.functional_call(layer, dict(zip(names, weights)), (x, h0))
-        return out, h_n
+    def run(x, *tensors):
+        hx = tensors[0] if name != "LSTM" else (tensors[0], tensors[1])
+        weights = dict(zip(names, tensors[len(states) :]))
+        inputs = pack_padded_sequence(x, torch.tensor([2, 4, 1]), enforce_sorted=False) if packed else x
+        out, finals = torch.func.functional_call(layer, weights, (inputs, hx))
+        return (out.data if packed else out, *(finals if name == "LSTM" else (finals,)))
 
-    assert torch.autograd.gradcheck(run, (x, h0, *params))
+    assert torch.autograd.gradcheck(run, (x, *states, *params))
 
 
 def test_double_backward_is_a_clear_error():

@@ -1,4 +1,4 @@
-"""Property tests: RNN and GRU equal torch.nn's outputs, final states and every gradient."""
+"""Property tests: RNN, GRU and LSTM equal torch.nn's outputs, final states and every gradient."""
 import pytest
 import torch
 from hypothesis import given
@@ -8,7 +8,8 @@ from helpers import assert_close, grads, pair, scripted
 
 layer_options = st.fixed_dictionaries(
     {
-        "kind": st.sampled_from(["RNN_tanh", "RNN_relu", "GRU"]),
+        "kind": st.sampled_from(["RNN_tanh", "RNN_relu", "GRU", "LSTM"]),
+        "proj": st.integers(0, 8),  # LSTM only: proj_size = proj % hidden_size
         "input_size": st.integers(1, 9),
         "hidden_size": st.integers(1, 9),
         "num_layers": st.integers(1, 3),
@@ -24,9 +25,26 @@ layer_options = st.fixed_dictionaries(
 )
 
 
-def build(o: dict, dtype: torch.dtype, device: str):
+def constructor_extras(o: dict) -> dict:
     kind, _, nonlinearity = o["kind"].partition("_")
-    extra = {"nonlinearity": nonlinearity} if nonlinearity else {}
+    if nonlinearity:
+        return {"nonlinearity": nonlinearity}
+    if kind == "LSTM":
+        return {"proj_size": o["proj"] % o["hidden_size"]}
+    return {}
+
+
+def initial_states(o: dict, kind: str, lead: tuple, dtype, device) -> list:
+    """[h0] or [h0, c0] with torch.nn's shapes (h0 of size proj_size for a projected LSTM)."""
+    sizes = [o["hidden_size"]]
+    if kind == "LSTM":
+        sizes = [(o["proj"] % o["hidden_size"]) or o["hidden_size"], o["hidden_size"]]
+    return [torch.randn(*lead, size, dtype=dtype, device=device, requires_grad=True) for size in sizes]
+
+
+def build(o: dict, dtype: torch.dtype, device: str):
+    kind = o["kind"].partition("_")[0]
+    extra = constructor_extras(o)
     torch.manual_seed(o["seed"])
     reference, ours = pair(
         kind, o["input_size"], o["hidden_size"], o["num_layers"], bias=o["bias"], batch_first=o["batch_first"],
@@ -35,27 +53,36 @@ def build(o: dict, dtype: torch.dtype, device: str):
     directions = 2 if o["bidirectional"] else 1
     if o["batched"]:
         shape = (o["batch"], o["steps"]) if o["batch_first"] else (o["steps"], o["batch"])
-        h_shape = (directions * o["num_layers"], o["batch"], o["hidden_size"])
+        lead = (directions * o["num_layers"], o["batch"])
     else:
-        shape, h_shape = (o["steps"],), (directions * o["num_layers"], o["hidden_size"])
+        shape, lead = (o["steps"],), (directions * o["num_layers"],)
     x = torch.randn(*shape, o["input_size"], dtype=dtype, device=device, requires_grad=True)
-    h0 = torch.randn(h_shape, dtype=dtype, device=device, requires_grad=True) if o["with_h0"] else None
-    return reference, ours, x, h0
+    states = initial_states(o, kind, lead, dtype, device) if o["with_h0"] else []
+    return reference, ours, x, states
+
+
+def flat(result) -> list:
+    """(output, h_n) or (output, (h_n, c_n)) as a flat list of tensors."""
+    output, finals = result
+    return [output, *(finals if isinstance(finals, tuple) else (finals,))]
+
+
+def hidden_arg(states: list):
+    if not states:
+        return None
+    return states[0] if len(states) == 1 else tuple(states)
 
 
 def check_against_reference(o: dict, dtype: torch.dtype, device: str, script: bool = False) -> None:
-    reference, ours, x, h0 = build(o, dtype, device)
-    if script:
-        ours_run = scripted(ours)
-    else:
-        ours_run = ours
-    expected = reference(x, h0)
-    actual = ours_run(x, h0)
-    for a, e, what in zip(actual, expected, ("output", "h_n")):
+    reference, ours, x, states = build(o, dtype, device)
+    ours_run = scripted(ours) if script else ours
+    expected = flat(reference(x, hidden_arg(states)))
+    actual = flat(ours_run(x, hidden_arg(states)))
+    for a, e, what in zip(actual, expected, ("output", "h_n", "c_n")):
         assert a.shape == e.shape, f"{what} shape {a.shape} != torch.nn's {e.shape}"
         assert_close(a, e, dtype, what)
-    inputs = [x] + ([h0] if h0 is not None else [])
-    names = ["input"] + (["h0"] if h0 is not None else [])
+    inputs = [x] + states
+    names = ["input", "h0", "c0"][: len(inputs)]
     g_expected = grads(expected, inputs + list(reference.parameters()))
     g_actual = grads(actual, inputs + list(ours.parameters()))
     names += [n for n, _ in ours.named_parameters()]
@@ -78,7 +105,7 @@ def test_scripted_layers_equal_torch(device, o):
     check_against_reference(o, torch.float64, device, script=True)
 
 
-@pytest.mark.parametrize("kind", ["RNN", "GRU"])
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
 def test_inference_path_equals_torch(device, kind):
     """Under no_grad and inference_mode the kernel saves nothing and still returns torch.nn's numbers."""
     torch.manual_seed(0)
@@ -89,11 +116,11 @@ def test_inference_path_equals_torch(device, kind):
         with context():
             actual = ours(x)
         assert not actual[0].requires_grad
-        for a, e in zip(actual, expected):
+        for a, e in zip(flat(actual), flat(expected)):
             assert_close(a, e.detach(), torch.float64, f"{kind} under {context.__name__}")
 
 
-@pytest.mark.parametrize("kind", ["RNN", "GRU"])
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
 def test_dropout_between_layers_only_in_training(kind):
     torch.manual_seed(0)
     reference, ours = pair(kind, 4, 6, 3, dropout=0.5)

@@ -15,7 +15,11 @@ from recurrent import _jit, kernels
 
 @pytest.mark.skipif(not _jit.JIT_ENABLED, reason="TorchScript switched off")
 def test_kernels_are_compiled():
-    for fn in (kernels.gru_forward, kernels.gru_backward, kernels.rnn_forward, kernels.rnn_backward):
+    kernel_functions = (
+        kernels.gru_forward, kernels.gru_backward, kernels.rnn_forward, kernels.rnn_backward,
+        kernels.lstm_forward, kernels.lstm_backward,
+    )
+    for fn in kernel_functions:
         assert isinstance(fn, torch.jit.ScriptFunction), fn
 
 
@@ -39,6 +43,9 @@ MODULES = [
     lambda: recurrent.RNN(5, 8, 2, bidirectional=True),
     lambda: recurrent.RNN(5, 8, nonlinearity="relu", batch_first=True),
     lambda: recurrent.GRU(5, 8, 3, bias=False, dropout=0.1),
+    lambda: recurrent.LSTMCell(5, 8),
+    lambda: recurrent.LSTM(5, 8, 2, bidirectional=True),
+    lambda: recurrent.LSTM(5, 8, proj_size=3, batch_first=True),
     Classifier,
 ]
 
@@ -54,9 +61,15 @@ def test_script_save_load_equal_eager(make, tmp_path):
     torch.jit.save(compiled, str(path))
     loaded = torch.jit.load(str(path))
     for run in (compiled, loaded):
-        actual = run(x)
-        for a, e in zip(actual if isinstance(actual, tuple) else [actual], expected if isinstance(expected, tuple) else [expected]):
+        for a, e in zip(leaves(run(x)), leaves(expected)):
             assert_close(a, e, torch.float32, "scripted vs eager")
+
+
+def leaves(result) -> list:
+    """Every tensor of a nested tuple result, in order."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    return [t for item in result for t in leaves(item)]
 
 
 def test_scripted_model_trains():

@@ -8,15 +8,18 @@ from functools import partial
 from .autograd import Kernel, LayerSpec, gate_inputs, run_layer, stack_weights
 from .common import join_directions, per_direction, reverse_index
 from .gru import gru_backward, gru_forward
+from .lstm import lstm_backward, lstm_forward
 from .rnn import rnn_backward, rnn_forward
 
 KERNELS = {
     "RNN_TANH": Kernel(partial(rnn_forward, relu=False), partial(rnn_backward, relu=False)),
     "RNN_RELU": Kernel(partial(rnn_forward, relu=True), partial(rnn_backward, relu=True)),
     "GRU": Kernel(gru_forward, gru_backward),
+    "LSTM": Kernel(lstm_forward, lstm_backward),
 }
 
 __all__ = [
-    "KERNELS", "Kernel", "LayerSpec", "gate_inputs", "gru_backward", "gru_forward", "join_directions", "per_direction",
+    "KERNELS", "Kernel", "LayerSpec", "gate_inputs", "gru_backward", "gru_forward", "join_directions",
+    "lstm_backward", "lstm_forward", "per_direction",
     "reverse_index", "rnn_backward", "rnn_forward", "run_layer", "stack_weights",
 ]

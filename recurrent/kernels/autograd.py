@@ -1,8 +1,10 @@
 """One ``autograd.Function`` per layer that wires any kernel pair into autograd.
 
 A kernel is a pair of TorchScript sequence functions (shapes in :mod:`.common`):
-``forward(gi, state0, w_hh_t, b_hh, batch_sizes, save) -> (hs, finals, saved)`` and
-``backward(grad_hs, grad_finals, state0, hs, h_prev, saved, w_hh, batch_sizes) -> (dgi, dgh, dstate0)``.
+``forward(gi, state0, w_hh_t, b_hh, extra, batch_sizes, save) -> (hs, finals, saved)`` and
+``backward(grad_hs, grad_finals, state0, hs, h_prev, saved, w_hh, extra, batch_sizes)
+-> (dgi, dgh, dstate0, dextra)``, where ``state0`` is [h0] or [h0, c0] and ``extra`` holds the
+weights only some kinds have (the LSTM's projection w_hr, (D, P, H)).
 Around it this module does, for a whole layer and both directions: the input projection of every
 row as one product before the loop, and after it the input, weight and bias gradients as single
 products and reductions over all rows.
@@ -20,33 +22,35 @@ from .common import join_directions, per_direction, previous_states, split_direc
 
 class Kernel(NamedTuple):
     forward: Callable[..., Tuple[Tensor, List[Tensor], List[Tensor]]]
-    backward: Callable[..., Tuple[Tensor, Tensor, List[Tensor]]]
+    backward: Callable[..., Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]]
 
 
 class LayerSpec(NamedTuple):
     kernel: Kernel
     directions: int
     bias: bool
+    proj: bool
     batch_sizes: List[int]
     reverse: Optional[Tensor]  # reverse_index(batch_sizes) for two directions
 
 
 @script
 def stack_weights(
-    params: List[Tensor], directions: int, bias: bool
-) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
-    """A layer's per-direction parameters [w_ih, w_hh(, b_ih, b_hh)]·D stacked on a new dim 0:
-    (w_ih (D, G, I), w_hh (D, G, H), b_ih (D, 1, G), b_hh (D, 1, G)), for batched products."""
-    per = 4 if bias else 2
+    params: List[Tensor], directions: int, bias: bool, proj: bool
+) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], List[Tensor]]:
+    """A layer's per-direction parameters [w_ih, w_hh(, b_ih, b_hh)(, w_hr)]·D stacked on a new
+    dim 0: (w_ih (D, G, I), w_hh (D, G, H), b_ih (D, 1, G), b_hh (D, 1, G), [w_hr (D, P, H)])."""
+    per = 2 + (2 if bias else 0) + (1 if proj else 0)
     stacked: List[Tensor] = []
     for i in range(per):
         if directions == 1:
             stacked.append(params[i].unsqueeze(0))
         else:
             stacked.append(torch.stack([params[i], params[per + i]]))
+    extra = stacked[per - 1 :] if proj else stacked[:0]
     if not bias:
-        return stacked[0], stacked[1], None, None
-    return stacked[0], stacked[1], stacked[2].unsqueeze(1), stacked[3].unsqueeze(1)
+        return stacked[0], stacked[1], None, None, extra
+    return stacked[0], stacked[1], stacked[2].unsqueeze(1), stacked[3].unsqueeze(1), extra
 
 
 @script
@@ -61,11 +65,13 @@ class LayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec: LayerSpec, rows: Tensor, states: int, *tensors: Tensor):
         state0, params = list(tensors[:states]), list(tensors[states:])
-        w_ih, w_hh, b_ih, b_hh = stack_weights(params, spec.directions, spec.bias)
+        w_ih, w_hh, b_ih, b_hh, extra = stack_weights(params, spec.directions, spec.bias, spec.proj)
         gi = gate_inputs(per_direction(rows, spec.reverse), w_ih, b_ih)
-        hs, finals, saved = spec.kernel.forward(gi, state0, w_hh.transpose(1, 2), b_hh, spec.batch_sizes, True)
-        ctx.spec, ctx.states = spec, states
-        ctx.save_for_backward(rows, w_ih, w_hh, hs, *state0, *saved)
+        hs, finals, saved = spec.kernel.forward(
+            gi, state0, w_hh.transpose(1, 2), b_hh, extra, spec.batch_sizes, True
+        )
+        ctx.spec, ctx.counts = spec, (states, len(extra))
+        ctx.save_for_backward(rows, w_ih, w_hh, hs, *state0, *extra, *saved)
         return (join_directions(hs, spec.reverse), *finals)
 
     @staticmethod
@@ -79,11 +85,12 @@ class LayerFunction(torch.autograd.Function):
             )
         spec: LayerSpec = ctx.spec
         rows, w_ih, w_hh, hs, *rest = ctx.saved_tensors
-        state0, saved = rest[: ctx.states], rest[ctx.states :]
+        states, extras = ctx.counts
+        state0, extra, saved = rest[:states], rest[states : states + extras], rest[states + extras :]
         grad_hs = split_directions(grad_out, spec.reverse)
         h_prev = previous_states(state0[0], hs, spec.batch_sizes)
-        dgi, dgh, dstate0 = spec.kernel.backward(
-            grad_hs, list(grad_finals), state0, hs, h_prev, saved, w_hh, spec.batch_sizes
+        dgi, dgh, dstate0, dextra = spec.kernel.backward(
+            grad_hs, list(grad_finals), state0, hs, h_prev, saved, w_hh, extra, spec.batch_sizes
         )
         # Input, weight and bias gradients as single batched products over all rows.
         dx = sum_directions(torch.bmm(dgi, w_ih), spec.reverse) if ctx.needs_input_grad[1] else None
@@ -91,9 +98,11 @@ class LayerFunction(torch.autograd.Function):
         dw_hh = torch.bmm(dgh.transpose(1, 2), h_prev).unbind(0)
         db_ih = dgi.sum(1).unbind(0) if spec.bias else ()
         db_hh = dgh.sum(1).unbind(0) if spec.bias else ()
+        dw_hr = dextra[0].unbind(0) if spec.proj else ()
         grads: List[Optional[Tensor]] = []
         for d in range(spec.directions):
             grads += [dw_ih[d], dw_hh[d]] + ([db_ih[d], db_hh[d]] if spec.bias else [])
+            grads += [dw_hr[d]] if spec.proj else []
         return (None, dx, None, *dstate0, *grads)
 
 
@@ -102,7 +111,7 @@ def run_layer(spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: List[
     if torch.is_grad_enabled() and any(t.requires_grad for t in [rows, *state0, *params]):
         out, *finals = LayerFunction.apply(spec, rows, len(state0), *state0, *params)
         return out, finals
-    w_ih, w_hh, b_ih, b_hh = stack_weights(params, spec.directions, spec.bias)
+    w_ih, w_hh, b_ih, b_hh, extra = stack_weights(params, spec.directions, spec.bias, spec.proj)
     gi = gate_inputs(per_direction(rows, spec.reverse), w_ih, b_ih)
-    hs, finals, _ = spec.kernel.forward(gi, state0, w_hh.transpose(1, 2), b_hh, spec.batch_sizes, False)
+    hs, finals, _ = spec.kernel.forward(gi, state0, w_hh.transpose(1, 2), b_hh, extra, spec.batch_sizes, False)
     return join_directions(hs, spec.reverse), finals

@@ -13,7 +13,8 @@ from .common import carry_rows, hidden_product, step_rows
 
 @script
 def gru_forward(
-    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], batch_sizes: List[int], save: bool
+    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
+    batch_sizes: List[int], save: bool,
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """Returns (hs, [h_n], saved); with ``save``, saved = [rz, n, W_hn h + b_hn] for every row."""
     h = state0[0]
@@ -41,9 +42,9 @@ def gru_forward(
 @script
 def gru_backward(
     grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: Tensor,
-    saved: List[Tensor], w_hh: Tensor, batch_sizes: List[int],
-) -> Tuple[Tensor, Tensor, List[Tensor]]:
-    """Returns (dgi, dgh, [dh0]), with a_* the gate pre-activations and ghn = W_hn h + b_hn:
+    saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int],
+) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
+    """Returns (dgi, dgh, [dh0], []), with a_* the gate pre-activations and ghn = W_hn h + b_hn:
 
         da_n = dh' ⊙ (1 − z) ⊙ (1 − n²)        dgi_n = da_n,   dgh_n = da_n ⊙ r
         da_z = dh' ⊙ (h − n) ⊙ z(1 − z)        da_r  = da_n ⊙ ghn ⊙ r(1 − r)
@@ -75,4 +76,4 @@ def gru_backward(
     dgi = torch.empty_like(dgh)
     dgi[..., : 2 * hidden].copy_(dgh[..., : 2 * hidden])
     torch.mul(dh_all, dn_factor, out=dgi[..., 2 * hidden :])
-    return dgi, dgh, [dh]
+    return dgi, dgh, [dh], extra[:0]

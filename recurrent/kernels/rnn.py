@@ -13,8 +13,8 @@ from .common import carry_rows, step_rows
 
 @script
 def rnn_forward(
-    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], batch_sizes: List[int],
-    save: bool, relu: bool,
+    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
+    batch_sizes: List[int], save: bool, relu: bool,
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """Returns (hs, [h_n], saved). The outputs hs are all the backward needs: nothing else is saved."""
     h = state0[0]
@@ -36,9 +36,9 @@ def rnn_forward(
 @script
 def rnn_backward(
     grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: Tensor,
-    saved: List[Tensor], w_hh: Tensor, batch_sizes: List[int], relu: bool,
-) -> Tuple[Tensor, Tensor, List[Tensor]]:
-    """Returns (dgi, dgh, [dh0]). With a = gi + gh and h' = act(a): da = dh' ⊙ act'(a), dh = da W_hh."""
+    saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int], relu: bool,
+) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
+    """Returns (dgi, dgh, [dh0], []). With a = gi + gh and h' = act(a): da = dh' ⊙ act'(a), dh = da W_hh."""
     # act'(a) from the outputs, for all steps at once: relu' = [h' > 0], tanh' = 1 − h'².
     # The loop then turns it into da in place, row block by row block.
     da = (hs > 0).to(hs.dtype) if relu else 1 - hs * hs
@@ -49,4 +49,4 @@ def rnn_backward(
         da_t = da[:, start:end].mul_(step_rows(dh, batch_sizes[t]) + grad_hs[:, start:end])
         dh = carry_rows(torch.bmm(da_t, w_hh), dh)
         end = start
-    return da, da, [dh]
+    return da, da, [dh], extra[:0]

@@ -1,0 +1,97 @@
+"""LSTM (optionally projected) over a whole sequence: forward loop and hand-written backward."""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .._jit import script
+from ..cells import lstm_step, tanh
+from .common import carry_rows, hidden_product, previous_states, step_rows
+
+
+@script
+def lstm_forward(
+    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
+    batch_sizes: List[int], save: bool,
+) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
+    """Returns (hs, [h_n, c_n], saved); with ``save``, saved = [if, g, o, c] for every row.
+    ``extra`` is [w_hr] for a projected LSTM: the state and output h is then W_hr (o ⊙ tanh(c))."""
+    h, c = state0[0], state0[1]
+    w_hr_t = extra[0].transpose(1, 2) if len(extra) > 0 else None
+    hs: List[Tensor] = []
+    ifs: List[Tensor] = []
+    gs: List[Tensor] = []
+    os: List[Tensor] = []
+    cs: List[Tensor] = []
+    start = 0
+    for size in batch_sizes:
+        gh = hidden_product(step_rows(h, size), w_hh_t, b_hh)
+        new_h, new_c, i_f, g, o = lstm_step(gi[:, start : start + size], gh, step_rows(c, size))
+        if w_hr_t is not None:
+            new_h = torch.bmm(new_h, w_hr_t)
+        hs.append(new_h)
+        if save:
+            ifs.append(i_f)
+            gs.append(g)
+            os.append(o)
+            cs.append(new_c)
+        h = carry_rows(new_h, h)
+        c = carry_rows(new_c, c)
+        start += size
+    saved: List[Tensor] = [torch.cat(ifs, 1), torch.cat(gs, 1), torch.cat(os, 1), torch.cat(cs, 1)] if save else []
+    return torch.cat(hs, 1), [h, c], saved
+
+
+@script
+def lstm_backward(
+    grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: Tensor,
+    saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int],
+) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
+    """Returns (dgates, dgates, [dh0, dc0], [dW_hr] or []); gi and gh enter the gates as a sum, so
+    their gradients are the same. With u = o ⊙ tanh(c') the unprojected output (u = h' without
+    projection) and a_* the gate pre-activations:
+
+        du   = dh' W_hr (or dh')                    dc   = dc' + du ⊙ o ⊙ (1 − tanh²(c'))
+        da_i = dc ⊙ g ⊙ i(1 − i)                    da_f = dc ⊙ c ⊙ f(1 − f)
+        da_g = dc ⊙ i ⊙ (1 − g²)                    da_o = du ⊙ tanh(c') ⊙ o(1 − o)
+        dh   = da W_hh                              dc_prev = dc ⊙ f
+    The factors that do not depend on the incoming gradients are formed for all rows before the loop.
+    """
+    i_f, g, o, cs = saved[0], saved[1], saved[2], saved[3]
+    directions, rows, hidden = cs.size(0), cs.size(1), cs.size(2)
+    i = i_f[..., :hidden]
+    f = i_f[..., hidden:]
+    tanh_c = tanh(cs)
+    c_prev = previous_states(state0[1], cs, batch_sizes)
+    du_to_dc = o * (1 - tanh_c * tanh_c)
+    factor = torch.empty(directions, rows, 4, hidden, dtype=cs.dtype, device=cs.device)
+    torch.mul(g, i * (1 - i), out=factor[:, :, 0])
+    torch.mul(c_prev, f * (1 - f), out=factor[:, :, 1])
+    torch.mul(i, 1 - g * g, out=factor[:, :, 2])
+    torch.mul(tanh_c, o * (1 - o), out=factor[:, :, 3])
+    projected = len(extra) > 0
+    dh = grad_finals[0]
+    dc = grad_finals[1]
+    dgates = torch.empty_like(factor)
+    dhs_out = torch.empty_like(hs) if projected else hs[:, :0]
+    end = rows
+    for t in range(len(batch_sizes) - 1, -1, -1):
+        size = batch_sizes[t]
+        start = end - size
+        dh_t = step_rows(dh, size) + grad_hs[:, start:end]
+        if projected:
+            dhs_out[:, start:end] = dh_t
+            dh_t = torch.bmm(dh_t, extra[0])
+        dc_t = torch.addcmul(step_rows(dc, size), dh_t, du_to_dc[:, start:end])
+        torch.mul(factor[:, start:end, :3], dc_t.unsqueeze(-2), out=dgates[:, start:end, :3])
+        torch.mul(factor[:, start:end, 3], dh_t, out=dgates[:, start:end, 3])
+        dh = carry_rows(torch.bmm(dgates[:, start:end].flatten(-2), w_hh), dh)
+        dc = carry_rows(dc_t * f[:, start:end], dc)
+        end = start
+    dgates = dgates.flatten(-2)
+    dextra: List[Tensor] = []
+    if projected:
+        dextra.append(torch.bmm(dhs_out.transpose(1, 2), o * tanh_c))  # dW_hr = Σ dh'ᵀ u
+    return dgates, dgates, [dh, dc], dextra
