@@ -22,3 +22,4 @@ reproduce: setup
 
 bench: setup
 	$(PY) benchmarks/speed.py --device cpu
+	$(PY) benchmarks/report.py

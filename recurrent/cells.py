@@ -23,7 +23,7 @@ def tanh(x: Tensor) -> Tensor:
     """tanh(x), as 2σ(2x) − 1 on the CPU: torch's CPU tanh is not vectorised (about 3× the time of
     these four ops at the shapes of benchmarks/speed.py); the difference is an ulp or two."""
     if x.is_cpu:
-        return (torch.sigmoid(x * 2) * 2).sub_(1)  # in place only on the temporary: σ keeps its output
+        return (torch.sigmoid(x * 2.0) * 2.0).sub_(1.0)  # in place only on the temporary: σ keeps its output
     return torch.tanh(x)
 
 

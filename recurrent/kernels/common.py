@@ -30,6 +30,12 @@ def hidden_product(h: Tensor, w_hh_t: Tensor, b_hh: Optional[Tensor]) -> Tensor:
 
 
 @script
+def sigmoid_slope(s: Tensor) -> Tensor:
+    """σ'(a) from s = σ(a): s(1 − s), written s − s·s to take one pass over memory instead of two."""
+    return torch.addcmul(s, s, s, value=-1)
+
+
+@script
 def reverse_index(batch_sizes: List[int], device: torch.device) -> Tensor:
     """Row permutation that reverses every sequence in time within its own length (an involution)."""
     steps, batch = len(batch_sizes), batch_sizes[0]

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .._jit import script
 from ..cells import gru_step
-from .common import carry_rows, hidden_product, step_rows
+from .common import carry_rows, hidden_product, sigmoid_slope, step_rows
 
 
 @script
@@ -59,8 +59,8 @@ def gru_backward(
     dn_factor = (1 - z) * (1 - n * n)
     # d gh / d h' per gate block (r, z, n), side by side as in gh itself.
     factor = torch.empty(directions, rows, 3, hidden, dtype=hs.dtype, device=hs.device)
-    torch.mul(dn_factor * ghn, r * (1 - r), out=factor[:, :, 0])
-    torch.mul(h_prev - n, z * (1 - z), out=factor[:, :, 1])
+    torch.mul(dn_factor * ghn, sigmoid_slope(r), out=factor[:, :, 0])
+    torch.mul(h_prev - n, sigmoid_slope(z), out=factor[:, :, 1])
     torch.mul(dn_factor, r, out=factor[:, :, 2])
     dh = grad_finals[0]
     dh_all = torch.empty_like(hs)

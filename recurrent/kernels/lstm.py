@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .._jit import script
 from ..cells import lstm_step, tanh
-from .common import carry_rows, hidden_product, previous_states, step_rows
+from .common import carry_rows, hidden_product, previous_states, sigmoid_slope, step_rows
 
 
 @script
@@ -67,10 +67,10 @@ def lstm_backward(
     c_prev = previous_states(state0[1], cs, batch_sizes)
     du_to_dc = o * (1 - tanh_c * tanh_c)
     factor = torch.empty(directions, rows, 4, hidden, dtype=cs.dtype, device=cs.device)
-    torch.mul(g, i * (1 - i), out=factor[:, :, 0])
-    torch.mul(c_prev, f * (1 - f), out=factor[:, :, 1])
+    torch.mul(g, sigmoid_slope(i), out=factor[:, :, 0])
+    torch.mul(c_prev, sigmoid_slope(f), out=factor[:, :, 1])
     torch.mul(i, 1 - g * g, out=factor[:, :, 2])
-    torch.mul(tanh_c, o * (1 - o), out=factor[:, :, 3])
+    torch.mul(tanh_c, sigmoid_slope(o), out=factor[:, :, 3])
     projected = len(extra) > 0
     dh = grad_finals[0]
     dc = grad_finals[1]
