@@ -93,6 +93,19 @@ def results_table(doc: dict) -> list[str]:
     return lines
 
 
+def lengths_note(doc: dict) -> list[str]:
+    """The spread of sequence lengths of the packed ('-var') shapes; older JSON has no lengths."""
+    lines = [
+        f"- `{s['name']}`: {len(lens)} sequences padded to L={s['seq_len']}, lengths "
+        f"{min(lens)}–{max(lens)} (mean {sum(lens) / len(lens):.1f})"
+        for s in doc["shapes"]
+        if (lens := s.get("lengths"))
+    ]
+    if not lines:
+        return []
+    return ["Packed shapes (lengths uniform in [L/2, L], `enforce_sorted=False`):", "", *lines, ""]
+
+
 def section(path: Path, doc: dict, out_dir: Path) -> list[str]:
     m = doc["meta"]
     chart = Path(os.path.relpath(path.parent / m["chart"], out_dir)).as_posix()
@@ -122,6 +135,7 @@ def section(path: Path, doc: dict, out_dir: Path) -> list[str]:
         "",
         *results_table(doc),
         "",
+        *lengths_note(doc),
         f"![speed ratios to torch.nn]({chart})",
         "",
     ]

@@ -9,7 +9,8 @@ Contenders, all built from the same weights (torch.nn's state_dict loaded into o
   scripted     torch.jit.script(our layer): a TorchScript loop that autograd differentiates
   recurrent+graph  (CUDA, fp32) our layer captured in CUDA graphs (make_graphed_callables for fwd+bwd)
 Modes: inference (forward under no_grad) and fwd+bwd (backward into every parameter and the
-input); on CUDA also both under bf16 autocast.
+input); on CUDA also both under bf16 autocast. Packed shapes ('-var') give every contender a
+PackedSequence of a batch whose lengths vary; the cell loop has no packed path.
 
 Writes DIR/speed-<device>[-quick].json and a .png chart next to it; benchmarks/report.py turns
 them into benchmarks/RESULTS.md.
@@ -35,6 +36,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere, against this checkout
@@ -45,7 +47,7 @@ import recurrent  # noqa: E402
 @dataclass(frozen=True)
 class Shape:
     name: str
-    kind: str  # 'gru' | 'rnn_tanh' | 'rnn_relu'; 'lstm' slots in here (its state is (h, c))
+    kind: str  # a key of KINDS
     layers: int
     bidirectional: bool
     batch: int  # N
@@ -53,20 +55,27 @@ class Shape:
     input_size: int  # I
     hidden_size: int  # H
     group: str  # 'fmnist' | 'large' | 'tiny', selectable with --shapes
-    # Variable-length (packed) cases will add a column here, e.g. the spread of sequence lengths.
+    packed: bool  # lengths drawn by lengths(), input packed from the padded batch
 
 
 # fmt: off
 SHAPES = [Shape(*row) for row in [
-    # name             kind        layers bidir    N    L    I    H   group
-    ("fmnist-gru2",    "gru",      2,     False, 128,  28,  28, 128, "fmnist"),
-    ("fmnist-birnn",   "rnn_tanh", 1,     True,  128,  28,  28, 128, "fmnist"),
-    ("gru-L100-H256",  "gru",      1,     False,  64, 100, 256, 256, "large"),
-    ("rnn-L100-H256",  "rnn_tanh", 1,     False,  64, 100, 256, 256, "large"),
-    ("gru-L256-H512",  "gru",      1,     False,  64, 256, 512, 512, "large"),
-    ("rnn-L256-H512",  "rnn_tanh", 1,     False,  64, 256, 512, 512, "large"),
-    ("tiny-gru2-bi",   "gru",      2,     True,    4,   6,   5,   8, "tiny"),
-    ("tiny-rnn-relu",  "rnn_relu", 1,     False,   4,   6,   5,   8, "tiny"),
+    # name                  kind        layers bidir    N    L    I    H   group     packed
+    ("fmnist-gru2",         "gru",      2,     False, 128,  28,  28, 128, "fmnist", False),
+    ("fmnist-birnn",        "rnn_tanh", 1,     True,  128,  28,  28, 128, "fmnist", False),
+    ("fmnist-lstm2",        "lstm",     2,     False, 128,  28,  28, 128, "fmnist", False),
+    ("fmnist-gru2-var",     "gru",      2,     False, 128,  28,  28, 128, "fmnist", True),
+    ("gru-L100-H256",       "gru",      1,     False,  64, 100, 256, 256, "large",  False),
+    ("rnn-L100-H256",       "rnn_tanh", 1,     False,  64, 100, 256, 256, "large",  False),
+    ("lstm-L100-H256",      "lstm",     1,     False,  64, 100, 256, 256, "large",  False),
+    ("gru-L100-H256-var",   "gru",      1,     False,  64, 100, 256, 256, "large",  True),
+    ("lstm-L100-H256-var",  "lstm",     1,     False,  64, 100, 256, 256, "large",  True),
+    ("gru-L256-H512",       "gru",      1,     False,  64, 256, 512, 512, "large",  False),
+    ("rnn-L256-H512",       "rnn_tanh", 1,     False,  64, 256, 512, 512, "large",  False),
+    ("tiny-gru2-bi",        "gru",      2,     True,    4,   6,   5,   8, "tiny",   False),
+    ("tiny-rnn-relu",       "rnn_relu", 1,     False,   4,   6,   5,   8, "tiny",   False),
+    ("tiny-lstm2-bi",       "lstm",     2,     True,    4,   6,   5,   8, "tiny",   False),
+    ("tiny-gru2-bi-var",    "gru",      2,     True,    4,   6,   5,   8, "tiny",   True),
 ]]
 # fmt: on
 
@@ -75,6 +84,7 @@ KINDS: dict[str, tuple[str, str, dict]] = {
     "gru": ("GRU", "GRUCell", {}),
     "rnn_tanh": ("RNN", "RNNCell", {"nonlinearity": "tanh"}),
     "rnn_relu": ("RNN", "RNNCell", {"nonlinearity": "relu"}),
+    "lstm": ("LSTM", "LSTMCell", {}),
 }
 
 # mode -> (backward?, autocast dtype)
@@ -96,7 +106,9 @@ TOLERANCE = {"cpu": 1e-4, "cuda": 1e-3}
 
 TIMING_METHOD = (
     "warm-up ({} calls, {} for scripted), then contenders interleaved round-robin with the order "
-    "rotated every repetition; median, IQR and min of the repetitions; {}"
+    "rotated every repetition; median, IQR and min of the repetitions; {}; packed shapes pack the "
+    "padded input (pack_padded_sequence, enforce_sorted=False) inside every timed call, the same "
+    "work for every contender and counted in its time and memory"
 )
 MEMORY_METHOD = {
     "cpu": "peak of the running sum of the CPU allocator's allocation/free events recorded by "
@@ -109,9 +121,13 @@ MEMORY_METHOD = {
 
 
 def flat(result) -> list[Tensor]:
-    """(output, h_n) -> [output, h_n]; also flattens LSTM's (output, (h_n, c_n))."""
+    """(output, h_n) -> [output, h_n]; also flattens LSTM's (output, (h_n, c_n)) and takes a
+    PackedSequence's data."""
     if isinstance(result, Tensor):
         return [result]
+    # Duck-typed: a scripted module returns TorchScript's PackedSequence, a twin of torch.nn's.
+    if hasattr(result, "batch_sizes"):
+        return [result.data]
     return [t for item in result for t in flat(item)]
 
 
@@ -120,6 +136,7 @@ class CellLoop(nn.Module):
 
     def __init__(self, layer: nn.Module, cell_cls: type, kwargs: dict) -> None:
         super().__init__()
+        self.lstm = isinstance(layer, nn.LSTM)  # its cells take and return the state (h, c)
         self.num_layers = layer.num_layers
         self.dirs = 2 if layer.bidirectional else 1
         cells = []
@@ -134,22 +151,44 @@ class CellLoop(nn.Module):
                 cells.append(cell)
         self.cells = nn.ModuleList(cells)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        last = []
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+        last = []  # final state per layer and direction: h, or (h, c)
         for k in range(self.num_layers):
             outs = []
             for d in range(self.dirs):
                 cell = self.cells[k * self.dirs + d]
                 steps = range(x.size(0) - 1, -1, -1) if d else range(x.size(0))
-                h: Optional[Tensor] = None
+                state = None
                 ys: list[Tensor] = [x] * x.size(0)  # placeholders, every slot is overwritten
                 for t in steps:
-                    h = cell(x[t], h)
-                    ys[t] = h
+                    state = cell(x[t], state)
+                    ys[t] = state[0] if self.lstm else state
                 outs.append(torch.stack(ys))
-                last.append(h)
+                last.append(state)
             x = torch.cat(outs, -1) if self.dirs > 1 else outs[0]
+        if self.lstm:
+            return x, (torch.stack([h for h, _ in last]), torch.stack([c for _, c in last]))
         return x, torch.stack(last)
+
+
+def lengths(shape: Shape) -> Tensor:
+    """A packed shape's sequence lengths: uniform in [L/2, L], seeded per shape so runs agree."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(shape.seq_len // 2, shape.seq_len + 1, (shape.batch,), generator=gen)
+
+
+class Packed(nn.Module):
+    """Feeds a contender the padded x packed to `lengths`, packing inside every call so each
+    fwd+bwd step builds its own graph back into the padded leaf x."""
+
+    def __init__(self, model: nn.Module, lengths: Tensor, scripted: bool) -> None:
+        super().__init__()
+        self.model, self.lengths, self.scripted = model, lengths, scripted
+
+    def forward(self, x: Tensor) -> tuple[PackedSequence, Tensor | tuple[Tensor, Tensor]]:
+        packed = pack_padded_sequence(x, self.lengths, enforce_sorted=False)
+        # A scripted module's forward takes tensors only; forward_packed is its packed entry.
+        return self.model.forward_packed(packed) if self.scripted else self.model(packed)
 
 
 def build(shape: Shape, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, str]]:
@@ -165,16 +204,24 @@ def build(shape: Shape, device: torch.device) -> tuple[dict[str, nn.Module], dic
         return m
 
     models: dict[str, nn.Module] = {REFERENCE: ref, "recurrent": ours()}
-    models["eager cells"] = CellLoop(ref, getattr(recurrent, cell_name), kwargs).to(device)
     failed: dict[str, str] = {}
+    if shape.packed:
+        failed["eager cells"] = "n/a: cell loop has no packed path"
+    else:
+        models["eager cells"] = CellLoop(ref, getattr(recurrent, cell_name), kwargs).to(device)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script's deprecation notice
             models["scripted"] = torch.jit.script(ours())
     except Exception as e:  # noqa: BLE001 - reported in the results instead
         failed["scripted"] = reason(e)
-    if device.type == "cuda":
+    if device.type == "cuda" and shape.packed:
+        failed["recurrent+graph"] = "n/a: packed input is not graph-captured"
+    elif device.type == "cuda":
         models["recurrent+graph"] = ours()  # captured per mode in graph_step
+    if shape.packed:
+        lens = lengths(shape)
+        models = {name: Packed(m, lens, name == "scripted") for name, m in models.items()}
     return models, failed
 
 
@@ -408,10 +455,10 @@ def print_table(rows: list[dict]) -> None:
     def num(v: Optional[float], fmt: str) -> str:
         return format(v, fmt) if v is not None else "-"
 
-    head = f"{'shape':<15} {'mode':<15} {'contender':<16} {'median ms':>10} {'IQR':>8} {'min':>9}"
+    head = f"{'shape':<19} {'mode':<15} {'contender':<16} {'median ms':>10} {'IQR':>8} {'min':>9}"
     print(head + f" {'x torch.nn':>10} {'peak MB':>9} {'x torch.nn':>10}")
     for r in rows:
-        line = f"{r['shape']:<15} {r['mode']:<15} {r['contender']:<16} "
+        line = f"{r['shape']:<19} {r['mode']:<15} {r['contender']:<16} "
         if r["status"] != "ok":
             print(line + r["status"])
             continue
@@ -530,7 +577,8 @@ def main() -> int:
         "tolerance": TOLERANCE[device.type],
         "chart": chart_path.name,
     }
-    doc = {"meta": meta, "shapes": [asdict(s) for s in shapes], "checks": checks, "results": rows}
+    shape_docs = [dict(asdict(s), lengths=lengths(s).tolist() if s.packed else None) for s in shapes]
+    doc = {"meta": meta, "shapes": shape_docs, "checks": checks, "results": rows}
     json_path.write_text(json.dumps(doc, indent=1))
     plot(rows, f"{meta['machine']}, torch {meta['torch']}, {meta['threads']} threads", chart_path)
     print_table(rows)

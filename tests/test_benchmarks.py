@@ -14,6 +14,7 @@ import torch
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 CONTENDERS = {"torch.nn", "recurrent", "eager cells", "scripted"}
 MODES = {"inference", "fwd+bwd"}
+NO_PACKED_PATH = "n/a: cell loop has no packed path"
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +35,28 @@ def run(tmp_path_factory) -> tuple[Path, dict]:
     return path, json.loads(path.read_text())
 
 
+def packed(doc: dict) -> set[str]:
+    return {s["name"] for s in doc["shapes"] if s["packed"]}
+
+
 def test_json_has_every_contender_and_mode(run) -> None:
     path, doc = run
     shapes = {s["name"] for s in doc["shapes"]}
-    got = {(r["shape"], r["mode"], r["contender"]) for r in doc["results"] if r["status"] == "ok"}
-    assert got == {(s, m, c) for s in shapes for m in MODES for c in CONTENDERS}
+    assert {s["kind"] for s in doc["shapes"]} >= {"gru", "lstm"} and packed(doc)
+    got = {(r["shape"], r["mode"], r["contender"]): r["status"] for r in doc["results"]}
+    assert set(got) == {(s, m, c) for s in shapes for m in MODES for c in CONTENDERS}
+    for key, status in got.items():
+        expected = NO_PACKED_PATH if key[0] in packed(doc) and key[2] == "eager cells" else "ok"
+        assert status == expected, key
+    for s in doc["shapes"]:
+        lens = s["lengths"]
+        assert (lens is not None) == s["packed"]
+        if lens:
+            assert len(lens) == s["batch"]
+            assert s["seq_len"] // 2 <= min(lens) <= max(lens) <= s["seq_len"]
     for r in doc["results"]:
+        if r["status"] != "ok":
+            continue
         assert math.isfinite(r["ratio"]) and r["ratio"] > 0
         assert len(r["times_ms"]) == 3
         if r["mode"] == "fwd+bwd":
@@ -49,9 +66,10 @@ def test_json_has_every_contender_and_mode(run) -> None:
 
 
 def test_every_contender_matched_torch_nn(run) -> None:
-    checks = run[1]["checks"]
-    for by_name in checks.values():
-        assert set(by_name) == CONTENDERS - {"torch.nn"}
+    doc = run[1]
+    for shape, by_name in doc["checks"].items():
+        skipped = {"torch.nn"} | ({"eager cells"} if shape in packed(doc) else set())
+        assert set(by_name) == CONTENDERS - skipped
         assert all(c["ok"] for c in by_name.values()), by_name
 
 
@@ -70,6 +88,8 @@ def test_report_renders_markdown(run, tmp_path: Path) -> None:
     rows = [line for line in text.splitlines() if line.startswith("| tiny-")]
     assert len(rows) == len(doc["results"])
     assert "### Targets" in text and "hand-written" in text
+    for name in packed(doc):
+        assert f"- `{name}`: " in text and "lengths" in text
     chart = text.split("](", 1)[1].split(")", 1)[0]  # the one image link, relative to RESULTS.md
     assert (out.parent / chart).resolve() == (path.parent / "speed-cpu.png").resolve()
 
@@ -86,10 +106,11 @@ def test_cpu_peak_memory_probe_is_exact(speed) -> None:
     assert speed.peak_cpu_bytes(pattern) == 4 << 20
 
 
-def test_cell_loop_matches_layer_gradients(speed) -> None:
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+def test_cell_loop_matches_layer_gradients(speed, kind: str) -> None:
     """The eager-cell contender computes torch.nn's function, gradients included."""
-    layer = torch.nn.GRU(3, 4, num_layers=2, bidirectional=True)
-    loop = speed.CellLoop(layer, torch.nn.GRUCell, {})
+    layer = getattr(torch.nn, kind)(3, 4, num_layers=2, bidirectional=True)
+    loop = speed.CellLoop(layer, getattr(torch.nn, kind + "Cell"), {})
     x = torch.randn(5, 2, 3, requires_grad=True)
     ref, mine = speed.flat(layer(x)), speed.flat(loop(x))
     for a, b in zip(ref, mine):
