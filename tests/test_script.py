@@ -102,7 +102,7 @@ def test_scripted_module_follows_dtype_and_state_dict_changes():
 def _run_clean(code: str, **env) -> subprocess.CompletedProcess:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return subprocess.run(
-        [sys.executable, "-W", "error::FutureWarning", "-W", "error::DeprecationWarning", "-c", code],
+        [sys.executable, "-W", "error::FutureWarning", "-W", "error::DeprecationWarning", "-W", "error::RuntimeWarning", "-c", code],
         capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": root, **env}, timeout=300,
     )
 

@@ -3,7 +3,8 @@
 A kernel is a pair of TorchScript sequence functions (shapes in :mod:`.common`):
 ``forward(gi, state0, w_hh_t, b_hh, extra, batch_sizes, save) -> (hs, finals, saved)`` and
 ``backward(grad_hs, grad_finals, state0, hs, h_prev, saved, w_hh, extra, batch_sizes)
--> (dgi, dgh, dstate0, dextra)``, where ``state0`` is [h0] or [h0, c0] and ``extra`` holds the
+-> (dgi, dgh, dstate0, dextra)``, where ``state0`` is [h0] or [h0, c0], ``h_prev`` the state before
+every row as consecutive row blocks (:func:`.common.previous_blocks`), and ``extra`` holds the
 weights only some kinds have (the LSTM's projection w_hr, (D, P, H)).
 Around it this module does, for a whole layer and both directions: the input projection of every
 row as one product before the loop, and after it the input, weight and bias gradients as single
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .._jit import script
-from .common import join_directions, per_direction, previous_states, split_directions, sum_directions
+from .common import blocks_product, join_directions, per_direction, previous_blocks, split_directions, sum_directions
 
 
 class Kernel(NamedTuple):
@@ -88,14 +89,14 @@ class LayerFunction(torch.autograd.Function):
         states, extras = ctx.counts
         state0, extra, saved = rest[:states], rest[states : states + extras], rest[states + extras :]
         grad_hs = split_directions(grad_out, spec.reverse)
-        h_prev = previous_states(state0[0], hs, spec.batch_sizes)
+        h_prev = previous_blocks(state0[0], hs, spec.batch_sizes)
         dgi, dgh, dstate0, dextra = spec.kernel.backward(
             grad_hs, list(grad_finals), state0, hs, h_prev, saved, w_hh, extra, spec.batch_sizes
         )
         # Input, weight and bias gradients as single batched products over all rows.
         dx = sum_directions(torch.bmm(dgi, w_ih), spec.reverse) if ctx.needs_input_grad[1] else None
         dw_ih = torch.bmm(dgi.transpose(1, 2), per_direction(rows, spec.reverse)).unbind(0)
-        dw_hh = torch.bmm(dgh.transpose(1, 2), h_prev).unbind(0)
+        dw_hh = blocks_product(dgh, h_prev).unbind(0)
         db_ih = dgi.sum(1).unbind(0) if spec.bias else ()
         db_hh = dgh.sum(1).unbind(0) if spec.bias else ()
         dw_hr = dextra[0].unbind(0) if spec.proj else ()

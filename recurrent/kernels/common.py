@@ -36,6 +36,12 @@ def sigmoid_slope(s: Tensor) -> Tensor:
 
 
 @script
+def tanh_slope(t: Tensor) -> Tensor:
+    """tanh'(a) from t = tanh(a): 1 − t², in one pass and one new tensor."""
+    return torch.addcmul(t.new_ones(1).expand_as(t), t, t, value=-1.0)
+
+
+@script
 def reverse_index(batch_sizes: List[int], device: torch.device) -> Tensor:
     """Row permutation that reverses every sequence in time within its own length (an involution)."""
     steps, batch = len(batch_sizes), batch_sizes[0]
@@ -98,6 +104,26 @@ def previous_states(h0: Tensor, hs: Tensor, batch_sizes: List[int]) -> Tensor:
         pieces.append(hs[:, start : start + batch_sizes[t]])
         start += batch_sizes[t - 1]
     return torch.cat(pieces, 1)
+
+
+@script
+def previous_blocks(h0: Tensor, hs: Tensor, batch_sizes: List[int]) -> List[Tensor]:
+    """The state before every row, as consecutive row blocks (D, ·, H) covering rows 0..T in order.
+    For a padded batch that is h0, then hs one step behind: two views, nothing copied."""
+    if batch_sizes[-1] == batch_sizes[0]:
+        return [h0, hs[:, : hs.size(1) - batch_sizes[0]]]
+    return [previous_states(h0, hs, batch_sizes)]
+
+
+@script
+def blocks_product(grad: Tensor, blocks: List[Tensor]) -> Tensor:
+    """Σ over rows of gradᵀ · state, with the states given as consecutive row blocks: (D, G, H)."""
+    total = torch.bmm(grad[:, : blocks[0].size(1)].transpose(1, 2), blocks[0])
+    start = blocks[0].size(1)
+    for block in blocks[1:]:
+        total = torch.baddbmm(total, grad[:, start : start + block.size(1)].transpose(1, 2), block)
+        start += block.size(1)
+    return total
 
 
 @script

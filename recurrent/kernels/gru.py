@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .._jit import script
 from ..cells import gru_step
-from .common import carry_rows, hidden_product, sigmoid_slope, step_rows
+from .common import carry_rows, hidden_product, sigmoid_slope, step_rows, tanh_slope
 
 
 @script
@@ -41,7 +41,7 @@ def gru_forward(
 
 @script
 def gru_backward(
-    grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: Tensor,
+    grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
     saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int],
 ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
     """Returns (dgi, dgh, [dh0], []), with a_* the gate pre-activations and ghn = W_hn h + b_hn:
@@ -56,11 +56,15 @@ def gru_backward(
     directions, rows, hidden = hs.size(0), hs.size(1), hs.size(2)
     r = rz[..., :hidden]
     z = rz[..., hidden:]
-    dn_factor = (1 - z) * (1 - n * n)
+    dn_factor = tanh_slope(n).mul_(1 - z)
     # d gh / d h' per gate block (r, z, n), side by side as in gh itself.
     factor = torch.empty(directions, rows, 3, hidden, dtype=hs.dtype, device=hs.device)
     torch.mul(dn_factor * ghn, sigmoid_slope(r), out=factor[:, :, 0])
-    torch.mul(h_prev - n, sigmoid_slope(z), out=factor[:, :, 1])
+    start = 0
+    for block in h_prev:  # (h − n) z(1 − z), block by block of the previous states
+        end = start + block.size(1)
+        torch.mul(block - n[:, start:end], sigmoid_slope(z[:, start:end]), out=factor[:, start:end, 1])
+        start = end
     torch.mul(dn_factor, r, out=factor[:, :, 2])
     dh = grad_finals[0]
     dh_all = torch.empty_like(hs)

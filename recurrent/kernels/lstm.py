@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .._jit import script
 from ..cells import lstm_step, tanh
-from .common import carry_rows, hidden_product, previous_states, sigmoid_slope, step_rows
+from .common import carry_rows, hidden_product, previous_blocks, sigmoid_slope, step_rows, tanh_slope
 
 
 @script
@@ -46,7 +46,7 @@ def lstm_forward(
 
 @script
 def lstm_backward(
-    grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: Tensor,
+    grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
     saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int],
 ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
     """Returns (dgates, dgates, [dh0, dc0], [dW_hr] or []); gi and gh enter the gates as a sum, so
@@ -64,12 +64,15 @@ def lstm_backward(
     i = i_f[..., :hidden]
     f = i_f[..., hidden:]
     tanh_c = tanh(cs)
-    c_prev = previous_states(state0[1], cs, batch_sizes)
-    du_to_dc = o * (1 - tanh_c * tanh_c)
+    du_to_dc = tanh_slope(tanh_c).mul_(o)
     factor = torch.empty(directions, rows, 4, hidden, dtype=cs.dtype, device=cs.device)
     torch.mul(g, sigmoid_slope(i), out=factor[:, :, 0])
-    torch.mul(c_prev, sigmoid_slope(f), out=factor[:, :, 1])
-    torch.mul(i, 1 - g * g, out=factor[:, :, 2])
+    start = 0
+    for block in previous_blocks(state0[1], cs, batch_sizes):  # c_prev f(1 − f), block by block
+        end = start + block.size(1)
+        torch.mul(block, sigmoid_slope(f[:, start:end]), out=factor[:, start:end, 1])
+        start = end
+    torch.mul(i, tanh_slope(g), out=factor[:, :, 2])
     torch.mul(tanh_c, sigmoid_slope(o), out=factor[:, :, 3])
     projected = len(extra) > 0
     dh = grad_finals[0]

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .._jit import script
 from ..cells import rnn_relu_step, rnn_tanh_step
-from .common import carry_rows, step_rows
+from .common import carry_rows, step_rows, tanh_slope
 
 
 @script
@@ -35,13 +35,13 @@ def rnn_forward(
 
 @script
 def rnn_backward(
-    grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: Tensor,
+    grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
     saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int], relu: bool,
 ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
     """Returns (dgi, dgh, [dh0], []). With a = gi + gh and h' = act(a): da = dh' ⊙ act'(a), dh = da W_hh."""
     # act'(a) from the outputs, for all steps at once: relu' = [h' > 0], tanh' = 1 − h'².
     # The loop then turns it into da in place, row block by row block.
-    da = (hs > 0).to(hs.dtype) if relu else 1 - hs * hs
+    da = (hs > 0).to(hs.dtype) if relu else tanh_slope(hs)
     dh = grad_finals[0]
     end = hs.size(1)
     for t in range(len(batch_sizes) - 1, -1, -1):
