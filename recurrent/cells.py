@@ -19,18 +19,9 @@ from ._jit import script
 
 
 @script
-def tanh(x: Tensor) -> Tensor:
-    """tanh(x), as 2σ(2x) − 1 on the CPU: torch's CPU tanh is not vectorised (about 3× the time of
-    these four ops at the shapes of benchmarks/speed.py); the difference is an ulp or two."""
-    if x.is_cpu:
-        return (torch.sigmoid(x * 2.0) * 2.0).sub_(1.0)  # in place only on the temporary: σ keeps its output
-    return torch.tanh(x)
-
-
-@script
 def rnn_tanh_step(pre: Tensor) -> Tensor:
     """Elman step, tanh: h' = tanh(a), with a = W_ih x + b_ih + W_hh h + b_hh summed by the caller."""
-    return tanh(pre)
+    return torch.tanh(pre)
 
 
 @script
@@ -54,7 +45,7 @@ def gru_step(gi: Tensor, gh: Tensor, h: Tensor) -> Tuple[Tensor, Tensor, Tensor]
     rz = torch.sigmoid(gi[..., : 2 * hidden] + gh[..., : 2 * hidden])
     r = rz[..., :hidden]
     z = rz[..., hidden:]
-    n = tanh(torch.addcmul(gi[..., 2 * hidden :], r, gh[..., 2 * hidden :]))
+    n = torch.tanh(torch.addcmul(gi[..., 2 * hidden :], r, gh[..., 2 * hidden :]))
     return torch.lerp(n, h, z), rz, n
 
 
@@ -75,10 +66,10 @@ def lstm_step(gi: Tensor, gh: Tensor, c: Tensor) -> Tuple[Tensor, Tensor, Tensor
     hidden = c.size(-1)
     pre = gi + gh
     i_f = torch.sigmoid(pre[..., : 2 * hidden])
-    g = tanh(pre[..., 2 * hidden : 3 * hidden])
+    g = torch.tanh(pre[..., 2 * hidden : 3 * hidden])
     o = torch.sigmoid(pre[..., 3 * hidden :])
     c_new = torch.addcmul(i_f[..., hidden:] * c, i_f[..., :hidden], g)
-    return o * tanh(c_new), c_new, i_f, g, o
+    return o * torch.tanh(c_new), c_new, i_f, g, o
 
 
 class RNNCellBase(nn.Module):

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from .._jit import script
-from ..cells import lstm_step, tanh
+from ..cells import lstm_step
 from .common import carry_rows, hidden_product, previous_blocks, sigmoid_slope, step_rows, tanh_slope
 
 
@@ -63,7 +63,7 @@ def lstm_backward(
     directions, rows, hidden = cs.size(0), cs.size(1), cs.size(2)
     i = i_f[..., :hidden]
     f = i_f[..., hidden:]
-    tanh_c = tanh(cs)
+    tanh_c = torch.tanh(cs)
     du_to_dc = tanh_slope(tanh_c).mul_(o)
     factor = torch.empty(directions, rows, 4, hidden, dtype=cs.dtype, device=cs.device)
     torch.mul(g, sigmoid_slope(i), out=factor[:, :, 0])
