@@ -80,7 +80,8 @@ def run_record(m: dict[str, Any]) -> dict[str, Any]:
     keys = ("model", "impl", "seed", "best_epoch", "test_accuracy", "test_loss", "test_loss_report_form",
             "seconds_per_epoch", "device", "device_type", "threads", "torch_version", "sizes",
             "per_class_accuracy", "confusion_matrix", "history")
-    return {k: m[k] for k in keys} | {"epochs": m["epochs_done"]}
+    best_val_acc = m["history"][m["best_epoch"] - 1]["val_acc"]
+    return {k: m[k] for k in keys} | {"epochs": m["epochs_done"], "best_val_acc": best_val_acc, "config": m["config"]}
 
 
 def summarize(specs: list[RunSpec], out_root: Path, results: Path, command: str) -> dict[str, Any]:
@@ -129,6 +130,38 @@ def make_figures(runs: list[dict[str, Any]], folder: Path) -> dict[str, list[str
     return figures
 
 
+TARGETS = {"rnn": 0.875, "gru": 0.895}  # the report's 0.88 and 0.90, as the issue sets them
+STRONG_TARGET = 0.92
+PARITY_POINTS = 0.3  # recurrent and torch.nn means within this many accuracy points
+
+
+def targets(runs: list[dict[str, Any]]) -> list[str]:
+    """The targets, each with the measured figure and whether it is met."""
+    lines = ["", "## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
+    by = groups(runs, "model", "impl")
+    for model, floor in TARGETS.items():
+        ours, ref = by.get((model, "recurrent")), by.get((model, "torch"))
+        if ours:
+            mean = statistics.mean(r["test_accuracy"] for r in ours)
+            lines.append(f"| {model}, recurrent: mean test accuracy ≥ {floor} | {mean:.4f} ({len(ours)} seeds) "
+                         f"| {'yes' if mean >= floor else 'no'} |")
+        if ours and ref:
+            gap = 100 * abs(statistics.mean(r["test_accuracy"] for r in ours)
+                            - statistics.mean(r["test_accuracy"] for r in ref))
+            lines.append(f"| {model}: recurrent and torch.nn means within {PARITY_POINTS} points | {gap:.2f} points "
+                         f"| {'yes' if gap <= PARITY_POINTS else 'no'} |")
+    for (model, impl), rs in by.items():
+        if model in TARGETS:
+            continue
+        best = max(rs, key=lambda r: r["best_val_acc"])  # chosen on validation, never on test
+        lines.append(f"| {model} ({IMPL_LABEL[impl]}), stronger configuration: test accuracy ≥ {STRONG_TARGET} "
+                     f"| {best['test_accuracy']:.4f} (seed {best['seed']}, validation {best['best_val_acc']:.4f}) "
+                     f"| {'yes' if best['test_accuracy'] >= STRONG_TARGET else 'no'} |")
+        recipe = ", ".join(f"{k}={v}" for k, v in best["config"]["recipe"].items())
+        lines += ["", f"`{model}` recipe: {recipe}."]
+    return lines
+
+
 def markdown(summary: dict[str, Any], figures: dict[str, list[str]]) -> str:
     runs, report = summary["runs"], summary["report"]
     lines = [
@@ -154,6 +187,8 @@ def markdown(summary: dict[str, Any], figures: dict[str, list[str]]) -> str:
                 f"| {mean_std([r['test_accuracy'] for r in rs])} | {mean_std([r['test_loss'] for r in rs])} "
                 f"| {mean_std([r['test_loss_report_form'] for r in rs], 2)} |")
 
+    lines += targets(runs)
+
     lines += ["", "## recurrent vs torch.nn, same seed and device, per epoch", "",
               "Largest absolute difference over the epochs between the two impls' curves (same initial weights, "
               "same batches, same dropout stream).", "",
@@ -170,7 +205,10 @@ def markdown(summary: dict[str, Any], figures: dict[str, list[str]]) -> str:
                      f"{diff['val_acc']:.2e} | {abs(ours['test_accuracy'] - ref['test_accuracy']):.2e} | "
                      f"{ours['best_epoch']} vs {ref['best_epoch']} |")
 
-    lines += ["", "## Seconds per epoch", "", "Mean over runs; training and validation, data in memory.", "",
+    lines += ["", "## Seconds per epoch", "",
+              "Mean over runs; training and validation, data in memory. These runs shared the machine (two "
+              "runs at a time, one thread each), so they are a guide, not a benchmark: "
+              "`benchmarks/RESULTS.md` has controlled, interleaved timings.", "",
               "| model | impl | device | threads | torch | runs | seconds per epoch |",
               "| --- | --- | --- | ---: | --- | ---: | ---: |"]
     for (model, impl, device, threads, version), rs in groups(
