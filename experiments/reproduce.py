@@ -94,9 +94,12 @@ def summarize(specs: list[RunSpec], out_root: Path, results: Path, command: str)
     runs_dir = out_root.resolve()
     if runs_dir.is_relative_to(data.REPO):  # keep the committed summary free of local paths
         runs_dir = runs_dir.relative_to(data.REPO)
+    # Every finished run of a stronger model, whatever its settings: the candidates it was chosen from.
+    strong = {s.model for s in specs if s.model not in TARGETS}
+    candidates = [run_record(m) for m in finished if m["model"] in strong and m["config"]["limit"] == specs[0].limit]
     summary = {"command": command, "runs_dir": str(runs_dir), "limit": specs[0].limit,
                "report": {k: v | {"test_loss": v["test_loss_report_form"] / TEST_BATCHES} for k, v in REPORT.items()},
-               "runs": runs}
+               "runs": runs, "candidates": candidates}
     (results / "figures").mkdir(parents=True, exist_ok=True)
     write_json(summary, results / "summary.json")
     figures = make_figures(runs, results / "figures")
@@ -162,6 +165,21 @@ def targets(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def candidate_table(candidates: list[dict[str, Any]]) -> list[str]:
+    """The stronger configurations tried, with the settings in which they differ; chosen by validation."""
+    if len(candidates) < 2:
+        return []
+    recipes = [c["config"]["recipe"] for c in candidates]
+    differing = [k for k in recipes[0] if len({str(r[k]) for r in recipes}) > 1]
+    lines = ["", "Stronger configurations tried (the one with the best validation accuracy is kept):", "",
+             "| model | seed | " + " | ".join(differing) + " | best epoch | validation accuracy | test accuracy |",
+             "| --- | ---: | " + " | ".join("---" for _ in differing) + " | ---: | ---: | ---: |"]
+    for c, r in zip(candidates, recipes):
+        lines.append(f"| {c['model']} | {c['seed']} | " + " | ".join(str(r[k]) for k in differing)
+                     + f" | {c['best_epoch']} | {c['best_val_acc']:.4f} | {c['test_accuracy']:.4f} |")
+    return lines
+
+
 def markdown(summary: dict[str, Any], figures: dict[str, list[str]]) -> str:
     runs, report = summary["runs"], summary["report"]
     lines = [
@@ -188,6 +206,7 @@ def markdown(summary: dict[str, Any], figures: dict[str, list[str]]) -> str:
                 f"| {mean_std([r['test_loss_report_form'] for r in rs], 2)} |")
 
     lines += targets(runs)
+    lines += candidate_table(summary["candidates"])
 
     lines += ["", "## recurrent vs torch.nn, same seed and device, per epoch", "",
               "Largest absolute difference over the epochs between the two impls' curves (same initial weights, "
