@@ -1,10 +1,11 @@
-"""Stacked, optionally bidirectional recurrent layers with torch.nn's API, parameters and semantics.
+"""RNN, GRU and LSTM: stacked, optionally bidirectional layers with torch.nn's API, parameters and semantics.
 
-Per layer: one batched product computes the input projection of every step and both directions;
-the kernel runs the time loop of both directions together (the reverse one on time-reversed
-input); the outputs of both directions, concatenated, feed the next layer. In eager mode the loop's
-backward is the kernel's hand-written one; in a scripted module the loop is differentiated by
-TorchScript's autograd.
+Per layer, :func:`recurrent.kernels.run_layer` projects the input of every step and both directions
+in one batched product and runs both directions' time loops together (the reverse one over each
+sequence reversed in time); the joined outputs feed the next layer. Padded batches and
+PackedSequences both become time-major rows (see :mod:`recurrent.kernels.common`). In eager mode the
+loop's backward is the kernel's hand-written one; in a scripted module TorchScript's autograd
+differentiates the same loops.
 """
 
 import math
