@@ -111,9 +111,11 @@ class RNNCellBase(nn.Module):
             s += ", nonlinearity={nonlinearity}"
         return s.format(**self.__dict__)
 
-    def _projections(self, input: Tensor, hx: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, bool]:
+    def _projections(
+        self, input: Tensor, hx: Optional[Tensor], name: str = "hx"
+    ) -> Tuple[Tensor, Tensor, Tensor, bool]:
         """Checks the arguments, adds the batch dimension if missing; returns (gi, gh, h, batched)."""
-        checks.check_cell_input(input, hx, self.input_size, self.hidden_size, self.weight_ih, "hx")
+        checks.check_cell_input(input, hx, self.input_size, self.hidden_size, self.weight_ih, name)
         batched = input.dim() == 2
         if not batched:
             input = input.unsqueeze(0)
@@ -122,9 +124,10 @@ class RNNCellBase(nn.Module):
         gh = F.linear(h, self.weight_hh, self.bias_hh)
         return gi, gh, h, batched
 
-    def _state(self, given: Optional[Tensor], input: Tensor, batched: bool) -> Tensor:
+    def _state(self, given: Optional[Tensor], like: Tensor, batched: bool) -> Tensor:
+        """A state with a batch dimension: ``given``, or zeros for ``like``'s batch (batch on dim 0)."""
         if given is None:
-            return torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+            return torch.zeros(like.size(0), self.hidden_size, dtype=like.dtype, device=like.device)
         return given if batched else given.unsqueeze(0)
 
 
@@ -173,13 +176,7 @@ class LSTMCell(RNNCellBase):
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
         h0, c0 = (None, None) if hx is None else hx
-        checks.check_cell_input(input, h0, self.input_size, self.hidden_size, self.weight_ih, "h0")
+        gi, gh, _, batched = self._projections(input, h0, "h0")
         checks.check_cell_input(input, c0, self.input_size, self.hidden_size, self.weight_ih, "c0")
-        batched = input.dim() == 2
-        if not batched:
-            input = input.unsqueeze(0)
-        h, c = self._state(h0, input, batched), self._state(c0, input, batched)
-        gi = F.linear(input, self.weight_ih, self.bias_ih)
-        gh = F.linear(h, self.weight_hh, self.bias_hh)
-        h, c, _, _, _ = lstm_step(gi, gh, c)
+        h, c, _, _, _ = lstm_step(gi, gh, self._state(c0, gi, batched))
         return (h, c) if batched else (h.squeeze(0), c.squeeze(0))

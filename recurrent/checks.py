@@ -58,14 +58,19 @@ def check_like_weight(name: str, tensor: Tensor, weight: Tensor) -> None:
         )
 
 
+def check_features(input: Tensor, input_size: int, weight: Tensor) -> None:
+    """The last dimension is input_size, and dtype and device are the parameters'."""
+    if input.size(-1) != input_size:
+        raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {input_size}, got {input.size(-1)}")
+    check_like_weight("input", input, weight)
+
+
 def check_cell_input(
     input: Tensor, hx: Optional[Tensor], input_size: int, hidden_size: int, weight: Tensor, name: str
 ) -> None:
     if input.dim() not in (1, 2):
         raise ValueError(f"Expected input to be 1D or 2D, got {input.dim()}D instead")
-    if input.size(-1) != input_size:
-        raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {input_size}, got {input.size(-1)}")
-    check_like_weight("input", input, weight)
+    check_features(input, input_size, weight)
     if hx is not None:
         if hx.dim() != input.dim():
             raise RuntimeError(f"Expected {name} to be {input.dim()}D like the input, got {hx.dim()}D instead")
@@ -78,19 +83,15 @@ def check_cell_input(
 def check_layer_input(input: Tensor, input_size: int, weight: Tensor) -> None:
     if input.dim() not in (2, 3):
         raise ValueError(f"Expected input to be 2D (unbatched) or 3D (batched), got {input.dim()}D tensor instead")
-    if input.size(-1) != input_size:
-        raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {input_size}, got {input.size(-1)}")
+    check_features(input, input_size, weight)
     if input.numel() == 0:
         raise ValueError(f"Expected a non-empty input, got shape {list(input.size())}")
-    check_like_weight("input", input, weight)
 
 
 def check_packed_input(data: Tensor, input_size: int, weight: Tensor) -> None:
     if data.dim() != 2:
         raise ValueError(f"Expected PackedSequence data to be 2D (rows, features), got {data.dim()}D")
-    if data.size(-1) != input_size:
-        raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {input_size}, got {data.size(-1)}")
-    check_like_weight("input", data, weight)
+    check_features(data, input_size, weight)
 
 
 def check_hidden(name: str, hx: Tensor, expected: List[int], weight: Tensor, batched: bool) -> None:
