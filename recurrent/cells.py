@@ -8,13 +8,13 @@ step takes their sum), so the layers can hoist the input product out of the loop
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from . import checks
+from . import _amp, checks
 from ._jit import script
 
 
@@ -111,24 +111,68 @@ class RNNCellBase(nn.Module):
             s += ", nonlinearity={nonlinearity}"
         return s.format(**self.__dict__)
 
-    def _projections(
-        self, input: Tensor, hx: Optional[Tensor], name: str = "hx"
-    ) -> Tuple[Tensor, Tensor, Tensor, bool]:
-        """Checks the arguments, adds the batch dimension if missing; returns (gi, gh, h, batched)."""
-        checks.check_cell_input(input, hx, self.input_size, self.hidden_size, self.weight_ih, name)
+    def _run(self, input: Tensor, given: List[Optional[Tensor]], names: List[str]) -> List[Tensor]:
+        """One step from the given states (zeros for None), with the dimensions the caller used."""
+        x, states, batched = self._prepare(input, given, names)
+        gi, gh = self._projections(x, states[0])
+        if torch.jit.is_scripting():
+            new = self._step(gi, gh, states)
+        else:
+            new = self._eager_step(gi, gh, states)
+        return new if batched else [s.squeeze(0) for s in new]
+
+    def _step(self, gi: Tensor, gh: Tensor, states: List[Tensor]) -> List[Tensor]:
+        """The new states from the projections and the old states: each cell kind's gate math."""
+        raise NotImplementedError
+
+    def _prepare(
+        self, input: Tensor, states: List[Optional[Tensor]], names: List[str]
+    ) -> Tuple[Tensor, List[Tensor], bool]:
+        """Checks the input and states and adds the batch dimension if missing; returns
+        (input, states with zeros for those not given, batched). Under torch.autocast the input and
+        states come in autocast's dtype."""
+        like = self.weight_ih
+        if not torch.jit.is_scripting():
+            input, states, like = self._autocast(input, states)
+        for state, name in zip(states, names):
+            checks.check_cell_input(input, state, self.input_size, self.hidden_size, like, name)
         batched = input.dim() == 2
         if not batched:
             input = input.unsqueeze(0)
-        h = self._state(hx, input, batched)
-        gi = F.linear(input, self.weight_ih, self.bias_ih)
-        gh = F.linear(h, self.weight_hh, self.bias_hh)
-        return gi, gh, h, batched
+        full: List[Tensor] = []
+        for state in states:
+            if state is None:
+                full.append(torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device))
+            else:
+                full.append(state if batched else state.unsqueeze(0))
+        return input, full, batched
 
-    def _state(self, given: Optional[Tensor], like: Tensor, batched: bool) -> Tensor:
-        """A state with a batch dimension: ``given``, or zeros for ``like``'s batch (batch on dim 0)."""
-        if given is None:
-            return torch.zeros(like.size(0), self.hidden_size, dtype=like.dtype, device=like.device)
-        return given if batched else given.unsqueeze(0)
+    def _projections(self, input: Tensor, h: Tensor) -> Tuple[Tensor, Tensor]:
+        """gi = W_ih x + b_ih and gh = W_hh h + b_hh, in the input's dtype (the checks passed, so that
+        is the weights' own, or autocast's)."""
+        b_ih, b_hh = self.bias_ih, self.bias_hh
+        if b_ih is not None and b_hh is not None:
+            b_ih, b_hh = b_ih.to(input.dtype), b_hh.to(input.dtype)
+        gi = F.linear(input, self.weight_ih.to(input.dtype), b_ih)
+        return gi, F.linear(h, self.weight_hh.to(input.dtype), b_hh)
+
+    @torch.jit.unused
+    def _eager_step(self, gi: Tensor, gh: Tensor, states: List[Tensor]) -> List[Tensor]:
+        # Under autocast the tensors already share its dtype; the scripted step functions must not
+        # be autocast again (TorchScript's autocast pass would mix dtypes inside them).
+        with _amp.disabled(gi.device):
+            return self._step(gi, gh, states)
+
+    @torch.jit.unused
+    def _autocast(
+        self, input: Tensor, states: List[Optional[Tensor]]
+    ) -> Tuple[Tensor, List[Optional[Tensor]], Tensor]:
+        """(input, states, a tensor of the dtype and device they must have) for the eager path."""
+        dtype = _amp.autocast_dtype(input.device)
+        if dtype is None:
+            return input, states, self.weight_ih
+        cast_states = [None if s is None else _amp.cast([s], dtype)[0] for s in states]
+        return _amp.cast([input], dtype)[0], cast_states, self.weight_ih.new_empty(0, dtype=dtype)
 
 
 class RNNCell(RNNCellBase):
@@ -150,10 +194,11 @@ class RNNCell(RNNCellBase):
         self.nonlinearity = nonlinearity
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
-        gi, gh, _, batched = self._projections(input, hx)
+        return self._run(input, [hx], ["hx"])[0]
+
+    def _step(self, gi: Tensor, gh: Tensor, states: List[Tensor]) -> List[Tensor]:
         pre = gi + gh
-        h = rnn_relu_step(pre) if self.nonlinearity == "relu" else rnn_tanh_step(pre)
-        return h if batched else h.squeeze(0)
+        return [rnn_relu_step(pre) if self.nonlinearity == "relu" else rnn_tanh_step(pre)]
 
 
 class GRUCell(RNNCellBase):
@@ -163,9 +208,10 @@ class GRUCell(RNNCellBase):
         super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
-        gi, gh, h, batched = self._projections(input, hx)
-        h = gru_step(gi, gh, h)[0]
-        return h if batched else h.squeeze(0)
+        return self._run(input, [hx], ["hx"])[0]
+
+    def _step(self, gi: Tensor, gh: Tensor, states: List[Tensor]) -> List[Tensor]:
+        return [gru_step(gi, gh, states[0])[0]]
 
 
 class LSTMCell(RNNCellBase):
@@ -175,8 +221,10 @@ class LSTMCell(RNNCellBase):
         super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
-        h0, c0 = (None, None) if hx is None else hx
-        gi, gh, _, batched = self._projections(input, h0, "h0")
-        checks.check_cell_input(input, c0, self.input_size, self.hidden_size, self.weight_ih, "c0")
-        h, c, _, _, _ = lstm_step(gi, gh, self._state(c0, gi, batched))
-        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
+        given: List[Optional[Tensor]] = [None, None] if hx is None else [hx[0], hx[1]]
+        h, c = self._run(input, given, ["h0", "c0"])
+        return h, c
+
+    def _step(self, gi: Tensor, gh: Tensor, states: List[Tensor]) -> List[Tensor]:
+        h, c, _, _, _ = lstm_step(gi, gh, states[1])
+        return [h, c]

@@ -1,11 +1,12 @@
 """RNN, GRU and LSTM: stacked, optionally bidirectional layers with torch.nn's API, parameters and semantics.
 
-Per layer, :func:`recurrent.kernels.run_layer` projects the input of every step and both directions
-in one batched product and runs both directions' time loops together (the reverse one over each
-sequence reversed in time); the joined outputs feed the next layer. Padded batches and
-PackedSequences both become time-major rows (see :mod:`recurrent.kernels.common`). In eager mode the
-loop's backward is the kernel's hand-written one; in a scripted module TorchScript's autograd
-differentiates the same loops.
+Per layer, the input of every step and both directions is projected in one batched product and
+both directions' time loops run together (the reverse one over each sequence reversed in time); the
+joined outputs feed the next layer. Padded batches and PackedSequences both become time-major rows
+(see :mod:`recurrent.kernels.common`). In eager mode a layer that needs gradients runs
+:func:`recurrent.kernels.run_layer` (the kernel's hand-written backward); otherwise, and in a
+scripted module, the whole stack is :func:`recurrent.kernels.run_stack`, one TorchScript call, which
+TorchScript's autograd differentiates op by op when scripted.
 """
 
 import math
@@ -17,8 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
-from . import checks, kernels
-from .kernels import gru_forward, lstm_forward, rnn_forward
+from . import _amp, checks, kernels
 
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3, "LSTM": 4}
 
@@ -161,7 +161,9 @@ class RNNBase(nn.Module):
 
     def _run(self, input: Tensor, hx: Optional[List[Tensor]]) -> Tuple[Tensor, List[Tensor]]:
         """Padded (or unbatched) input: checks, layout, the stack, and back to the caller's layout."""
-        weights = self._flat_weights if torch.jit.is_scripting() else self._named_weights()
+        weights = self._flat_weights
+        if not torch.jit.is_scripting():
+            input, hx, weights = self._eager_arguments(input, hx)
         checks.check_layer_input(input, self.input_size, weights[0])
         batched = input.dim() == 3
         if not batched:
@@ -180,14 +182,16 @@ class RNNBase(nn.Module):
 
     def _run_packed(self, input: PackedSequence, hx: Optional[List[Tensor]]) -> Tuple[PackedSequence, List[Tensor]]:
         """PackedSequence input: its data are the rows, its batch_sizes the steps (sorted by length)."""
-        weights = self._flat_weights if torch.jit.is_scripting() else self._named_weights()
-        checks.check_packed_input(input.data, self.input_size, weights[0])
+        data, weights = input.data, self._flat_weights
+        if not torch.jit.is_scripting():
+            data, hx, weights = self._eager_arguments(data, hx)
+        checks.check_packed_input(data, self.input_size, weights[0])
         batch_sizes: List[int] = input.batch_sizes.tolist()
-        state0 = self._initial_states(hx, batch_sizes[0], input.data, weights[0], True)
+        state0 = self._initial_states(hx, batch_sizes[0], data, weights[0], True)
         sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices  # locals refine Optional
         if sorted_indices is not None:
             state0 = [s.index_select(1, sorted_indices) for s in state0]
-        rows, finals = self._stack(input.data, batch_sizes, state0, weights)
+        rows, finals = self._stack(data, batch_sizes, state0, weights)
         if unsorted_indices is not None:
             finals = [f.index_select(1, unsorted_indices) for f in finals]
         return PackedSequence(rows, input.batch_sizes, input.sorted_indices, input.unsorted_indices), finals
@@ -210,46 +214,52 @@ class RNNBase(nn.Module):
         self, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor]
     ) -> Tuple[Tensor, List[Tensor]]:
         """Runs every layer over rows (T, I) from state0 [(layers·D, N, H)]; returns (rows, finals)."""
-        directions = 2 if self.bidirectional else 1
-        per_layer = directions * ((4 if self.bias else 2) + (1 if self.proj_size > 0 else 0))
-        reverse = kernels.reverse_index(batch_sizes, rows.device) if directions == 2 else None
-        finals: List[List[Tensor]] = [[] for _ in state0]
-        for layer in range(self.num_layers):
-            mine = [s[layer * directions : (layer + 1) * directions] for s in state0]
-            params = weights[layer * per_layer : (layer + 1) * per_layer]
-            if torch.jit.is_scripting():
-                rows, last = self._scripted_layer(rows, mine, params, batch_sizes, reverse)
-            else:
-                spec = kernels.LayerSpec(
-                    kernels.KERNELS[self.mode], directions, self.bias, self.proj_size > 0, batch_sizes, reverse
-                )
-                rows, last = kernels.run_layer(spec, rows, mine, params)
-            for i, state in enumerate(last):
-                finals[i].append(state)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                rows = F.dropout(rows, self.dropout, True)
-        return rows, [torch.cat(f, 0) for f in finals]
-
-    def _scripted_layer(
-        self, rows: Tensor, state0: List[Tensor], params: List[Tensor], batch_sizes: List[int], reverse: Optional[Tensor]
-    ) -> Tuple[Tensor, List[Tensor]]:
-        """The layer as TorchScript autograd sees it: the same kernels, differentiated op by op."""
-        directions = 2 if self.bidirectional else 1
-        w_ih, w_hh, b_ih, b_hh, extra = kernels.stack_weights(params, directions, self.bias, self.proj_size > 0)
-        gi = kernels.gate_inputs(kernels.per_direction(rows, reverse), w_ih, b_ih)
-        hs, finals = self._scripted_recurrence(gi, state0, w_hh.transpose(1, 2), b_hh, extra, batch_sizes)
-        return kernels.join_directions(hs, reverse), finals
-
-    def _scripted_recurrence(
-        self, gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
-        batch_sizes: List[int],
-    ) -> Tuple[Tensor, List[Tensor]]:
-        raise NotImplementedError("each layer kind runs its own kernel")
+        if not torch.jit.is_scripting():
+            return self._eager_stack(rows, batch_sizes, state0, weights)
+        return kernels.run_stack(
+            self.mode, rows, batch_sizes, state0, weights, self.num_layers, 2 if self.bidirectional else 1,
+            self.bias, self.proj_size > 0, self.dropout, self.training,
+        )
 
     @torch.jit.unused
-    def _named_weights(self) -> List[Tensor]:
-        # Looked up by name on every call, so torch.func.functional_call and reassigned weights work.
-        return [getattr(self, name) for name in self._flat_weights_names]
+    def _eager_stack(
+        self, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor]
+    ) -> Tuple[Tensor, List[Tensor]]:
+        """Without gradients the whole stack is one TorchScript call; with them, one autograd
+        Function per layer runs the hand-written backward. Under autocast everything is already in
+        its dtype (see _eager_arguments), so autocast is switched off for the kernels."""
+        directions, proj = 2 if self.bidirectional else 1, self.proj_size > 0
+        with _amp.disabled(rows.device):
+            if not (torch.is_grad_enabled() and any(t.requires_grad for t in [rows, *state0, *weights])):
+                return kernels.run_stack(
+                    self.mode, rows, batch_sizes, state0, weights, self.num_layers, directions, self.bias, proj,
+                    self.dropout, self.training,
+                )
+            per_layer = len(weights) // self.num_layers
+            reverse = kernels.reverse_index(batch_sizes, rows.device) if directions == 2 else None
+            spec = kernels.LayerSpec(kernels.KERNELS[self.mode], directions, self.bias, proj, batch_sizes, reverse)
+            finals: List[List[Tensor]] = [[] for _ in state0]
+            for layer in range(self.num_layers):
+                mine = [s[layer * directions : (layer + 1) * directions] for s in state0]
+                rows, last = kernels.run_layer(spec, rows, mine, weights[layer * per_layer : (layer + 1) * per_layer])
+                for i, state in enumerate(last):
+                    finals[i].append(state)
+                if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                    rows = F.dropout(rows, self.dropout, True)
+            return rows, [torch.cat(f, 0) for f in finals]
+
+    @torch.jit.unused
+    def _eager_arguments(
+        self, input: Tensor, hx: Optional[List[Tensor]]
+    ) -> Tuple[Tensor, Optional[List[Tensor]], List[Tensor]]:
+        """(input, hx, weights) for the eager path. The weights are looked up by name on every call,
+        so torch.func.functional_call and reassigned weights work; under torch.autocast all three
+        come in autocast's dtype."""
+        weights = [getattr(self, name) for name in self._flat_weights_names]
+        dtype = _amp.autocast_dtype(input.device)
+        if dtype is None:
+            return input, hx, weights
+        return _amp.cast([input], dtype)[0], None if hx is None else _amp.cast(hx, dtype), _amp.cast(weights, dtype)
 
 
 class RNN(RNNBase):
@@ -275,13 +285,6 @@ class RNN(RNNBase):
             mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype
         )
 
-    def _scripted_recurrence(
-        self, gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
-        batch_sizes: List[int],
-    ) -> Tuple[Tensor, List[Tensor]]:
-        hs, finals, _ = rnn_forward(gi, state0, w_hh_t, b_hh, extra, batch_sizes, False, self.mode == "RNN_RELU")
-        return hs, finals
-
 
 class GRU(RNNBase):
     """Multi-layer GRU with ``torch.nn.GRU``'s API; the gate math is :func:`recurrent.cells.gru_step`."""
@@ -301,13 +304,6 @@ class GRU(RNNBase):
         super().__init__(
             "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype
         )
-
-    def _scripted_recurrence(
-        self, gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
-        batch_sizes: List[int],
-    ) -> Tuple[Tensor, List[Tensor]]:
-        hs, finals, _ = gru_forward(gi, state0, w_hh_t, b_hh, extra, batch_sizes, False)
-        return hs, finals
 
 
 class LSTM(RNNBase):
@@ -351,9 +347,3 @@ class LSTM(RNNBase):
     def _state_sizes(self) -> List[int]:
         return [self.proj_size if self.proj_size > 0 else self.hidden_size, self.hidden_size]
 
-    def _scripted_recurrence(
-        self, gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
-        batch_sizes: List[int],
-    ) -> Tuple[Tensor, List[Tensor]]:
-        hs, finals, _ = lstm_forward(gi, state0, w_hh_t, b_hh, extra, batch_sizes, False)
-        return hs, finals

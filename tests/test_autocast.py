@@ -1,0 +1,72 @@
+"""Under torch.autocast our layers and cells run wholly in autocast's dtype, as torch.nn's cuDNN path
+does, and their gradients reach the fp32 parameters. Compared with torch.nn run in fp32 (on CPU
+torch.nn's own autocast behaviour differs by kind, so it is no reference), to bf16 accuracy."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import recurrent
+from helpers import grads, pair
+
+LAYERS = [("RNN", {}), ("RNN", {"nonlinearity": "relu"}), ("GRU", {}), ("LSTM", {}), ("LSTM", {"proj_size": 3})]
+
+
+def close_in_bf16(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """Within a few bf16 roundings of the fp32 result, relative to its size."""
+    error = (actual.float() - expected).norm() / expected.norm().clamp_min(1e-6)
+    assert error < 0.03, f"{what}: relative error {error:.4f} against torch.nn in fp32"
+
+
+@pytest.mark.parametrize("kind,options", LAYERS)
+@pytest.mark.parametrize("packed", [False, True])
+def test_layer_under_autocast(kind, options, packed, device):
+    torch.manual_seed(0)
+    reference, ours = pair(kind, 6, 8, 2, bidirectional=True, **options)
+    reference, ours = reference.to(device), ours.to(device)
+    x = torch.randn(7, 4, 6, device=device, requires_grad=True)
+    lengths = torch.tensor([7, 3, 5, 1])
+
+    def run(module):
+        if not packed:
+            return module(x)
+        out, state = module(torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False))
+        return torch.nn.utils.rnn.pad_packed_sequence(out)[0], state
+
+    expected, expected_state = run(reference)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        out, state = run(ours)
+    states = list(state) if isinstance(state, tuple) else [state]
+    expected_states = list(expected_state) if isinstance(expected_state, tuple) else [expected_state]
+    assert out.dtype == torch.bfloat16 and all(s.dtype == torch.bfloat16 for s in states)
+    close_in_bf16(out, expected, "output")
+    for s, e in zip(states, expected_states):
+        close_in_bf16(s, e, "final state")
+
+    params = list(ours.parameters())
+    ours_grads = grads([out.float(), *[s.float() for s in states]], [x, *params])
+    ref_grads = grads([expected, *expected_states], [x, *reference.parameters()])
+    for (name, p), g, r in zip([("input", x), *ours.named_parameters()], ours_grads, ref_grads):
+        assert g.dtype == torch.float32, f"{name}: gradient in {g.dtype}, the parameter is float32"
+        close_in_bf16(g, r, f"gradient of {name}")
+
+
+@pytest.mark.parametrize("kind", ["RNNCell", "GRUCell", "LSTMCell"])
+def test_cell_under_autocast(kind, device):
+    torch.manual_seed(0)
+    reference, ours = pair(kind, 6, 8)
+    reference, ours = reference.to(device), ours.to(device)
+    x, h = torch.randn(4, 6, device=device), torch.randn(4, 8, device=device)
+    state = (h, h.flip(0)) if kind == "LSTMCell" else h
+    expected = reference(x, state)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        out = ours(x, state)
+    for o, e in zip(out if kind == "LSTMCell" else [out], expected if kind == "LSTMCell" else [expected]):
+        assert o.dtype == torch.bfloat16
+        close_in_bf16(o, e, kind)
+
+
+def test_autocast_still_rejects_integer_input(device):
+    layer = recurrent.GRU(3, 4).to(device)
+    with torch.autocast(device, dtype=torch.bfloat16), pytest.raises(ValueError, match="dtype"):
+        layer(torch.ones(2, 1, 3, dtype=torch.long, device=device))
