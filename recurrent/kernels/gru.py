@@ -49,31 +49,30 @@ def gru_backward(
         da_n = dh' ⊙ (1 − z) ⊙ (1 − n²)        dgi_n = da_n,   dgh_n = da_n ⊙ r
         da_z = dh' ⊙ (h − n) ⊙ z(1 − z)        da_r  = da_n ⊙ ghn ⊙ r(1 − r)
         dh   = dh' ⊙ z + dgh W_hh
-    Every factor that does not depend on dh' is formed for all steps before the loop, so a step
-    is one add, two multiplies and one batched product, each writing into its slice of a buffer.
+    Every factor that does not depend on dh' is formed for all steps before the loop, in the buffer
+    that becomes dgh, so a step is one add, two multiplies (one in place) and one batched product.
     """
     rz, n, ghn = saved[0], saved[1], saved[2]
     directions, rows, hidden = hs.size(0), hs.size(1), hs.size(2)
     r = rz[..., :hidden]
     z = rz[..., hidden:]
     dn_factor = tanh_slope(n).mul_(1 - z)
-    # d gh / d h' per gate block (r, z, n), side by side as in gh itself.
-    factor = torch.empty(directions, rows, 3, hidden, dtype=hs.dtype, device=hs.device)
-    torch.mul(dn_factor * ghn, sigmoid_slope(r), out=factor[:, :, 0])
+    # d gh / d h' per gate block (r, z, n), side by side as in gh itself; times dh' in the loop.
+    dgh = torch.empty(directions, rows, 3, hidden, dtype=hs.dtype, device=hs.device)
+    torch.mul(dn_factor * ghn, sigmoid_slope(r), out=dgh[:, :, 0])
     start = 0
     for block in h_prev:  # (h − n) z(1 − z), block by block of the previous states
         end = start + block.size(1)
-        torch.mul(block - n[:, start:end], sigmoid_slope(z[:, start:end]), out=factor[:, start:end, 1])
+        torch.mul(block - n[:, start:end], sigmoid_slope(z[:, start:end]), out=dgh[:, start:end, 1])
         start = end
-    torch.mul(dn_factor, r, out=factor[:, :, 2])
+    torch.mul(dn_factor, r, out=dgh[:, :, 2])
     dh = grad_finals[0]
     dh_all = torch.empty_like(hs)
-    dgh = torch.empty_like(factor)
     end = rows
     for t in range(len(batch_sizes) - 1, -1, -1):
         start = end - batch_sizes[t]
         dh_t = torch.add(step_rows(dh, batch_sizes[t]), grad_hs[:, start:end], out=dh_all[:, start:end])
-        dgh_t = torch.mul(factor[:, start:end], dh_t.unsqueeze(-2), out=dgh[:, start:end])
+        dgh_t = dgh[:, start:end].mul_(dh_t.unsqueeze(-2))
         dh = carry_rows(torch.baddbmm(dh_t * z[:, start:end], dgh_t.flatten(-2), w_hh), dh)
         end = start
     dgh = dgh.flatten(-2)

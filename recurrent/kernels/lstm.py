@@ -57,7 +57,8 @@ def lstm_backward(
         da_i = dc ⊙ g ⊙ i(1 − i)                    da_f = dc ⊙ c ⊙ f(1 − f)
         da_g = dc ⊙ i ⊙ (1 − g²)                    da_o = du ⊙ tanh(c') ⊙ o(1 − o)
         dh   = da W_hh                              dc_prev = dc ⊙ f
-    The factors that do not depend on the incoming gradients are formed for all rows before the loop.
+    The factors that do not depend on the incoming gradients are formed for all rows before the loop,
+    in the buffer that the loop turns into dgates in place.
     """
     i_f, g, o, cs = saved[0], saved[1], saved[2], saved[3]
     directions, rows, hidden = cs.size(0), cs.size(1), cs.size(2)
@@ -65,19 +66,18 @@ def lstm_backward(
     f = i_f[..., hidden:]
     tanh_c = torch.tanh(cs)
     du_to_dc = tanh_slope(tanh_c).mul_(o)
-    factor = torch.empty(directions, rows, 4, hidden, dtype=cs.dtype, device=cs.device)
-    torch.mul(g, sigmoid_slope(i), out=factor[:, :, 0])
+    dgates = torch.empty(directions, rows, 4, hidden, dtype=cs.dtype, device=cs.device)
+    torch.mul(g, sigmoid_slope(i), out=dgates[:, :, 0])
     start = 0
     for block in previous_blocks(state0[1], cs, batch_sizes):  # c_prev f(1 − f), block by block
         end = start + block.size(1)
-        torch.mul(block, sigmoid_slope(f[:, start:end]), out=factor[:, start:end, 1])
+        torch.mul(block, sigmoid_slope(f[:, start:end]), out=dgates[:, start:end, 1])
         start = end
-    torch.mul(i, tanh_slope(g), out=factor[:, :, 2])
-    torch.mul(tanh_c, sigmoid_slope(o), out=factor[:, :, 3])
+    torch.mul(i, tanh_slope(g), out=dgates[:, :, 2])
+    torch.mul(tanh_c, sigmoid_slope(o), out=dgates[:, :, 3])
     projected = len(extra) > 0
     dh = grad_finals[0]
     dc = grad_finals[1]
-    dgates = torch.empty_like(factor)
     dhs_out = torch.empty_like(hs) if projected else hs[:, :0]
     end = rows
     for t in range(len(batch_sizes) - 1, -1, -1):
@@ -88,9 +88,10 @@ def lstm_backward(
             dhs_out[:, start:end] = dh_t
             dh_t = torch.bmm(dh_t, extra[0])
         dc_t = torch.addcmul(step_rows(dc, size), dh_t, du_to_dc[:, start:end])
-        torch.mul(factor[:, start:end, :3], dc_t.unsqueeze(-2), out=dgates[:, start:end, :3])
-        torch.mul(factor[:, start:end, 3], dh_t, out=dgates[:, start:end, 3])
-        dh = carry_rows(torch.bmm(dgates[:, start:end].flatten(-2), w_hh), dh)
+        dgates_t = dgates[:, start:end]
+        dgates_t[:, :, :3].mul_(dc_t.unsqueeze(-2))
+        dgates_t[:, :, 3].mul_(dh_t)
+        dh = carry_rows(torch.bmm(dgates_t.flatten(-2), w_hh), dh)
         dc = carry_rows(dc_t * f[:, start:end], dc)
         end = start
     dgates = dgates.flatten(-2)
