@@ -225,8 +225,9 @@ def markdown(summary: dict[str, Any], figures: dict[str, list[str]]) -> str:
                      f"{ours['best_epoch']} vs {ref['best_epoch']} |")
 
     lines += ["", "## Seconds per epoch", "",
-              "Mean over runs; training and validation, data in memory. These runs shared the machine (two "
-              "runs at a time, one thread each), so they are a guide, not a benchmark: "
+              "Mean over runs; training and validation, data in memory. These runs shared the machine with "
+              "other work (the report's grid ran two runs at a time, one thread each; the bigru run shared "
+              "its two threads with tests and profiling), so they are a guide, not a benchmark: "
               "`benchmarks/RESULTS.md` has controlled, interleaved timings.", "",
               "| model | impl | device | threads | torch | runs | seconds per epoch |",
               "| --- | --- | --- | ---: | --- | ---: | ---: |"]
