@@ -30,12 +30,6 @@ def hidden_product(h: Tensor, w_hh_t: Tensor, b_hh: Optional[Tensor]) -> Tensor:
 
 
 @script
-def sigmoid_slope(s: Tensor) -> Tensor:
-    """σ'(a) from s = σ(a): s(1 − s), written s − s·s to take one pass over memory instead of two."""
-    return torch.addcmul(s, s, s, value=-1)
-
-
-@script
 def tanh_slope(t: Tensor) -> Tensor:
     """tanh'(a) from t = tanh(a): 1 − t², in one pass and one new tensor."""
     return torch.addcmul(t.new_ones(1).expand_as(t), t, t, value=-1.0)

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .._jit import script
 from ..cells import gru_step
-from .common import carry_rows, hidden_product, sigmoid_slope, step_rows, tanh_slope
+from .common import carry_rows, hidden_product, step_rows, tanh_slope
 
 
 @script
@@ -56,14 +56,19 @@ def gru_backward(
     directions, rows, hidden = hs.size(0), hs.size(1), hs.size(2)
     r = rz[..., :hidden]
     z = rz[..., hidden:]
-    dn_factor = tanh_slope(n).mul_(1 - z)
-    # d gh / d h' per gate block (r, z, n), side by side as in gh itself; times dh' in the loop.
+    # Each factor is formed in its own slot with in-place ops (x z(1 − z) as x z − (x z) z), so
+    # nothing beyond dgh and dn_factor is allocated: big temporaries cost page faults on CPU.
+    dn_factor = tanh_slope(n)
+    dn_factor.addcmul_(dn_factor, z, value=-1)  # (1 − n²)(1 − z)
     dgh = torch.empty(directions, rows, 3, hidden, dtype=hs.dtype, device=hs.device)
-    torch.mul(dn_factor * ghn, sigmoid_slope(r), out=dgh[:, :, 0])
+    torch.mul(dn_factor, ghn, out=dgh[:, :, 0]).mul_(r)
+    dgh[:, :, 0].addcmul_(dgh[:, :, 0], r, value=-1)
     start = 0
     for block in h_prev:  # (h − n) z(1 − z), block by block of the previous states
         end = start + block.size(1)
-        torch.mul(block - n[:, start:end], sigmoid_slope(z[:, start:end]), out=dgh[:, start:end, 1])
+        slot = dgh[:, start:end, 1]
+        torch.sub(block, n[:, start:end], out=slot).mul_(z[:, start:end])
+        slot.addcmul_(slot, z[:, start:end], value=-1)
         start = end
     torch.mul(dn_factor, r, out=dgh[:, :, 2])
     dh = grad_finals[0]
