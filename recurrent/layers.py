@@ -59,6 +59,7 @@ class RNNBase(nn.Module):
                 stacklevel=3,
             )
         self.mode = mode
+        self._fold_bias = kernels.KERNELS[mode].folds_bias
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -218,7 +219,7 @@ class RNNBase(nn.Module):
             return self._eager_stack(rows, batch_sizes, state0, weights)
         return kernels.run_stack(
             self.mode, rows, batch_sizes, state0, weights, self.num_layers, 2 if self.bidirectional else 1,
-            self.bias, self.proj_size > 0, self.dropout, self.training,
+            self.bias, self.proj_size > 0, self._fold_bias, self.dropout, self.training,
         )
 
     @torch.jit.unused
@@ -233,7 +234,7 @@ class RNNBase(nn.Module):
             if not (torch.is_grad_enabled() and any(t.requires_grad for t in [rows, *state0, *weights])):
                 return kernels.run_stack(
                     self.mode, rows, batch_sizes, state0, weights, self.num_layers, directions, self.bias, proj,
-                    self.dropout, self.training,
+                    self._fold_bias, self.dropout, self.training,
                 )
             per_layer = len(weights) // self.num_layers
             reverse = kernels.reverse_index(batch_sizes, rows.device) if directions == 2 else None

@@ -14,10 +14,10 @@ from .rnn import rnn_backward, rnn_forward
 from .stack import run_stack, sequence_forward
 
 KERNELS = {
-    "RNN_TANH": Kernel(partial(rnn_forward, relu=False), partial(rnn_backward, relu=False)),
-    "RNN_RELU": Kernel(partial(rnn_forward, relu=True), partial(rnn_backward, relu=True)),
-    "GRU": Kernel(gru_forward, gru_backward),
-    "LSTM": Kernel(lstm_forward, lstm_backward),
+    "RNN_TANH": Kernel(partial(rnn_forward, relu=False), partial(rnn_backward, relu=False), folds_bias=True),
+    "RNN_RELU": Kernel(partial(rnn_forward, relu=True), partial(rnn_backward, relu=True), folds_bias=True),
+    "GRU": Kernel(gru_forward, gru_backward, folds_bias=False),
+    "LSTM": Kernel(lstm_forward, lstm_backward, folds_bias=True),
 }
 
 __all__ = [

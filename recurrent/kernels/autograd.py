@@ -24,6 +24,9 @@ from .common import blocks_product, join_directions, per_direction, previous_blo
 class Kernel(NamedTuple):
     forward: Callable[..., Tuple[Tensor, List[Tensor], List[Tensor]]]
     backward: Callable[..., Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]]
+    # gi and gh enter the gates only as a sum, so b_hh can join b_ih in the input projection and the
+    # loop runs without it (true for RNN and LSTM; the GRU's r multiplies W_hn h + b_hn).
+    folds_bias: bool
 
 
 class LayerSpec(NamedTuple):
@@ -37,10 +40,11 @@ class LayerSpec(NamedTuple):
 
 @script
 def stack_weights(
-    params: List[Tensor], directions: int, bias: bool, proj: bool
+    params: List[Tensor], directions: int, bias: bool, proj: bool, fold_bias: bool
 ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], List[Tensor]]:
     """A layer's per-direction parameters [w_ih, w_hh(, b_ih, b_hh)(, w_hr)]·D stacked on a new
-    dim 0: (w_ih (D, G, I), w_hh (D, G, H), b_ih (D, 1, G), b_hh (D, 1, G), [w_hr (D, P, H)])."""
+    dim 0: (w_ih (D, G, I), w_hh (D, G, H), b_ih (D, 1, G), b_hh (D, 1, G), [w_hr (D, P, H)]).
+    With ``fold_bias`` the input bias is b_ih + b_hh and the hidden one None."""
     per = 2 + (2 if bias else 0) + (1 if proj else 0)
     stacked: List[Tensor] = []
     for i in range(per):
@@ -51,6 +55,8 @@ def stack_weights(
     extra = stacked[per - 1 :] if proj else stacked[:0]
     if not bias:
         return stacked[0], stacked[1], None, None, extra
+    if fold_bias:
+        return stacked[0], stacked[1], (stacked[2] + stacked[3]).unsqueeze(1), None, extra
     return stacked[0], stacked[1], stacked[2].unsqueeze(1), stacked[3].unsqueeze(1), extra
 
 
@@ -66,7 +72,9 @@ class LayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec: LayerSpec, rows: Tensor, states: int, *tensors: Tensor):
         state0, params = list(tensors[:states]), list(tensors[states:])
-        w_ih, w_hh, b_ih, b_hh, extra = stack_weights(params, spec.directions, spec.bias, spec.proj)
+        w_ih, w_hh, b_ih, b_hh, extra = stack_weights(
+            params, spec.directions, spec.bias, spec.proj, spec.kernel.folds_bias
+        )
         gi = gate_inputs(per_direction(rows, spec.reverse), w_ih, b_ih)
         hs, finals, saved = spec.kernel.forward(
             gi, state0, w_hh.transpose(1, 2), b_hh, extra, spec.batch_sizes, True
@@ -98,7 +106,7 @@ class LayerFunction(torch.autograd.Function):
         dw_ih = torch.bmm(dgi.transpose(1, 2), per_direction(rows, spec.reverse)).unbind(0)
         dw_hh = blocks_product(dgh, h_prev).unbind(0)
         db_ih = dgi.sum(1).unbind(0) if spec.bias else ()
-        db_hh = dgh.sum(1).unbind(0) if spec.bias else ()
+        db_hh = (db_ih if dgh is dgi else dgh.sum(1).unbind(0)) if spec.bias else ()
         dw_hr = dextra[0].unbind(0) if spec.proj else ()
         grads: List[Optional[Tensor]] = []
         for d in range(spec.directions):

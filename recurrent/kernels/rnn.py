@@ -38,15 +38,19 @@ def rnn_backward(
     grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
     saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int], relu: bool,
 ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
-    """Returns (dgi, dgh, [dh0], []). With a = gi + gh and h' = act(a): da = dh' ⊙ act'(a), dh = da W_hh."""
-    # act'(a) from the outputs, for all steps at once: relu' = [h' > 0], tanh' = 1 − h'².
-    # The loop then turns it into da in place, row block by row block.
-    da = (hs > 0).to(hs.dtype) if relu else tanh_slope(hs)
+    """Returns (dgi, dgh, [dh0], []). With a = gi + gh and h' = act(a): da = dh' ⊙ act'(a), dh = da W_hh.
+    act'(a) comes from the outputs, step by step (relu' = [h' > 0], tanh' = 1 − h'²): one step's
+    slope is small and hot in cache, where the slope of all rows would be one more big buffer."""
+    da = torch.empty_like(hs)
     dh = grad_finals[0]
     end = hs.size(1)
     for t in range(len(batch_sizes) - 1, -1, -1):
         start = end - batch_sizes[t]
-        da_t = da[:, start:end].mul_(step_rows(dh, batch_sizes[t]) + grad_hs[:, start:end])
+        da_t = torch.add(step_rows(dh, batch_sizes[t]), grad_hs[:, start:end], out=da[:, start:end])
+        if relu:
+            da_t.masked_fill_(hs[:, start:end] <= 0, 0.0)
+        else:
+            da_t.mul_(tanh_slope(hs[:, start:end]))
         dh = carry_rows(torch.bmm(da_t, w_hh), dh)
         end = start
     return da, da, [dh], extra[:0]

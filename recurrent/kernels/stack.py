@@ -40,7 +40,7 @@ def sequence_forward(
 @script
 def run_stack(
     mode: str, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor],
-    num_layers: int, directions: int, bias: bool, proj: bool, dropout: float, training: bool,
+    num_layers: int, directions: int, bias: bool, proj: bool, fold_bias: bool, dropout: float, training: bool,
 ) -> Tuple[Tensor, List[Tensor]]:
     """Every layer over rows (T, I) from state0 [(layers·D, N, ·)], with dropout between layers;
     returns (output rows (T, D·H), final states [(layers·D, N, ·)])."""
@@ -50,7 +50,7 @@ def run_stack(
     for layer in range(num_layers):
         mine = [s[layer * directions : (layer + 1) * directions] for s in state0]
         w_ih, w_hh, b_ih, b_hh, extra = stack_weights(
-            weights[layer * per_layer : (layer + 1) * per_layer], directions, bias, proj
+            weights[layer * per_layer : (layer + 1) * per_layer], directions, bias, proj, fold_bias
         )
         gi = gate_inputs(per_direction(rows, reverse), w_ih, b_ih)
         hs, last = sequence_forward(mode, gi, mine, w_hh.transpose(1, 2), b_hh, extra, batch_sizes)
