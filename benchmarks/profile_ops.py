@@ -4,11 +4,14 @@
 
 Profiles N fwd+bwd steps of each (after warm-up) with torch.profiler and sums the self CPU time of
 ATen ops into matrix products (mm, bmm, addmm, baddbmm), copies (copy_, cat, stack, index ops) and
-everything else (elementwise gate math, reductions). The shapes are speed.py's.
+everything else (elementwise gate math, reductions), and counts the minor page faults per step
+(getrusage, outside the profiler): every fresh multi-megabyte buffer that the allocator has handed
+back to the OS is faulted in again page by page. The shapes are speed.py's.
 """
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 from pathlib import Path
 
@@ -27,7 +30,7 @@ COPIES = {"aten::copy_", "aten::cat", "aten::stack", "aten::index_select", "aten
 
 
 def breakdown(model: nn.Module, x: torch.Tensor, steps: int) -> dict[str, float]:
-    """Milliseconds per step: total wall time, and self time of matrix products, copies and the rest."""
+    """Per step: self milliseconds of matrix products, copies and the rest, and minor page faults."""
     from torch.profiler import ProfilerActivity, profile
 
     def step() -> None:
@@ -36,6 +39,10 @@ def breakdown(model: nn.Module, x: torch.Tensor, steps: int) -> dict[str, float]
 
     for _ in range(3):
         step()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(steps):
+        step()
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
     with quiet_fd2(), profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
@@ -46,6 +53,7 @@ def breakdown(model: nn.Module, x: torch.Tensor, steps: int) -> dict[str, float]
         kind = "matrix products" if event.key in MATMUL else "copies" if event.key in COPIES else "other ops"
         totals[kind] += event.self_cpu_time_total / 1e3 / steps
     totals["all ATen ops"] = sum(totals.values())
+    totals["page faults"] = faults
     return totals
 
 
