@@ -1,7 +1,8 @@
 """Sequence kernels: one TorchScript forward loop and one hand-written backward per cell kind.
 
 Adding a cell kind means a step function in :mod:`recurrent.cells`, a module here with its
-``*_forward``/``*_backward`` pair, a :class:`Kernel` entry below, and its branch in
+``*_forward``/``*_backward`` pair, a :class:`Kernel` entry below (saying whether b_hh may join
+the input projection), and its branch in
 :func:`.stack.sequence_forward` (TorchScript has no function values to look up in a table).
 """
 from functools import partial
