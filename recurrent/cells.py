@@ -148,13 +148,8 @@ class RNNCellBase(nn.Module):
         return input, full, batched
 
     def _projections(self, input: Tensor, h: Tensor) -> Tuple[Tensor, Tensor]:
-        """gi = W_ih x + b_ih and gh = W_hh h + b_hh, in the input's dtype (the checks passed, so that
-        is the weights' own, or autocast's)."""
-        b_ih, b_hh = self.bias_ih, self.bias_hh
-        if b_ih is not None and b_hh is not None:
-            b_ih, b_hh = b_ih.to(input.dtype), b_hh.to(input.dtype)
-        gi = F.linear(input, self.weight_ih.to(input.dtype), b_ih)
-        return gi, F.linear(h, self.weight_hh.to(input.dtype), b_hh)
+        """gi = W_ih x + b_ih and gh = W_hh h + b_hh (under autocast, F.linear casts the weights)."""
+        return F.linear(input, self.weight_ih, self.bias_ih), F.linear(h, self.weight_hh, self.bias_hh)
 
     @torch.jit.unused
     def _eager_step(self, gi: Tensor, gh: Tensor, states: List[Tensor]) -> List[Tensor]:
