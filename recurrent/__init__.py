@@ -1,6 +1,6 @@
 """recurrent: recurrent layers with explicit gate math, torch.nn's API and numbers, and a fast path."""
 from .cells import GRUCell, LSTMCell, RNNCell
-from .layers import GRU, LSTM, RNN
+from .layers import GRU, LSTM, RNN, backend_for
 
-__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell"]
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "backend_for"]
 __version__ = "0.1.0"

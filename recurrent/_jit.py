@@ -2,7 +2,8 @@
 
 torch 2.14 marks ``torch.jit.script`` deprecated and warns on every call; our users did not call it,
 so they must not see that warning. Set ``RECURRENT_DISABLE_JIT=1`` (or run on a torch without
-TorchScript) and every function stays plain eager Python: slower, same numbers.
+TorchScript) and every function stays plain eager Python: slower, same numbers. Any other failure
+to compile is a bug in this library and raises: a silent fallback would only make it slower.
 """
 from __future__ import annotations
 
@@ -26,13 +27,4 @@ def script(fn: F) -> F:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            return torch.jit.script(fn)
-        except Exception as err:  # a torch whose TorchScript is gone or broken: keep working, say so
-            warnings.warn(
-                f"recurrent: TorchScript unavailable ({type(err).__name__}: {err}); "
-                f"running {fn.__name__} as eager Python",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return fn
+        return torch.jit.script(fn)

@@ -99,7 +99,7 @@ class RNNCellBase(nn.Module):
 
     def reset_parameters(self) -> None:
         """Uniform in ±1/sqrt(hidden_size), in registration order, as torch.nn does."""
-        bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
+        bound = 1.0 / math.sqrt(self.hidden_size)
         for weight in self.parameters():
             nn.init.uniform_(weight, -bound, bound)
 

@@ -3,25 +3,22 @@
 Per layer, the input of every step and both directions is projected in one batched product and
 both directions' time loops run together (the reverse one over each sequence reversed in time); the
 joined outputs feed the next layer. Padded batches and PackedSequences both become time-major rows
-(see :mod:`recurrent.kernels.common`). In eager mode a layer that needs gradients runs
-:func:`recurrent.kernels.run_layer` (the kernel's hand-written backward); otherwise, and in a
-scripted module, the whole stack is :func:`recurrent.kernels.run_stack`, one TorchScript call, which
-TorchScript's autograd differentiates op by op when scripted.
+(see :mod:`recurrent.kernels.common`). The stack loop is :func:`recurrent.kernels.stack_layers`:
+in eager mode each layer runs on the backend :func:`recurrent.kernels.select_backend` picks, with
+the kernel's hand-written backward when gradients are needed; otherwise (TorchScript backend), and
+in a scripted module, the whole stack is one TorchScript call, which TorchScript's autograd
+differentiates op by op when scripted.
 """
 
 import math
 import warnings
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _amp, checks, kernels
-
-_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3, "LSTM": 4}
-
 
 class RNNBase(nn.Module):
     """What RNN, GRU and LSTM share: parameters, checks, stacking, directions, dropout, packing."""
@@ -59,7 +56,7 @@ class RNNBase(nn.Module):
                 stacklevel=3,
             )
         self.mode = mode
-        self._fold_bias = kernels.KERNELS[mode].folds_bias
+        self._fold_bias = kernels.KINDS[mode].folds_bias
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -70,7 +67,7 @@ class RNNBase(nn.Module):
         self.proj_size = proj_size
 
         directions = 2 if bidirectional else 1
-        gate_size = _GATES[mode] * hidden_size
+        gate_size = kernels.KINDS[mode].gates * hidden_size
         output_size = proj_size or hidden_size
         factory = {"device": device, "dtype": dtype}
         self._flat_weights_names: List[str] = []
@@ -79,11 +76,7 @@ class RNNBase(nn.Module):
             layer_input = input_size if layer == 0 else output_size * directions
             for direction in range(directions):
                 suffix = "_reverse" if direction == 1 else ""
-                shapes = [("weight_ih", (gate_size, layer_input)), ("weight_hh", (gate_size, output_size))]
-                if bias:
-                    shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
-                if proj_size:
-                    shapes += [("weight_hr", (proj_size, hidden_size))]
+                shapes = kernels.layer_param_shapes(bias, gate_size, layer_input, hidden_size, output_size, proj_size)
                 names = []
                 for kind, shape in shapes:
                     name = f"{kind}_l{layer}{suffix}"
@@ -211,43 +204,39 @@ class RNNBase(nn.Module):
             states.append(state if batched else state.unsqueeze(1))
         return states
 
+    def _stack_spec(self) -> kernels.StackSpec:
+        return kernels.StackSpec(
+            mode=self.mode, num_layers=self.num_layers, directions=2 if self.bidirectional else 1, bias=self.bias,
+            proj=self.proj_size > 0, fold_bias=self._fold_bias, dropout=self.dropout, training=self.training,
+        )
+
     def _stack(
         self, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor]
     ) -> Tuple[Tensor, List[Tensor]]:
         """Runs every layer over rows (T, I) from state0 [(layers·D, N, H)]; returns (rows, finals)."""
         if not torch.jit.is_scripting():
             return self._eager_stack(rows, batch_sizes, state0, weights)
-        return kernels.run_stack(
-            self.mode, rows, batch_sizes, state0, weights, self.num_layers, 2 if self.bidirectional else 1,
-            self.bias, self.proj_size > 0, self._fold_bias, self.dropout, self.training,
-        )
+        return kernels.run_stack(self._stack_spec(), rows, batch_sizes, state0, weights, "")
 
     @torch.jit.unused
     def _eager_stack(
         self, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor]
     ) -> Tuple[Tensor, List[Tensor]]:
-        """Without gradients the whole stack is one TorchScript call; with them, one autograd
-        Function per layer runs the hand-written backward. Under autocast everything is already in
-        its dtype (see _eager_arguments), so autocast is switched off for the kernels."""
-        directions, proj = 2 if self.bidirectional else 1, self.proj_size > 0
+        """On the TorchScript backend without gradients the whole stack is one TorchScript call;
+        otherwise each layer runs from Python on its backend (an autograd Function when gradients are
+        needed). Under autocast everything is already in its dtype (see _eager_arguments), so
+        autocast is switched off for the kernels."""
+        spec = self._stack_spec()
+        backend = self._backend(rows)
         with _amp.disabled(rows.device):
-            if not (torch.is_grad_enabled() and any(t.requires_grad for t in [rows, *state0, *weights])):
-                return kernels.run_stack(
-                    self.mode, rows, batch_sizes, state0, weights, self.num_layers, directions, self.bias, proj,
-                    self._fold_bias, self.dropout, self.training,
-                )
-            per_layer = len(weights) // self.num_layers
-            reverse = kernels.reverse_index(batch_sizes, rows.device) if directions == 2 else None
-            spec = kernels.LayerSpec(kernels.KERNELS[self.mode], directions, self.bias, proj, batch_sizes, reverse)
-            finals: List[List[Tensor]] = [[] for _ in state0]
-            for layer in range(self.num_layers):
-                mine = [s[layer * directions : (layer + 1) * directions] for s in state0]
-                rows, last = kernels.run_layer(spec, rows, mine, weights[layer * per_layer : (layer + 1) * per_layer])
-                for i, state in enumerate(last):
-                    finals[i].append(state)
-                if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                    rows = F.dropout(rows, self.dropout, True)
-            return rows, [torch.cat(f, 0) for f in finals]
+            needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in [rows, *state0, *weights])
+            if backend == "torchscript" and not needs_grad:
+                return kernels.run_stack(spec, rows, batch_sizes, state0, weights, "")
+            return kernels.stack_layers(spec, rows, batch_sizes, state0, weights, backend)
+
+    @torch.jit.unused
+    def _backend(self, rows: Tensor) -> str:
+        return kernels.select_backend(self.mode, rows.device, rows.dtype, self.hidden_size, self.proj_size > 0)
 
     @torch.jit.unused
     def _eager_arguments(
@@ -348,3 +337,13 @@ class LSTM(RNNBase):
     def _state_sizes(self) -> List[int]:
         return [self.proj_size if self.proj_size > 0 else self.hidden_size, self.hidden_size]
 
+
+
+def backend_for(layer: RNNBase, input: Union[Tensor, PackedSequence]) -> str:
+    """The backend ``layer(input)`` runs its time loops on, in eager mode: ``"triton"`` or
+    ``"torchscript"`` (``RECURRENT_BACKEND`` and the rules in :mod:`recurrent.kernels.dispatch`).
+    Raises as the call would where ``RECURRENT_BACKEND=triton`` cannot be honoured. A scripted
+    module always runs the TorchScript loop."""
+    data = input.data if isinstance(input, PackedSequence) else input
+    dtype = _amp.autocast_dtype(data.device) or data.dtype
+    return kernels.select_backend(layer.mode, data.device, dtype, layer.hidden_size, layer.proj_size > 0)

@@ -1,28 +1,22 @@
-"""Sequence kernels: one TorchScript forward loop and one hand-written backward per cell kind.
+"""Sequence kernels: per cell kind a forward loop and a hand-written backward, per backend.
 
-Adding a cell kind means a step function in :mod:`recurrent.cells`, a module here with its
-``*_forward``/``*_backward`` pair, a :class:`Kernel` entry below (saying whether b_hh may join
-the input projection), and its branch in
-:func:`.stack.sequence_forward` (TorchScript has no function values to look up in a table).
+The kinds and their kernels are registered in :mod:`.registry` (what to add for a new kind is
+said there); :mod:`.dispatch` picks the backend of a layer call; :mod:`.stack` is the one stack
+loop; :mod:`.autograd` wires a kernel pair into autograd; :mod:`.weights` owns the parameter order.
 """
-from functools import partial
-
-from .autograd import Kernel, LayerSpec, gate_inputs, run_layer, stack_weights
+from .autograd import LayerSpec, gate_inputs, run_layer
 from .common import join_directions, per_direction, reverse_index
+from .dispatch import select_backend
 from .gru import gru_backward, gru_forward
 from .lstm import lstm_backward, lstm_forward
+from .registry import KINDS, CellKind, Kernel
 from .rnn import rnn_backward, rnn_forward
-from .stack import run_stack, sequence_forward
-
-KERNELS = {
-    "RNN_TANH": Kernel(partial(rnn_forward, relu=False), partial(rnn_backward, relu=False), folds_bias=True),
-    "RNN_RELU": Kernel(partial(rnn_forward, relu=True), partial(rnn_backward, relu=True), folds_bias=True),
-    "GRU": Kernel(gru_forward, gru_backward, folds_bias=False),
-    "LSTM": Kernel(lstm_forward, lstm_backward, folds_bias=True),
-}
+from .stack import StackSpec, run_stack, sequence_forward, stack_layers
+from .weights import layer_param_kinds, layer_param_shapes, stack_weights
 
 __all__ = [
-    "KERNELS", "Kernel", "LayerSpec", "gate_inputs", "gru_backward", "gru_forward", "join_directions",
-    "lstm_backward", "lstm_forward", "per_direction",
-    "reverse_index", "rnn_backward", "rnn_forward", "run_layer", "run_stack", "sequence_forward", "stack_weights",
+    "KINDS", "CellKind", "Kernel", "LayerSpec", "StackSpec", "gate_inputs", "gru_backward", "gru_forward",
+    "join_directions", "layer_param_kinds", "layer_param_shapes", "lstm_backward", "lstm_forward", "per_direction",
+    "reverse_index", "rnn_backward", "rnn_forward", "run_layer", "run_stack", "select_backend", "sequence_forward",
+    "stack_layers", "stack_weights",
 ]

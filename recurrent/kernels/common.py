@@ -9,7 +9,8 @@ Directions are batched on dim 0: a bidirectional layer runs both directions in o
 batched hidden product per step. The reverse direction reads its rows reversed in time within each
 sequence (the permutation :func:`reverse_index` builds), so both directions run "forward" over
 their own rows. Shapes: gi (D, T, G), state (D, N, H), w_ih (D, G, I), w_hh (D, G, H), b_* (D, 1, G),
-hs (D, T, H), with T the number of rows and G the gate width (H for RNN, 3H for GRU).
+hs (D, T, H), with T the number of rows and G the gate width (H for RNN, 3H for GRU, 4H for LSTM;
+an LSTM's state and hs have the projection size P in place of H when it has one).
 """
 from __future__ import annotations
 

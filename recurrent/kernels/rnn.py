@@ -16,13 +16,10 @@ def rnn_forward(
     gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
     batch_sizes: List[int], save: bool, relu: bool,
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
-    """Returns (hs, [h_n], saved). The outputs hs are all the backward needs: nothing else is saved."""
+    """Returns (hs, [h_n], saved). The outputs hs are all the backward needs: nothing else is saved.
+    ``b_hh`` is None: the kind folds it into gi, so a step is one batched product and one activation."""
     h = state0[0]
     hs: List[Tensor] = []
-    # b_hh joins gi once for all rows (in place: gi is the caller's fresh projection), so a step is
-    # one batched product and one activation.
-    if b_hh is not None:
-        gi = gi.add_(b_hh)
     start = 0
     for size in batch_sizes:
         pre = torch.baddbmm(gi[:, start : start + size], step_rows(h, size), w_hh_t)

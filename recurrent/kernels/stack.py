@@ -1,23 +1,41 @@
-"""A whole stack of layers in one TorchScript call, for when no hand-written backward is needed.
+"""The stack loop: every layer over the rows, directions batched, dropout between layers.
 
-A scripted module runs it (TorchScript's autograd then differentiates every op of the loops), and
-the eager layers run it when nothing needs a gradient: one call into TorchScript for the whole stack
-instead of one per kernel piece, so inference pays no Python between layers.
+One loop, :func:`stack_layers`, serves every path. Compiled by TorchScript as :data:`run_stack`, it
+runs each layer's forward kernel in TorchScript: what a scripted module runs (TorchScript's autograd
+then differentiates every op of the loops), and what the eager layers run when nothing needs a
+gradient on the TorchScript backend (one call for the whole stack, no Python between layers). Run
+as plain Python with an ``eager_backend``, each layer goes through :func:`.autograd.run_layer` on
+that backend (the hand-written backward when gradients are needed). TorchScript drops that branch
+when compiling (``torch.jit.is_scripting()`` is constant there).
 """
-from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple  # no postponed annotations: TorchScript reads StackSpec's
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 from .._jit import script
-from .autograd import gate_inputs, stack_weights
+from .autograd import LayerSpec, gate_inputs, run_layer
 from .common import join_directions, per_direction, reverse_index
 from .gru import gru_forward
 from .lstm import lstm_forward
+from .registry import KINDS
 from .rnn import rnn_forward
+from .weights import stack_weights
+
+
+class StackSpec(NamedTuple):
+    """What a layer module is, as the stack loop needs it (TorchScript-compatible)."""
+
+    mode: str  # a key of recurrent.kernels.KINDS
+    num_layers: int
+    directions: int
+    bias: bool
+    proj: bool
+    fold_bias: bool
+    dropout: float
+    training: bool
 
 
 @script
@@ -25,7 +43,7 @@ def sequence_forward(
     mode: str, gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
     batch_sizes: List[int],
 ) -> Tuple[Tensor, List[Tensor]]:
-    """The forward kernel of ``mode`` (a key of :data:`recurrent.kernels.KERNELS`), saving nothing."""
+    """The TorchScript forward kernel of ``mode``, saving nothing: one branch per cell kind."""
     if mode == "GRU":
         hs, finals, _ = gru_forward(gi, state0, w_hh_t, b_hh, extra, batch_sizes, False)
     elif mode == "LSTM":
@@ -33,30 +51,56 @@ def sequence_forward(
     elif mode == "RNN_TANH" or mode == "RNN_RELU":
         hs, finals, _ = rnn_forward(gi, state0, w_hh_t, b_hh, extra, batch_sizes, False, mode == "RNN_RELU")
     else:
-        raise ValueError("recurrent: unknown mode " + mode)
+        raise ValueError("recurrent: no branch for mode " + mode + " in kernels.stack.sequence_forward")
     return hs, finals
 
 
 @script
-def run_stack(
-    mode: str, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor],
-    num_layers: int, directions: int, bias: bool, proj: bool, fold_bias: bool, dropout: float, training: bool,
+def layer_forward(
+    spec: StackSpec, rows: Tensor, state0: List[Tensor], params: List[Tensor], batch_sizes: List[int],
+    reverse: Optional[Tensor],
+) -> Tuple[Tensor, List[Tensor]]:
+    """One layer, all directions, in TorchScript: (output rows (T, D·H), final states)."""
+    w_ih, w_hh, b_ih, b_hh, extra = stack_weights(params, spec.directions, spec.bias, spec.proj, spec.fold_bias)
+    gi = gate_inputs(per_direction(rows, reverse), w_ih, b_ih)
+    hs, finals = sequence_forward(spec.mode, gi, state0, w_hh.transpose(1, 2), b_hh, extra, batch_sizes)
+    return join_directions(hs, reverse), finals
+
+
+@torch.jit.unused
+def eager_layer(
+    spec: StackSpec, backend: str, rows: Tensor, state0: List[Tensor], params: List[Tensor], batch_sizes: List[int],
+    reverse: Optional[Tensor],
+) -> Tuple[Tensor, List[Tensor]]:
+    """One layer on ``backend``'s kernels, from Python (autograd Functions cannot run in TorchScript)."""
+    kernel = KINDS[spec.mode].kernel(backend)
+    layer = LayerSpec(kernel, spec.directions, spec.bias, spec.proj, spec.fold_bias, batch_sizes, reverse)
+    return run_layer(layer, rows, state0, params)
+
+
+def stack_layers(
+    spec: StackSpec, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor],
+    eager_backend: str,
 ) -> Tuple[Tensor, List[Tensor]]:
     """Every layer over rows (T, I) from state0 [(layers·D, N, ·)], with dropout between layers;
-    returns (output rows (T, D·H), final states [(layers·D, N, ·)])."""
-    per_layer = directions * ((4 if bias else 2) + (1 if proj else 0))
+    returns (output rows (T, D·H), final states [(layers·D, N, ·)]). ``eager_backend`` is '' in
+    TorchScript, else the backend each layer runs on from Python."""
+    directions = spec.directions
+    per_layer = len(weights) // spec.num_layers
     reverse: Optional[Tensor] = reverse_index(batch_sizes, rows.device) if directions == 2 else None
     finals: List[List[Tensor]] = [[] for _ in state0]
-    for layer in range(num_layers):
+    for layer in range(spec.num_layers):
         mine = [s[layer * directions : (layer + 1) * directions] for s in state0]
-        w_ih, w_hh, b_ih, b_hh, extra = stack_weights(
-            weights[layer * per_layer : (layer + 1) * per_layer], directions, bias, proj, fold_bias
-        )
-        gi = gate_inputs(per_direction(rows, reverse), w_ih, b_ih)
-        hs, last = sequence_forward(mode, gi, mine, w_hh.transpose(1, 2), b_hh, extra, batch_sizes)
-        rows = join_directions(hs, reverse)
+        params = weights[layer * per_layer : (layer + 1) * per_layer]
+        if eager_backend != "" and not torch.jit.is_scripting():
+            rows, last = eager_layer(spec, eager_backend, rows, mine, params, batch_sizes, reverse)
+        else:
+            rows, last = layer_forward(spec, rows, mine, params, batch_sizes, reverse)
         for i, state in enumerate(last):
             finals[i].append(state)
-        if dropout > 0 and training and layer < num_layers - 1:
-            rows = F.dropout(rows, dropout, True)
+        if spec.dropout > 0 and spec.training and layer < spec.num_layers - 1:
+            rows = F.dropout(rows, spec.dropout, True)
     return rows, [torch.cat(f, 0) for f in finals]
+
+
+run_stack = script(stack_layers)

@@ -1,0 +1,56 @@
+"""Which backend runs a layer call: the TorchScript loop or the Triton kernels.
+
+``RECURRENT_BACKEND`` (read on every call) chooses:
+
+- unset or ``default``: today's default, the TorchScript loop everywhere. The Triton kernels become
+  the CUDA default once a GPU run has timed them against cuDNN (``benchmarks/gpu_check.sh``).
+- ``auto``: the Triton kernels for CUDA tensors whenever they can run (Triton importable, float32,
+  float16 or bfloat16, a configuration :mod:`.triton` covers), else the TorchScript loop.
+- ``triton``: the Triton kernels for every layer call (on CPU tensors only with ``TRITON_INTERPRET=1``,
+  Triton's interpreter); a call they cannot run raises, saying why.
+- ``torchscript``: the TorchScript loop for every call.
+
+The scripted path (``torch.jit.script(model)``) is always the TorchScript loop.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+CHOICES = ("default", "auto", "triton", "torchscript")
+AUTO_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def requested_backend() -> str:
+    choice = os.environ.get("RECURRENT_BACKEND", "") or "default"
+    if choice not in CHOICES:
+        raise ValueError(f"RECURRENT_BACKEND must be one of {', '.join(CHOICES)}; got {choice!r}")
+    return choice
+
+
+def triton_refusal(mode: str, device: torch.device, dtype: torch.dtype, hidden_size: int, proj: bool) -> Optional[str]:
+    """Why the Triton kernels cannot run this layer call, or None when they can."""
+    if device.type != "cuda" and not (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+        return f"tensors on {device.type} (the Triton kernels need CUDA, or CPU with TRITON_INTERPRET=1)"
+    try:
+        from . import triton as triton_kernels
+    except ImportError as err:
+        return f"Triton is not importable ({err})"
+    return triton_kernels.refusal(mode, dtype, hidden_size, proj)
+
+
+def select_backend(mode: str, device: torch.device, dtype: torch.dtype, hidden_size: int, proj: bool) -> str:
+    """The backend for one layer call: 'triton' or 'torchscript' (see the module docstring)."""
+    choice = requested_backend()
+    if choice in ("default", "torchscript"):
+        return "torchscript"
+    if choice == "auto":
+        if device.type != "cuda" or dtype not in AUTO_DTYPES:
+            return "torchscript"
+        return "torchscript" if triton_refusal(mode, device, dtype, hidden_size, proj) else "triton"
+    refusal = triton_refusal(mode, device, dtype, hidden_size, proj)
+    if refusal:
+        raise RuntimeError(f"recurrent: RECURRENT_BACKEND=triton, but the Triton kernels cannot run this {mode} layer: {refusal}")
+    return "triton"
