@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torchvision.datasets import FashionMNIST
+
+from experiments.files import atomic_file
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO / ".cache"  # git-ignored; extraction never writes into the (read-only) data dir
@@ -69,7 +70,7 @@ def _how_to_get(data_dir: Path) -> str:
     )
 
 
-def verify(data_dir: Path, origin: str = "--data-dir") -> Path:
+def verify(data_dir: Path) -> Path:
     """Check the four gz files against their MD5s; return the folder holding them."""
     raw = raw_dir(data_dir)
     for name, expected in FILES.items():
@@ -77,7 +78,7 @@ def verify(data_dir: Path, origin: str = "--data-dir") -> Path:
         if not path.is_file():
             raise DataError(
                 f"Fashion-MNIST file {name} is missing: expected at {path} "
-                f"(data dir {data_dir}, from {origin}). {_how_to_get(data_dir)}"
+                f"(data dir {data_dir}). {_how_to_get(data_dir)}"
             )
         actual = _md5(path)
         if actual != expected:
@@ -90,14 +91,8 @@ def verify(data_dir: Path, origin: str = "--data-dir") -> Path:
 
 def _extract(gz: Path, dest: Path) -> None:
     """Decompress atomically, so a concurrent or interrupted run never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, gzip.open(gz, "rb") as src:
-            shutil.copyfileobj(src, out)
-        os.replace(tmp, dest)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_file(dest) as out, gzip.open(gz, "rb") as src:
+        shutil.copyfileobj(src, out)
 
 
 def normalize(images: Tensor) -> Tensor:
@@ -109,9 +104,9 @@ def normalize(images: Tensor) -> Tensor:
 
 
 @lru_cache(maxsize=4)
-def load_arrays(data_dir: Path, cache_dir: Path = CACHE_DIR, origin: str = "--data-dir") -> dict[str, Tensor]:
+def load_arrays(data_dir: Path, cache_dir: Path = CACHE_DIR) -> dict[str, Tensor]:
     """Verified, normalised train and test tensors: images float32 (N, 28, 28), labels int64."""
-    raw = verify(data_dir, origin)
+    raw = verify(data_dir)
     extracted = cache_dir / "FashionMNIST" / "raw"
     extracted.mkdir(parents=True, exist_ok=True)
     for name in FILES:
@@ -147,12 +142,10 @@ def split_indices(n: int, n_val: int = N_VAL, seed: int = SPLIT_SEED) -> tuple[T
     return torch.tensor(train.indices), torch.tensor(val.indices)
 
 
-def load_splits(
-    data_dir: Path, limit: int | None = None, cache_dir: Path = CACHE_DIR, origin: str = "--data-dir"
-) -> Splits:
+def load_splits(data_dir: Path, limit: int | None = None, cache_dir: Path = CACHE_DIR) -> Splits:
     """54,000 / 6,000 / 10,000 split. `limit` keeps the first `limit` images of each part so that a
     smoke run (training and its evaluations) stays cheap; the split itself does not change."""
-    a = load_arrays(Path(data_dir).resolve(), Path(cache_dir).resolve(), origin)
+    a = load_arrays(Path(data_dir).resolve(), Path(cache_dir).resolve())
     train_idx, val_idx = split_indices(len(a["train_y"]))
     test_idx = torch.arange(len(a["test_y"]))
     if limit is not None:

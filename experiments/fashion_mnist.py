@@ -54,7 +54,19 @@ def check_device(p: argparse.ArgumentParser, device: str) -> None:
 
 
 def data_dir_and_origin(arg: Path | None) -> tuple[Path, str]:
+    """The data dir to read and what chose it: --data-dir if given, else data.default_data_dir()."""
     return (arg, "--data-dir") if arg is not None else data.default_data_dir()
+
+
+def data_error_message(e: data.DataError, origin: str) -> str:
+    """What chose the data dir, then the loader's message (what was expected, what was found, where)."""
+    return f"data dir from {origin}: {e}"
+
+
+def fail(message: str) -> int:
+    """Report an error found after the arguments were parsed: one line on stderr, exit status 2 like argparse."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,13 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(e))
     data_dir, origin = data_dir_and_origin(args.data_dir)
     spec = RunSpec(model=args.model, impl=args.impl, seed=args.seed, recipe=recipe, limit=args.limit,
-                   device=args.device, threads=args.threads, data_dir=str(data_dir), data_origin=origin)
+                   device=args.device, threads=args.threads, data_dir=str(data_dir))
     out = args.out or RUNS_DIR / run_name(spec)
     try:
         metrics = run(spec, out, resume=args.resume, stop_after=args.stop_after)
-    except (data.DataError, FileExistsError, ResumeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except data.DataError as e:
+        return fail(data_error_message(e, origin))
+    except (FileExistsError, ResumeError) as e:
+        return fail(str(e))
     if metrics["complete"]:
         print(f"{args.model}/{args.impl} seed {args.seed}: best epoch {metrics['best_epoch']}, "
               f"test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f} "

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from experiments import data, plots
+from experiments.files import atomic_write, write_json
 from experiments.models import N_CLASSES, Recipe, build_model
 
 EVAL_BATCH = 1000  # evaluation batch size: only speed depends on it
@@ -41,12 +40,9 @@ class RunSpec:
     device: str
     threads: int
     data_dir: str
-    data_origin: str = "--data-dir"
 
     def as_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("data_origin")
-        return d
+        return dataclasses.asdict(self)
 
 
 class ResumeError(ValueError):
@@ -59,34 +55,10 @@ def run_name(spec: RunSpec) -> str:
     return f"{spec.model}-{spec.impl}-seed{spec.seed}-{torch.device(spec.device).type}{limit}"
 
 
-def atomic_write(path: Path, payload: bytes) -> None:
-    """Write via a temp file in the same dir + fsync + os.replace: a crash leaves the old file or the new."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp creates 0600; outputs are ordinary readable files
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-
-
 def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write(path, buffer.getvalue())
-
-
-def write_json(obj: Any, path: Path) -> None:
-    atomic_write(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
 def make_optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
@@ -204,77 +176,118 @@ def device_name(device: torch.device) -> str:
     return f"{name or platform.processor() or 'CPU'} ({os.cpu_count()} logical cores)"
 
 
+@dataclass
+class Training:
+    """Everything that carries over from one epoch to the next; the last checkpoint holds all of it."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator  # batch order and augmentation draws
+    history: list[dict[str, float]]
+    best: dict[str, Any]  # the epoch with the lowest validation loss so far: epoch, val_loss, model state
+
+    def checkpoint(self, spec: RunSpec) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "rng": rng_states(self.generator),
+                "history": self.history, "best": self.best, "spec": spec.as_dict()}
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["schedule"])
+        restore_rng(ckpt["rng"], self.generator)
+        self.history, self.best = ckpt["history"], ckpt["best"]
+
+
 def run(spec: RunSpec, out: Path, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
     """Train (or continue) the run described by `spec` in `out`; return its metrics.
 
     stop_after: end after that many epochs without the final evaluation, as if interrupted; a later
     call with resume=True carries on exactly."""
-    r = spec.recipe
     torch.set_num_threads(spec.threads)
-    device = torch.device(spec.device)
-    splits = data.load_splits(Path(spec.data_dir), spec.limit, origin=spec.data_origin).to(device)
+    splits = data.load_splits(Path(spec.data_dir), spec.limit).to(spec.device)
     out.mkdir(parents=True, exist_ok=True)  # after the data checks: a failed start leaves no folder
+    training = start_or_resume(spec, len(splits.train_y), out, resume)
+    epochs = spec.recipe.epochs
+    fit(spec, splits, training, out, last_epoch=epochs if stop_after is None else min(epochs, stop_after))
+    return finish(spec, splits, training, out)
 
-    model = build_model(r, spec.impl, spec.seed).to(device)
+
+def start(spec: RunSpec, n_train: int) -> Training:
+    """Initial weights, optimiser and schedule, and the seeded random streams of a new run."""
+    r = spec.recipe
+    model = build_model(r, spec.impl, spec.seed).to(spec.device)
     optimizer = make_optimizer(model, r)
-    steps_per_epoch = math.ceil(len(splits.train_y) / r.batch_size)
-    schedule = make_schedule(optimizer, r, r.epochs * steps_per_epoch)
-    generator = torch.Generator().manual_seed(spec.seed)  # batch order and augmentation draws
+    schedule = make_schedule(optimizer, r, r.epochs * math.ceil(n_train / r.batch_size))
+    generator = torch.Generator().manual_seed(spec.seed)
     torch.manual_seed(spec.seed + DROPOUT_SEED_OFFSET)
-    history: list[dict[str, float]] = []
-    best: dict[str, Any] = {"epoch": 0, "val_loss": math.inf, "model": None}
+    return Training(model, optimizer, schedule, generator, history=[],
+                    best={"epoch": 0, "val_loss": math.inf, "model": None})
 
+
+def start_or_resume(spec: RunSpec, n_train: int, out: Path, resume: bool) -> Training:
+    """A new run, or the one whose last checkpoint is in `out` when resuming is asked for."""
+    training = start(spec, n_train)
     if (out / LAST).exists():
         if not resume:
             raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, or pick another --out")
-        ckpt = torch.load(out / LAST, map_location="cpu")  # RNG states must stay CPU tensors
+        # weights_only: unpickling never runs code from the file; on the CPU: RNG states must stay CPU tensors.
+        ckpt = torch.load(out / LAST, map_location="cpu", weights_only=True)
         check_resumable(ckpt["spec"], spec)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt["schedule"])
-        restore_rng(ckpt["rng"], generator)
-        history, best = ckpt["history"], ckpt["best"]
+        training.restore(ckpt)
+    return training
 
-    started = len(history)
-    last_epoch = r.epochs if stop_after is None else min(r.epochs, stop_after)
+
+def fit(spec: RunSpec, splits: data.Splits, training: Training, out: Path, last_epoch: int) -> None:
+    """Train the epochs after those already done up to `last_epoch`, checkpointing after each."""
+    started = len(training.history)
     for epoch in tqdm(range(started + 1, last_epoch + 1), desc=f"{spec.model}/{spec.impl}", disable=None,
-                      initial=started, total=r.epochs):
-        t0 = time.perf_counter()
-        train_loss, train_acc = train_epoch(model, splits, r, optimizer, schedule, generator, f"epoch {epoch}")
-        val_losses, val_preds = predict(model, splits.val_x, splits.val_y)
-        row = {
-            "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-            "val_loss": val_losses.double().mean().item(),
-            "val_acc": (val_preds == splits.val_y).double().mean().item(),
-        }
-        row["seconds"] = time.perf_counter() - t0
-        history.append(row)
-        if row["val_loss"] < best["val_loss"]:  # early stopping: keep the lowest validation loss
-            best = {"epoch": epoch, "val_loss": row["val_loss"],
-                    "model": {k: v.clone() for k, v in model.state_dict().items()}}
-            save_checkpoint({"model": best["model"], "epoch": epoch, "spec": spec.as_dict()}, out / BEST)
-        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "schedule": schedule.state_dict(), "rng": rng_states(generator),
-                         "history": history, "best": best, "spec": spec.as_dict()}, out / LAST)
-        tqdm.write(f"{spec.model}/{spec.impl} seed {spec.seed} epoch {epoch}: train loss {train_loss:.4f} "
-                   f"acc {train_acc:.4f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} "
+                      initial=started, total=spec.recipe.epochs):
+        row = train_and_validate(spec.recipe, splits, training, epoch)
+        training.history.append(row)
+        if row["val_loss"] < training.best["val_loss"]:  # early stopping: keep the lowest validation loss
+            training.best = {"epoch": epoch, "val_loss": row["val_loss"],
+                             "model": {k: v.clone() for k, v in training.model.state_dict().items()}}
+            save_checkpoint({"model": training.best["model"], "epoch": epoch, "spec": spec.as_dict()}, out / BEST)
+        save_checkpoint(training.checkpoint(spec), out / LAST)
+        tqdm.write(f"{spec.model}/{spec.impl} seed {spec.seed} epoch {epoch}: train loss {row['train_loss']:.4f} "
+                   f"acc {row['train_acc']:.4f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} "
                    f"| {row['seconds']:.1f}s", file=sys.stderr)
 
-    metrics = summarize(spec, device, splits, history, best["epoch"])
-    if len(history) == r.epochs:
-        model.load_state_dict(best["model"])
-        metrics.update(evaluate_test(model, splits))
+
+def train_and_validate(r: Recipe, splits: data.Splits, training: Training, epoch: int) -> dict[str, float]:
+    """One epoch of training, then the validation set: the epoch's row of the history."""
+    t0 = time.perf_counter()
+    train_loss, train_acc = train_epoch(training.model, splits, r, training.optimizer, training.schedule,
+                                        training.generator, f"epoch {epoch}")
+    val_losses, val_preds = predict(training.model, splits.val_x, splits.val_y)
+    return {
+        "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+        "val_loss": val_losses.double().mean().item(),
+        "val_acc": (val_preds == splits.val_y).double().mean().item(),
+        "seconds": time.perf_counter() - t0,  # training and validation
+    }
+
+
+def finish(spec: RunSpec, splits: data.Splits, training: Training, out: Path) -> dict[str, Any]:
+    """The run's metrics and figures, written to `out`; a complete run is tested with its best epoch's weights."""
+    best_epoch = training.best["epoch"]
+    metrics = run_metrics(spec, splits, training.history, best_epoch)
+    if metrics["complete"]:
+        training.model.load_state_dict(training.best["model"])
+        metrics.update(evaluate_test(training.model, splits))
         plots.confusion(metrics["confusion_matrix"], data.CLASSES, out / "confusion.png",
-                        f"{spec.model} ({spec.impl}), test set, epoch {best['epoch']}")
-    plots.curves({"": (history, best["epoch"])}, out / "curves.png",
+                        f"{spec.model} ({spec.impl}), test set, epoch {best_epoch}")
+    plots.curves({"": (training.history, best_epoch)}, out / "curves.png",
                  f"{spec.model} ({spec.impl}), seed {spec.seed}")
     write_json(metrics, out / METRICS)
     return metrics
 
 
-def summarize(
-    spec: RunSpec, device: torch.device, splits: data.Splits, history: list[dict[str, float]], best_epoch: int
-) -> dict[str, Any]:
+def run_metrics(spec: RunSpec, splits: data.Splits, history: list[dict[str, float]], best_epoch: int) -> dict[str, Any]:
+    """What the run did so far: settings, curves, best epoch, sizes, timing and the machine."""
+    device = torch.device(spec.device)
     seconds = [h["seconds"] for h in history]
     return {
         "model": spec.model, "impl": spec.impl, "seed": spec.seed, "complete": len(history) == spec.recipe.epochs,
