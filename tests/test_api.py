@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import recurrent
-from helpers import pair
+from helpers import OUTPUT_NAMES, assert_all_close, flat, gradient_names, grads, pair, scripted
 
 KINDS = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"]
 
@@ -65,8 +65,9 @@ def test_cell_parameters_and_init(kind):
     reference = getattr(nn, kind)(4, 6)
     torch.manual_seed(7)
     ours = getattr(recurrent, kind)(4, 6)
-    for (n1, p1), (n2, p2) in zip(reference.named_parameters(), ours.named_parameters()):
-        assert n1 == n2 and torch.equal(p1, p2)
+    expected = dict(reference.named_parameters())
+    assert list(dict(ours.named_parameters())) == list(expected)
+    assert all(torch.equal(p, expected[n]) for n, p in ours.named_parameters())
     assert repr(ours) == repr(reference)
     ours.load_state_dict(reference.state_dict(), strict=True)
     reference.load_state_dict(ours.state_dict(), strict=True)
@@ -81,11 +82,38 @@ def test_functional_call_uses_given_weights():
     assert torch.equal(out, torch.zeros_like(out))  # h stays 0 when every weight and bias is 0
 
 
-def test_module_moves_with_to():
+@pytest.mark.parametrize("overwrite", [False, True], ids=["in place", "new parameters"])
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+def test_module_moves_with_to(kind, overwrite):
+    """After .to(float64), also where .to() makes new Parameters, the eager and the scripted forward read the
+    moved parameters: torch.nn's numbers, and gradients that reach the module's parameters."""
     torch.manual_seed(0)
-    reference, ours = pair("RNN", 3, 4, 2, bidirectional=True)
-    x = torch.randn(5, 2, 3, dtype=torch.float64)
-    ours.to(torch.float64)
-    reference.to(torch.float64)
-    torch.testing.assert_close(ours(x)[0], reference(x)[0])
-    assert ours.flatten_parameters() is None
+    reference, ours = pair(kind, 3, 4, 2, bidirectional=True)
+    previous = torch.__future__.get_overwrite_module_params_on_conversion()
+    torch.__future__.set_overwrite_module_params_on_conversion(overwrite)
+    try:
+        ours.to(torch.float64)
+        reference.to(torch.float64)
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(previous)
+    assert all(p.dtype == torch.float64 for p in ours.parameters())
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    expected = flat(reference(x))
+    g_expected = grads(expected, [x, *reference.parameters()])
+    for run in (ours, scripted(ours)):
+        actual = flat(run(x))
+        assert_all_close(actual, expected, torch.float64, OUTPUT_NAMES[: len(expected)])
+        g_actual = grads(actual, [x, *ours.parameters()])
+        assert_all_close(g_actual, g_expected, torch.float64, gradient_names(reference, 0))
+
+
+def test_flatten_parameters_changes_nothing():
+    """torch.nn's cuDNN hook: ours keeps the very same parameters and returns the same numbers after it."""
+    torch.manual_seed(0)
+    _, ours = pair("LSTM", 3, 4, 2, proj_size=2)
+    x = torch.randn(5, 2, 3)
+    before, parameters = flat(ours(x)), [id(p) for p in ours.parameters()]
+    ours.flatten_parameters()
+    assert [id(p) for p in ours.parameters()] == parameters
+    after = flat(ours(x))
+    assert len(after) == len(before) and all(torch.equal(a, b) for a, b in zip(after, before))

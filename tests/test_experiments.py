@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -100,9 +101,13 @@ def test_corrupted_file_is_a_clear_error(synthetic: dict) -> None:
     assert not (synthetic["cache"] / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()
 
 
-def test_real_md5s_are_the_canonical_ones() -> None:
-    assert data.FILES["train-images-idx3-ubyte.gz"] == "8d4fb7e6c68d591d4c3dfef9ec88bf0d"
-    assert data.FILES["t10k-labels-idx1-ubyte.gz"] == "bb300cfdad3c16e7a12a480ee83cd310"
+def test_md5_table_is_the_one_shared_data_documents() -> None:
+    """data.FILES equals the file/MD5 table of ../shared/data/FashionMNIST/SOURCE.md, all four rows."""
+    source = Path(__file__).resolve().parents[2] / "shared" / "data" / "FashionMNIST" / "SOURCE.md"
+    if not source.is_file():
+        pytest.skip(f"{source} not found")
+    rows = re.findall(r"^\| (\S+\.gz) \| [\d,]+ \| ([0-9a-f]{32}) \|", source.read_text(), re.MULTILINE)
+    assert dict(rows) == data.FILES
 
 
 def test_data_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -4,7 +4,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import assert_close, grads, pair, scripted
+from helpers import (
+    OUTPUT_NAMES, assert_all_close, assert_close, constructor_extras, flat, gradient_names, grads, hidden_arg,
+    initial_states, pair, scripted,
+)
 
 layer_options = st.fixed_dictionaries(
     {
@@ -25,26 +28,14 @@ layer_options = st.fixed_dictionaries(
 )
 
 
-def constructor_extras(o: dict) -> dict:
-    kind, _, nonlinearity = o["kind"].partition("_")
-    if nonlinearity:
-        return {"nonlinearity": nonlinearity}
-    if kind == "LSTM":
-        return {"proj_size": o["proj"] % o["hidden_size"]}
-    return {}
-
-
-def initial_states(o: dict, kind: str, lead: tuple, dtype, device) -> list:
-    """[h0] or [h0, c0] with torch.nn's shapes (h0 of size proj_size for a projected LSTM)."""
-    sizes = [o["hidden_size"]]
-    if kind == "LSTM":
-        sizes = [(o["proj"] % o["hidden_size"]) or o["hidden_size"], o["hidden_size"]]
-    return [torch.randn(*lead, size, dtype=dtype, device=device, requires_grad=True) for size in sizes]
+def proj_size(o: dict) -> int:
+    """LSTM only: the drawn proj in range(hidden_size), 0 meaning no projection."""
+    return o["proj"] % o["hidden_size"]
 
 
 def build(o: dict, dtype: torch.dtype, device: str):
     kind = o["kind"].partition("_")[0]
-    extra = constructor_extras(o)
+    extra = constructor_extras(o["kind"], proj_size(o))
     torch.manual_seed(o["seed"])
     reference, ours = pair(
         kind, o["input_size"], o["hidden_size"], o["num_layers"], bias=o["bias"], batch_first=o["batch_first"],
@@ -57,20 +48,8 @@ def build(o: dict, dtype: torch.dtype, device: str):
     else:
         shape, lead = (o["steps"],), (directions * o["num_layers"],)
     x = torch.randn(*shape, o["input_size"], dtype=dtype, device=device, requires_grad=True)
-    states = initial_states(o, kind, lead, dtype, device) if o["with_h0"] else []
+    states = initial_states(kind, o["hidden_size"], proj_size(o), lead, dtype, device) if o["with_h0"] else []
     return reference, ours, x, states
-
-
-def flat(result) -> list:
-    """(output, h_n) or (output, (h_n, c_n)) as a flat list of tensors."""
-    output, finals = result
-    return [output, *(finals if isinstance(finals, tuple) else (finals,))]
-
-
-def hidden_arg(states: list):
-    if not states:
-        return None
-    return states[0] if len(states) == 1 else tuple(states)
 
 
 def check_against_reference(o: dict, dtype: torch.dtype, device: str, script: bool = False) -> None:
@@ -78,16 +57,11 @@ def check_against_reference(o: dict, dtype: torch.dtype, device: str, script: bo
     ours_run = scripted(ours) if script else ours
     expected = flat(reference(x, hidden_arg(states)))
     actual = flat(ours_run(x, hidden_arg(states)))
-    for a, e, what in zip(actual, expected, ("output", "h_n", "c_n")):
-        assert a.shape == e.shape, f"{what} shape {a.shape} != torch.nn's {e.shape}"
-        assert_close(a, e, dtype, what)
+    assert_all_close(actual, expected, dtype, OUTPUT_NAMES[: len(expected)])
     inputs = [x] + states
-    names = ["input", "h0", "c0"][: len(inputs)]
     g_expected = grads(expected, inputs + list(reference.parameters()))
     g_actual = grads(actual, inputs + list(ours.parameters()))
-    names += [n for n, _ in ours.named_parameters()]
-    for a, e, name in zip(g_actual, g_expected, names):
-        assert_close(a, e, dtype, f"grad of {name}")
+    assert_all_close(g_actual, g_expected, dtype, gradient_names(reference, len(states)))
 
 
 @given(layer_options)
@@ -111,13 +85,14 @@ def test_inference_path_equals_torch(device, kind):
     torch.manual_seed(0)
     reference, ours = pair(kind, 6, 8, 2, bidirectional=True, dtype=torch.float64, device=device)
     x = torch.randn(5, 3, 6, dtype=torch.float64, device=device)
-    expected = reference(x)
+    with torch.no_grad():
+        expected = flat(reference(x))
     for context in (torch.no_grad, torch.inference_mode):
         with context():
-            actual = ours(x)
+            actual = flat(ours(x))
         assert not actual[0].requires_grad
-        for a, e in zip(flat(actual), flat(expected)):
-            assert_close(a, e.detach(), torch.float64, f"{kind} under {context.__name__}")
+        names = [f"{n} under {context.__name__}" for n in OUTPUT_NAMES[: len(expected)]]
+        assert_all_close(actual, expected, torch.float64, names)
 
 
 @pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])

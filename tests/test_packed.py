@@ -5,8 +5,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence
 
-from helpers import assert_close, grads, pair, scripted
-from test_layer_parity import constructor_extras, flat, hidden_arg, initial_states
+from helpers import (
+    OUTPUT_NAMES, assert_all_close, constructor_extras, flat, gradient_names, grads, hidden_arg, initial_states, pair,
+    scripted,
+)
 
 packed_options = st.fixed_dictionaries(
     {
@@ -44,29 +46,28 @@ def pack(o: dict, dtype, device):
 @given(packed_options)
 def test_packed_equals_torch(device, o):
     kind = o["kind"].partition("_")[0]
+    proj_size = o["proj"] % o["hidden_size"]
+    extras = constructor_extras(o["kind"], proj_size)
     torch.manual_seed(o["seed"])
     reference, ours = pair(
         kind, o["input_size"], o["hidden_size"], o["num_layers"], bias=o["bias"], batch_first=o["batch_first"],
-        bidirectional=o["bidirectional"], dtype=torch.float64, device=device, **constructor_extras(o),
+        bidirectional=o["bidirectional"], dtype=torch.float64, device=device, **extras,
     )
     packed, padded = pack(o, torch.float64, device)
     directions = 2 if o["bidirectional"] else 1
     lead = (directions * o["num_layers"], len(o["lengths"]))
-    states = initial_states(o, kind, lead, torch.float64, device) if o["with_h0"] else []
+    states = initial_states(kind, o["hidden_size"], proj_size, lead, torch.float64, device) if o["with_h0"] else []
     expected, actual = reference(packed, hidden_arg(states)), ours(packed, hidden_arg(states))
     assert isinstance(actual[0], PackedSequence)
     for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
         e, a = getattr(expected[0], field), getattr(actual[0], field)
         assert (e is None and a is None) or torch.equal(a, e), field
     expected, actual = flat((expected[0].data, expected[1])), flat((actual[0].data, actual[1]))
-    for a, e, what in zip(actual, expected, ("output", "h_n", "c_n")):
-        assert_close(a, e, torch.float64, what)
+    assert_all_close(actual, expected, torch.float64, OUTPUT_NAMES[: len(expected)])
     inputs = [padded] + states
     g_expected = grads(expected, inputs + list(reference.parameters()))
     g_actual = grads(actual, inputs + list(ours.parameters()))
-    names = ["input", "h0", "c0"][: len(inputs)] + [n for n, _ in ours.named_parameters()]
-    for a, e, name in zip(g_actual, g_expected, names):
-        assert_close(a, e, torch.float64, f"grad of {name}")
+    assert_all_close(g_actual, g_expected, torch.float64, gradient_names(reference, len(states)))
 
 
 @pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
@@ -91,8 +92,8 @@ def test_scripted_module_takes_packed_input_through_forward_packed(kind):
     packed = pack_sequence([torch.randn(3, 3), torch.randn(5, 3), torch.randn(1, 3)], enforce_sorted=False)
     expected, actual = reference(packed), module.forward_packed(packed)
     assert torch.equal(actual[0].batch_sizes, expected[0].batch_sizes)
-    for a, e in zip(flat((actual[0].data, actual[1])), flat((expected[0].data, expected[1]))):
-        torch.testing.assert_close(a, e)
+    actual, expected = flat((actual[0].data, actual[1])), flat((expected[0].data, expected[1]))
+    assert_all_close(actual, expected, torch.float32, OUTPUT_NAMES[: len(expected)])
     # The scripted forward itself is typed for tensors: TorchScript refuses a PackedSequence there.
     with pytest.raises(Exception, match="PackedSequence"):
         module(packed)
