@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test reproduce bench
+.PHONY: setup test test-triton triton-check reproduce bench
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -14,8 +14,18 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# The whole suite; then the kernel parity suite again on the Triton kernels under Triton's CPU
+# interpreter (chosen at import, hence a separate run); then the ahead-of-time compile check.
 test: setup
 	$(PY) -m pytest -q
+	$(MAKE) test-triton triton-check
+
+TRITON_SUITE := tests/test_layer_parity.py tests/test_packed.py tests/test_gradcheck.py tests/test_autocast.py tests/test_triton.py
+test-triton: setup
+	RECURRENT_BACKEND=triton TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2 $(TRITON_SUITE)
+
+triton-check: setup
+	$(PY) benchmarks/triton_check.py
 
 reproduce: setup
 	$(PY) -m experiments.reproduce

@@ -4,10 +4,16 @@
 
 Contenders, all built from the same weights (torch.nn's state_dict loaded into ours):
   torch.nn     the reference (cuDNN on GPU, ATen's native loop on CPU)
-  recurrent    our layer, eager fast path
+  recurrent    our layer as a user gets it by default (RECURRENT_BACKEND unset), eager fast path
+  recurrent (TorchScript)  our layer with RECURRENT_BACKEND=torchscript: the TorchScript time loop
+  recurrent (Triton)  (CUDA) our layer with RECURRENT_BACKEND=triton: the persistent Triton
+               kernels (n/a, saying why, where they cannot run the layer, e.g. Triton missing)
   eager cells  our cells driven by a plain Python loop over layers, directions and time steps
   scripted     torch.jit.script(our layer): a TorchScript loop that autograd differentiates
-  recurrent+graph  (CUDA, fp32) our layer captured in CUDA graphs (make_graphed_callables for fwd+bwd)
+  recurrent+graph  (CUDA, fp32) our default layer captured in CUDA graphs (make_graphed_callables
+               for fwd+bwd)
+Our layer's contenders set RECURRENT_BACKEND around each call (the library reads it on every
+call; the backward follows the forward's backend), so the shell's setting does not leak in.
 Modes: inference (forward under no_grad) and fwd+bwd (backward into every parameter and the
 input); on CUDA also both under bf16 autocast. Packed shapes ('-var') give every contender a
 PackedSequence of a batch whose lengths vary; the cell loop has no packed path.
@@ -98,7 +104,9 @@ CPU_MODES = ["inference", "fwd+bwd"]
 CUDA_MODES = list(MODES)
 
 REFERENCE = "torch.nn"
-CONTENDERS = [REFERENCE, "recurrent", "eager cells", "scripted", "recurrent+graph"]  # table order
+TORCHSCRIPT, TRITON = "recurrent (TorchScript)", "recurrent (Triton)"
+# The table order of the contenders.
+CONTENDERS = [REFERENCE, "recurrent", TORCHSCRIPT, TRITON, "eager cells", "scripted", "recurrent+graph"]
 WARMUP = 3
 WARMUP_SCRIPTED = 10  # the profiling executor records shapes on the first calls, then optimises
 # cuDNN's kernels sum in another order than cuBLAS GEMMs + pointwise ops, which drifts over L steps.
@@ -171,6 +179,35 @@ class CellLoop(nn.Module):
         return x, torch.stack(last)
 
 
+@contextlib.contextmanager
+def backend_env(value: Optional[str]) -> Iterator[None]:
+    """RECURRENT_BACKEND set to value (None: unset) inside the block, restored afterwards."""
+    saved = os.environ.get("RECURRENT_BACKEND")
+    if value is None:
+        os.environ.pop("RECURRENT_BACKEND", None)
+    else:
+        os.environ["RECURRENT_BACKEND"] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("RECURRENT_BACKEND", None)
+        else:
+            os.environ["RECURRENT_BACKEND"] = saved
+
+
+class OnBackend(nn.Module):
+    """Our layer called under a RECURRENT_BACKEND setting (None: unset, the default)."""
+
+    def __init__(self, layer: nn.Module, backend: Optional[str]) -> None:
+        super().__init__()
+        self.layer, self.backend = layer, backend
+
+    def forward(self, x):
+        with backend_env(self.backend):
+            return self.layer(x)
+
+
 def lengths(shape: Shape) -> Tensor:
     """A packed shape's sequence lengths: uniform in [L/2, L], seeded per shape so runs agree."""
     gen = torch.Generator().manual_seed(0)
@@ -203,8 +240,18 @@ def build(shape: Shape, device: torch.device) -> tuple[dict[str, nn.Module], dic
         m.load_state_dict(ref.state_dict())
         return m
 
-    models: dict[str, nn.Module] = {REFERENCE: ref, "recurrent": ours()}
+    models: dict[str, nn.Module] = {
+        REFERENCE: ref, "recurrent": OnBackend(ours(), None), TORCHSCRIPT: OnBackend(ours(), "torchscript")
+    }
     failed: dict[str, str] = {}
+    if device.type == "cuda":
+        on_triton = OnBackend(ours(), "triton")
+        try:  # raises, saying why, where the Triton kernels cannot run this layer
+            with backend_env("triton"):
+                recurrent.backend_for(on_triton.layer, torch.zeros(1, 1, shape.input_size, device=device))
+            models[TRITON] = on_triton
+        except Exception as e:  # noqa: BLE001 - reported in the results instead
+            failed[TRITON] = reason(e)
     if shape.packed:
         failed["eager cells"] = "n/a: cell loop has no packed path"
     else:
@@ -218,7 +265,7 @@ def build(shape: Shape, device: torch.device) -> tuple[dict[str, nn.Module], dic
     if device.type == "cuda" and shape.packed:
         failed["recurrent+graph"] = "n/a: packed input is not graph-captured"
     elif device.type == "cuda":
-        models["recurrent+graph"] = ours()  # captured per mode in graph_step
+        models["recurrent+graph"] = OnBackend(ours(), None)  # captured per mode in graph_step
     if shape.packed:
         lens = lengths(shape)
         models = {name: Packed(m, lens, name == "scripted") for name, m in models.items()}
@@ -455,10 +502,10 @@ def print_table(rows: list[dict]) -> None:
     def num(v: Optional[float], fmt: str) -> str:
         return format(v, fmt) if v is not None else "-"
 
-    head = f"{'shape':<19} {'mode':<15} {'contender':<16} {'median ms':>10} {'IQR':>8} {'min':>9}"
+    head = f"{'shape':<19} {'mode':<15} {'contender':<23} {'median ms':>10} {'IQR':>8} {'min':>9}"
     print(head + f" {'x torch.nn':>10} {'peak MB':>9} {'x torch.nn':>10}")
     for r in rows:
-        line = f"{r['shape']:<19} {r['mode']:<15} {r['contender']:<16} "
+        line = f"{r['shape']:<19} {r['mode']:<15} {r['contender']:<23} "
         if r["status"] != "ok":
             print(line + r["status"])
             continue

@@ -13,6 +13,8 @@ settings.register_profile("thorough", max_examples=400, deadline=None, suppress_
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# The torch.nn reference on CUDA must be exact float32: cuDNN computes in TF32 unless told not to.
+torch.backends.cudnn.allow_tf32 = False
 
 
 def pytest_generate_tests(metafunc) -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import recurrent
-from helpers import grads, pair
+from helpers import AUTOCAST_DTYPE, expect_refusal, grads, pair, refused
 
 LAYERS = [("RNN", {}), ("RNN", {"nonlinearity": "relu"}), ("GRU", {}), ("LSTM", {}), ("LSTM", {"proj_size": 3})]
 
@@ -34,11 +34,15 @@ def test_layer_under_autocast(kind, options, packed, device):
         return torch.nn.utils.rnn.pad_packed_sequence(out)[0], state
 
     expected, expected_state = run(reference)
-    with torch.autocast(device, dtype=torch.bfloat16):
+    if refused(kind, options.get("proj_size", 0)):
+        with torch.autocast(device, dtype=AUTOCAST_DTYPE), expect_refusal(kind, options["proj_size"]):
+            run(ours)
+        return
+    with torch.autocast(device, dtype=AUTOCAST_DTYPE):
         out, state = run(ours)
     states = list(state) if isinstance(state, tuple) else [state]
     expected_states = list(expected_state) if isinstance(expected_state, tuple) else [expected_state]
-    assert out.dtype == torch.bfloat16 and all(s.dtype == torch.bfloat16 for s in states)
+    assert out.dtype == AUTOCAST_DTYPE and all(s.dtype == AUTOCAST_DTYPE for s in states)
     close_in_bf16(out, expected, "output")
     for s, e in zip(states, expected_states):
         close_in_bf16(s, e, "final state")
@@ -62,14 +66,14 @@ def test_cell_under_autocast(kind, device):
     x, h = torch.randn(4, 6, device=device), torch.randn(4, 8, device=device)
     state = (h, h.flip(0)) if kind == "LSTMCell" else h
     expected = reference(x, state)
-    with torch.autocast(device, dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=AUTOCAST_DTYPE):
         out = ours(x, state)
     for o, e in zip(out if kind == "LSTMCell" else [out], expected if kind == "LSTMCell" else [expected]):
-        assert o.dtype == torch.bfloat16
+        assert o.dtype == AUTOCAST_DTYPE
         close_in_bf16(o, e, kind)
 
 
 def test_autocast_still_rejects_integer_input(device):
     layer = recurrent.GRU(3, 4).to(device)
-    with torch.autocast(device, dtype=torch.bfloat16), pytest.raises(ValueError, match="dtype"):
+    with torch.autocast(device, dtype=AUTOCAST_DTYPE), pytest.raises(ValueError, match="dtype"):
         layer(torch.ones(2, 1, 3, dtype=torch.long, device=device))

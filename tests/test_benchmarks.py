@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-CONTENDERS = {"torch.nn", "recurrent", "eager cells", "scripted"}
+CONTENDERS = {"torch.nn", "recurrent", "recurrent (TorchScript)", "eager cells", "scripted"}  # on CPU
 MODES = {"inference", "fwd+bwd"}
 NO_PACKED_PATH = "n/a: cell loop has no packed path"
 
@@ -127,3 +128,23 @@ def test_check_flags_a_different_function(speed) -> None:
         loop.cells[0].bias_hh.add_(1e-3)
     checks = speed.check_outputs({"torch.nn": layer, "eager cells": loop}, torch.randn(5, 2, 3), 1e-4)
     assert not checks["eager cells"]["ok"] and checks["eager cells"]["max_abs_diff"] > 1e-4
+
+
+def test_backend_contenders_set_and_restore_the_variable(speed, monkeypatch) -> None:
+    """Each of our layer's contenders runs under its RECURRENT_BACKEND; the shell's setting comes back."""
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(os.environ.get("RECURRENT_BACKEND"))
+            return x
+
+    probe = Probe()
+    monkeypatch.setenv("RECURRENT_BACKEND", "auto")
+    speed.OnBackend(probe, "torchscript")(torch.zeros(1))
+    speed.OnBackend(probe, None)(torch.zeros(1))  # the default: the variable unset
+    assert seen == ["torchscript", None] and os.environ["RECURRENT_BACKEND"] == "auto"
+    monkeypatch.delenv("RECURRENT_BACKEND")
+    with pytest.raises(KeyError), speed.backend_env("triton"):
+        raise KeyError
+    assert "RECURRENT_BACKEND" not in os.environ

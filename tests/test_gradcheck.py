@@ -6,10 +6,17 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import recurrent
-from helpers import constructor_extras, flat, hidden_arg, initial_states, scripted
+from helpers import constructor_extras, expect_refusal, flat, hidden_arg, initial_states, refused, scripted, triton_forced
 
 KINDS = [("RNN_tanh", 0), ("RNN_relu", 0), ("GRU", 0), ("LSTM", 0), ("LSTM", 2)]  # (kind, proj_size)
-OPTIONS = [(*kind, *flags) for kind, *flags in itertools.product(KINDS, [False, True], [False, True], [False, True])]
+OPTIONS = [
+    (*kind, bidirectional, bias, packed)
+    for kind, bidirectional, bias, packed in itertools.product(KINDS, [False, True], [False, True], [False, True])
+    # Under Triton's interpreter a forward pass takes a good fraction of a second. Without bias only
+    # the GRU's kernel changes (its b_hh acts inside the loop; the others fold it into the input
+    # projection), so that run checks the other kinds with bias only.
+    if bias or kind[0] == "GRU" or not triton_forced()
+]
 
 
 @pytest.mark.parametrize("kind,proj_size,bidirectional,bias,packed", OPTIONS)
@@ -30,7 +37,13 @@ def test_gradcheck_layers(kind, proj_size, bidirectional, bias, packed):
         out, finals = torch.func.functional_call(layer, weights, (inputs, hidden_arg(tensors[: len(states)])))
         return tuple(flat((out.data if packed else out, finals)))
 
-    assert torch.autograd.gradcheck(run, (x, *states, *params))
+    if refused(kind, proj_size):
+        with expect_refusal(kind, proj_size):
+            run(x, *states, *params)
+        return
+    # Under Triton's interpreter a forward pass is slow: the fast mode checks the Jacobian along random
+    # directions (one product per input tensor) instead of element by element.
+    assert torch.autograd.gradcheck(run, (x, *states, *params), fast_mode=triton_forced())
 
 
 def test_double_backward_is_a_clear_error():

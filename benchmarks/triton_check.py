@@ -1,0 +1,152 @@
+"""Compile every Triton kernel configuration the dispatcher can launch, ahead of time, and check
+that each fits the GPU: shared memory within the per-block limit, and no register spills.
+
+    python benchmarks/triton_check.py [--arch 90 80] [--jobs N] [--json PATH]
+
+Why: the persistent kernels (recurrent/kernels/triton) keep a block of batch rows on one SM for
+the whole sequence. A configuration that asks for more shared memory than a block may have fails
+only at launch, on the GPU that runs it; one that spills registers to local memory still runs,
+just many times slower. Both are fixed at compile time, so this check needs no GPU: it compiles
+each entry of ``targets.compile_targets()`` with Triton's compiler for sm_90 (H100/H200) and
+sm_80 (A100), then reads
+
+- shared memory: the compiled kernel's metadata, against the architecture's per-block limit;
+- registers and spills: ``cuobjdump -res-usage`` on the cubin (REG, STACK, LOCAL) and
+  ``ptxas -v`` on the PTX (spill stores and loads), both the tools bundled with Triton.
+
+Exits 1 when any configuration fails to compile, exceeds shared memory or spills.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere, against this checkout
+# Under Triton's interpreter the kernels are not JIT functions and cannot be compiled.
+os.environ.pop("TRITON_INTERPRET", None)
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from recurrent.kernels.triton.targets import CompileTarget, compile_targets  # noqa: E402
+
+SHARED_LIMIT = {90: 232448, 80: 166912}  # bytes of shared memory one block may use (227 / 163 KiB)
+PTXAS_ARCH = {90: "sm_90a", 80: "sm_80"}  # Triton's sm_90 PTX targets sm_90a
+TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+
+
+@dataclass
+class Result:
+    name: str
+    arch: int
+    shared: int = 0  # bytes
+    registers: int = 0  # per thread
+    stack: int = 0  # bytes of stack frame (cuobjdump)
+    local: int = 0  # bytes of local memory (cuobjdump)
+    spill_stores: int = 0  # bytes (ptxas -v)
+    spill_loads: int = 0
+    error: Optional[str] = None  # compile or tool failure
+
+    @property
+    def problems(self) -> List[str]:
+        if self.error:
+            return [self.error]
+        found = []
+        if self.shared > SHARED_LIMIT[self.arch]:
+            found.append(f"shared {self.shared} > {SHARED_LIMIT[self.arch]} B")
+        if self.spill_stores or self.spill_loads or self.stack or self.local:
+            found.append("spills")
+        return found
+
+
+@functools.lru_cache(maxsize=None)
+def targets() -> List[CompileTarget]:
+    return list(compile_targets())
+
+
+def tool(name: str, *args: str) -> str:
+    done = subprocess.run([str(TOOLS / name), *args], capture_output=True, text=True, timeout=120)
+    if done.returncode:
+        raise RuntimeError(f"{name} failed: {done.stderr.strip()[:300]}")
+    return done.stdout + done.stderr
+
+
+def check(index: int, arch: int) -> Result:
+    """Compile target ``index`` for ``arch`` and measure it (runs in a worker process)."""
+    t = targets()[index]
+    result = Result(t.name, arch)
+    try:
+        source = ASTSource(fn=t.kernel, signature=t.signature, constexprs=t.constexprs)
+        kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=t.options)
+        result.shared = kernel.metadata.shared
+        with tempfile.TemporaryDirectory() as tmp:
+            cubin, ptx = Path(tmp, "k.cubin"), Path(tmp, "k.ptx")
+            cubin.write_bytes(kernel.asm["cubin"])
+            ptx.write_text(kernel.asm["ptx"])
+            usage = tool("cuobjdump", "-res-usage", str(cubin))
+            arch_flag = f"-arch={PTXAS_ARCH[arch]}"
+            verbose = tool("ptxas", "-v", arch_flag, str(ptx), "-o", str(cubin.with_suffix(".o")))
+        registers = re.search(r"REG:(\d+) STACK:(\d+) .*LOCAL:(\d+)", usage)
+        spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", verbose)
+        if not registers or not spills:
+            raise RuntimeError("could not parse the resource usage")
+        result.registers, result.stack, result.local = map(int, registers.groups())
+        result.spill_stores = sum(int(s) for s, _ in spills)
+        result.spill_loads = sum(int(l) for _, l in spills)
+    except Exception as e:  # noqa: BLE001 - reported as this configuration's failure
+        first = (str(e).strip().splitlines() or [""])[0]
+        result.error = f"{type(e).__name__}: {first}"[:300]
+    return result
+
+
+def line(r: Result) -> str:
+    verdict = "FAIL: " + "; ".join(r.problems) if r.problems else "ok"
+    return (
+        f"{r.name:<40} sm_{r.arch}  shared {r.shared:>6} B  regs {r.registers:>3}  "
+        f"spills {r.spill_stores}/{r.spill_loads} B  stack {r.stack}  local {r.local}  {verdict}"
+    )
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", type=int, nargs="+", choices=sorted(SHARED_LIMIT), default=[90, 80])
+    p.add_argument("--jobs", type=int, default=2, help="compiles in parallel (processes)")
+    p.add_argument("--json", type=Path, help="write the results there")
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    jobs = [(i, arch) for arch in args.arch for i in range(len(targets()))]
+    with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = []
+        for r in pool.map(check, *zip(*jobs)):
+            print(line(r), flush=True)
+            results.append(r)
+    failed = [r for r in results if r.problems]
+    verdict = f"{len(failed)} fail" if failed else "all fit"
+    print(
+        f"{len(targets())} configurations x {len(args.arch)} architectures: {verdict} "
+        f"(max {max(r.registers for r in results)} registers, max {max(r.shared for r in results)} B shared; "
+        f"triton {triton.__version__}, {time.perf_counter() - start:.0f} s)"
+    )
+    if args.json:
+        limits = {f"sm_{a}": SHARED_LIMIT[a] for a in args.arch}
+        rows = [dict(asdict(r), problems=r.problems) for r in results]
+        doc = {"triton": triton.__version__, "shared_limit": limits, "results": rows}
+        args.json.write_text(json.dumps(doc, indent=1))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

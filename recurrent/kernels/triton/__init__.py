@@ -1,0 +1,42 @@
+"""Persistent Triton kernels: per cell kind one launch per layer and pass (design in :mod:`.common`).
+
+Each kind's pair keeps the contract of :mod:`recurrent.kernels.autograd` and saves the same
+activations as its TorchScript kernel, so the input projection before the loop and the dx/dW/db
+products after it stay single large products, shared with the TorchScript backend.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Optional
+
+import torch
+
+from ..registry import Kernel
+from .common import DTYPES, MAX_HIDDEN
+from .gru import gru_backward, gru_forward
+from .lstm import lstm_backward, lstm_forward
+from .rnn import rnn_backward, rnn_forward
+
+_KERNELS = {
+    "RNN_TANH": Kernel(partial(rnn_forward, relu=False), partial(rnn_backward, relu=False)),
+    "RNN_RELU": Kernel(partial(rnn_forward, relu=True), partial(rnn_backward, relu=True)),
+    "GRU": Kernel(gru_forward, gru_backward),
+    "LSTM": Kernel(lstm_forward, lstm_backward),
+}
+
+
+def refusal(mode: str, dtype: torch.dtype, hidden_size: int, proj: bool) -> Optional[str]:
+    """Why these kernels cannot run a layer, or None when they can."""
+    if mode not in _KERNELS:
+        return f"no Triton kernels for {mode} yet"
+    if proj:
+        return "an LSTM with proj_size runs on the TorchScript loop (its projection is one more dependent product per step)"
+    if dtype not in DTYPES:
+        return f"dtype {dtype} (supported: {', '.join(str(d) for d in DTYPES)})"
+    if hidden_size > MAX_HIDDEN:
+        return f"hidden_size {hidden_size} > {MAX_HIDDEN}, the largest the compile check covers"
+    return None
+
+
+def kernel(mode: str) -> Kernel:
+    return _KERNELS[mode]

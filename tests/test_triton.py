@@ -1,0 +1,92 @@
+"""The Triton kernels against the TorchScript kernels, pair by pair, and their dispatch.
+
+Runs where the kernels can: under Triton's interpreter (``TRITON_INTERPRET=1``, the second pytest
+run of ``.ci/run``) or on a GPU; the layer-level parity against torch.nn is the whole parity suite
+run again with ``RECURRENT_BACKEND=triton``.
+"""
+import os
+
+import pytest
+import torch
+
+import recurrent
+from helpers import triton_forced
+from recurrent.kernels import KINDS
+from recurrent.kernels.common import previous_blocks
+
+pytest.importorskip("triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(
+    DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1", reason="needs a GPU or TRITON_INTERPRET=1"
+)
+# (directions, hidden size, per-step batch sizes): padded, several column blocks with a ragged
+# last one, packed with sequences ending at different steps, a single step.
+LAYOUTS = [(1, 5, [3, 3, 3, 3]), (2, 20, [4, 4, 4]), (2, 37, [18, 17, 9, 2, 1]), (1, 3, [1])]
+
+
+def kernel_inputs(mode: str, directions: int, hidden: int, batch_sizes: list, dtype: torch.dtype):
+    kind = KINDS[mode]
+    rows, batch, gates = sum(batch_sizes), batch_sizes[0], kind.gates * hidden
+    make = lambda *shape, scale=1.0: (torch.randn(*shape, dtype=torch.float64) * scale).to(DEVICE, dtype)  # noqa: E731
+    states = [make(directions, batch, hidden) for _ in range(2 if mode == "LSTM" else 1)]
+    b_hh = None if kind.folds_bias else make(directions, 1, gates)
+    return make(directions, rows, gates), states, make(directions, gates, hidden, scale=0.3), b_hh
+
+
+def assert_same(actual: list, expected: list, dtype: torch.dtype, what: str) -> None:
+    """float64: element by element to 1e-9. float16: the whole tensor within a few fp16 roundings
+    (relative error of its norm), since single elements near zero carry the rounding of their sums."""
+    assert len(actual) == len(expected), f"{what}: {len(actual)} tensors, TorchScript gives {len(expected)}"
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert a.shape == e.shape, f"{what}[{i}]: shape {tuple(a.shape)}, TorchScript gives {tuple(e.shape)}"
+        if dtype == torch.float64:
+            torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9, msg=lambda m: f"{what}[{i}]: {m}")
+        else:
+            error = (a.double() - e).norm() / e.norm().clamp_min(1e-6)
+            assert error < 4e-3, f"{what}[{i}]: relative error {error:.2e} against the float64 TorchScript kernel"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+@pytest.mark.parametrize("layout", LAYOUTS, ids=str)
+@pytest.mark.parametrize("mode", sorted(KINDS))
+def test_kernels_equal_torchscript_kernels(mode, layout, dtype):
+    """Forward (saving and not), the saved activations and the backward, against the TorchScript pair."""
+    directions, hidden, batch_sizes = layout
+    torch.manual_seed(0)
+    gi, states, w_hh, b_hh = kernel_inputs(mode, directions, hidden, batch_sizes, dtype)
+    reference, triton = KINDS[mode].kernel("torchscript"), KINDS[mode].kernel("triton")
+    # The TorchScript kernels are the reference in float64: 16-bit runs compare with them in float64.
+    ref_in = [gi.double(), [s.double() for s in states], w_hh.double(), None if b_hh is None else b_hh.double()]
+    hs, finals, saved = reference.forward(ref_in[0], ref_in[1], ref_in[2].transpose(1, 2), ref_in[3], [], batch_sizes, True)
+    t_hs, t_finals, t_saved = triton.forward(gi, states, w_hh.transpose(1, 2), b_hh, [], batch_sizes, True)
+    assert_same([t_hs, *t_finals, *t_saved], [hs, *finals, *saved], dtype, f"{mode} forward")
+    plain = triton.forward(gi, states, w_hh.transpose(1, 2), b_hh, [], batch_sizes, False)
+    assert plain[2] == [] and torch.equal(plain[0], t_hs), "forward without saving"
+
+    grad_hs = torch.randn_like(hs)
+    grad_finals = [torch.randn_like(f) for f in finals]
+    expected = reference.backward(
+        grad_hs, grad_finals, ref_in[1], hs, previous_blocks(ref_in[1][0], hs, batch_sizes), saved, ref_in[2], [], batch_sizes
+    )
+    # The backward gets the forward's own activations, so 16-bit rounding of the forward does not count twice.
+    t_in = [t.to(dtype) for t in (grad_hs, hs)]
+    actual = triton.backward(
+        t_in[0], [g.to(dtype) for g in grad_finals], states, t_in[1], previous_blocks(states[0], t_in[1], batch_sizes),
+        [s.to(dtype) for s in saved], w_hh, [], batch_sizes,
+    )
+    assert_same([actual[0], actual[1], *actual[2]], [expected[0], expected[1], *expected[2]], dtype, f"{mode} backward")
+
+
+@pytest.mark.skipif(not triton_forced(), reason="the dispatch of the RECURRENT_BACKEND=triton run")
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+def test_forced_backend_runs_the_triton_kernels(kind, monkeypatch):
+    """Under RECURRENT_BACKEND=triton the layers really run the Triton kernels (not the TorchScript loop)."""
+    layer = getattr(recurrent, kind)(3, 4, 2, bidirectional=True, device=DEVICE)
+    x = torch.randn(5, 2, 3, device=DEVICE)
+    assert recurrent.backend_for(layer, x) == "triton"
+    calls = []
+    kernel = KINDS[layer.mode].kernel("triton")
+    spy = kernel._replace(forward=lambda *a, **k: calls.append(1) or kernel.forward(*a, **k))
+    monkeypatch.setitem(KINDS[layer.mode].backends, "triton", lambda: spy)
+    layer(x)[0].sum().backward()
+    assert len(calls) == 2, "one forward launch per layer"
