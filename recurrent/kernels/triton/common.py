@@ -59,6 +59,17 @@ def launch_options(config: Blocks, dtype: torch.dtype, precision: Optional[str] 
     )
 
 
+def launch(kernel, tensors: List[Tensor], w: Tensor, batch_sizes: List[int], batch: int, hidden: int,
+           flags: Tuple[bool, ...] = (), **constants) -> None:
+    """Runs ``kernel`` once for every step and direction. Every kernel takes its tensors, then
+    (sizes, starts, steps, batch, rows, H, W_hh's three strides, packed, its own flags, constants)."""
+    config, table = blocks(hidden), steps(batch_sizes, w.device)
+    kernel[grid(w.size(0), batch, config)](
+        *tensors, table.sizes, table.starts, len(batch_sizes), batch, sum(batch_sizes), hidden, *w.stride(),
+        table.packed, *flags, **launch_options(config, tensors[0].dtype), **constants,
+    )
+
+
 def _has_maxnreg() -> bool:
     """Whether this Triton takes a register limit (older ones choose their own)."""
     try:
@@ -117,8 +128,18 @@ def tanh(x):
 
 
 @triton.jit
-def step_rows(t, batch, sizes_ptr, starts_ptr, packed):
-    """(rows of step t, first row of step t, first row of step t − 1) in the rows layout."""
+def program_rows(w_ptr, stride_wd, batch, rows_total, H, BLOCK_B: tl.constexpr):
+    """This program's direction d, its batch rows, d's offset in (D, T, H) tensors, d's W_hh, and
+    the rows' offsets in (D, N, H) state tensors."""
+    d = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    return d, rows, d * rows_total * H, w_ptr + d * stride_wd, (d * batch + rows) * H
+
+
+@triton.jit
+def step_layout(t, rows, batch, sizes_ptr, starts_ptr, packed, first_ptr, outs_ptr, state, seq, H):
+    """For step t: which of the rows run, pointers to their state before the step (``first_ptr``'s
+    rows, e.g. h0, at t = 0; else step t − 1's rows of ``outs_ptr``), and their offsets in (D, T, H)."""
     size = batch
     start = t * batch
     prev_start = (t - 1) * batch
@@ -126,13 +147,43 @@ def step_rows(t, batch, sizes_ptr, starts_ptr, packed):
         size = tl.load(sizes_ptr + t)
         start = tl.load(starts_ptr + t)
         prev_start = tl.load(starts_ptr + tl.maximum(t - 1, 0))
-    return size, start.to(tl.int64), prev_start.to(tl.int64)
+    prev = tl.where(t == 0, first_ptr + state, outs_ptr + seq + (prev_start.to(tl.int64) + rows) * H)
+    return rows < size, prev, seq + (start.to(tl.int64) + rows) * H
 
 
 @triton.jit
-def previous_rows(t, d, rows, batch, prev_start, first_ptr, outs_ptr, seq, H):
-    """Row pointers to the state before step t: the initial state at t = 0, else step t − 1's outputs."""
-    return tl.where(t == 0, first_ptr + (d * batch + rows) * H, outs_ptr + seq + (prev_start + rows) * H)
+def column_block(j, H, active, BLOCK_N: tl.constexpr):
+    """State columns j … j + BLOCK_N − 1: (columns, their mask, the tile mask with the active rows)."""
+    cols = j + tl.arange(0, BLOCK_N)
+    col_mask = cols < H
+    return cols, col_mask, active[:, None] & col_mask[None, :]
+
+
+@triton.jit
+def load(ptr, mask, ACC: tl.constexpr):
+    """A masked tile in the accumulator dtype (0 where masked)."""
+    return tl.load(ptr, mask=mask, other=0.0).to(ACC)
+
+
+@triton.jit
+def load_pair(ptr, out, cols, H, mask, ACC: tl.constexpr):
+    """Two gates kept side by side in a (D, T, 2H) tensor (the GRU's r and z, the LSTM's i and f)."""
+    at = ptr + 2 * out[:, None] + cols[None, :]
+    return load(at, mask, ACC), load(at + H, mask, ACC)
+
+
+@triton.jit
+def store_pair(ptr, out, cols, H, first, second, mask):
+    at = ptr + 2 * out[:, None] + cols[None, :]
+    tl.store(at, first.to(ptr.dtype.element_ty), mask=mask)
+    tl.store(at + H, second.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def state_gradient(dh_ptr, state, grad_hs_ptr, out, cols, mask, ACC: tl.constexpr):
+    """dh' for a tile of this step's rows: what step t + 1 carried back plus the output's own gradient."""
+    carried = load(dh_ptr + state[:, None] + cols[None, :], mask, ACC)
+    return carried + load(grad_hs_ptr + out[:, None] + cols[None, :], mask, ACC)
 
 
 @triton.jit
@@ -154,6 +205,13 @@ def hidden_dot(
         )
         acc += tl.dot(a, w, input_precision=PRECISION, out_dtype=ACC)
     return acc
+
+
+def forward_buffers(gi: Tensor, h0: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(gi and h0 laid out for the kernels, the outputs hs (D, T, H) to fill, and h_n: a copy of h0
+    that the kernel overwrites row by row while a row runs, so rows that end early keep their last state)."""
+    gi, h0 = as_rows(gi), as_rows(h0)
+    return gi, h0, gi.new_empty(gi.size(0), gi.size(1), h0.size(2)), h0.clone()
 
 
 def running_gradient(grad_final: Tensor) -> Tensor:

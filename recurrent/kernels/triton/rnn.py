@@ -8,7 +8,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import common
-from .common import hidden_dot, previous_rows, step_rows, tanh
+from .common import column_block, hidden_dot, load, program_rows, state_gradient, step_layout, tanh
 
 
 @triton.jit
@@ -20,28 +20,20 @@ def rnn_forward_kernel(
 ):
     """gi (D, T, H) with both biases folded in, h0 (D, N, H), w = W_hhᵀ (D, H, H) by strides ->
     hs (D, T, H) and h_n (D, N, H; holds h0 on entry): h' = act(gi + h W_hhᵀ)."""
-    d = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    seq = d * rows_total * H
-    w_d = w_ptr + d * stride_wd
+    d, rows, seq, w_d, state = program_rows(w_ptr, stride_wd, batch, rows_total, H, BLOCK_B)
     for t in range(steps):
-        size, start, prev_start = step_rows(t, batch, sizes_ptr, starts_ptr, packed)
-        active = rows < size
-        prev = previous_rows(t, d, rows, batch, prev_start, h0_ptr, hs_ptr, seq, H)
-        out = seq + (start + rows) * H
+        active, prev, out = step_layout(t, rows, batch, sizes_ptr, starts_ptr, packed, h0_ptr, hs_ptr, state, seq, H)
         for j in range(0, H, BLOCK_N):
-            cols = j + tl.arange(0, BLOCK_N)
-            col_mask = cols < H
-            mask = active[:, None] & col_mask[None, :]
+            cols, col_mask, mask = column_block(j, H, active, BLOCK_N)
             pre = hidden_dot(prev, active, w_d, cols, col_mask, H, stride_wk, stride_wn, ACC, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
-            pre += tl.load(gi_ptr + out[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
+            pre += load(gi_ptr + out[:, None] + cols[None, :], mask, ACC)
             if RELU:
                 new = tl.maximum(pre, 0.0)
             else:
                 new = tanh(pre)
             new = new.to(hs_ptr.dtype.element_ty)
             tl.store(hs_ptr + out[:, None] + cols[None, :], new, mask=mask)
-            tl.store(hn_ptr + (d * batch + rows)[:, None] * H + cols[None, :], new, mask=mask)
+            tl.store(hn_ptr + state[:, None] + cols[None, :], new, mask=mask)
         tl.debug_barrier()  # this step's states, written by every thread, are the next step's input
 
 
@@ -54,23 +46,15 @@ def rnn_backward_kernel(
 ):
     """Time in reverse; w = W_hh (D, H, H) by strides; ``dh`` (D, N, H) is dh_n on entry, dh0 on
     exit. Per step: da = dh' act'(a) from the outputs (phase 1), a barrier, dh ← da W_hh, a barrier."""
-    d = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    seq = d * rows_total * H
-    w_d = w_ptr + d * stride_wd
-    dh_rows = dh_ptr + (d * batch + rows) * H
+    d, rows, seq, w_d, state = program_rows(w_ptr, stride_wd, batch, rows_total, H, BLOCK_B)
     for step in range(steps):
         t = steps - 1 - step
-        size, start, prev_start = step_rows(t, batch, sizes_ptr, starts_ptr, packed)
-        active = rows < size
-        out = seq + (start + rows) * H
+        active, prev, out = step_layout(t, rows, batch, sizes_ptr, starts_ptr, packed, hs_ptr, hs_ptr, state, seq, H)
         for j in range(0, H, BLOCK_N):
-            cols = j + tl.arange(0, BLOCK_N)
-            mask = active[:, None] & (cols < H)[None, :]
+            cols, col_mask, mask = column_block(j, H, active, BLOCK_N)
             at = out[:, None] + cols[None, :]
-            dh = tl.load(dh_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
-            dh += tl.load(grad_hs_ptr + at, mask=mask, other=0.0).to(ACC)
-            h = tl.load(hs_ptr + at, mask=mask, other=0.0).to(ACC)
+            dh = state_gradient(dh_ptr, state, grad_hs_ptr, out, cols, mask, ACC)
+            h = load(hs_ptr + at, mask, ACC)
             if RELU:
                 da = tl.where(h > 0, dh, 0.0)
             else:
@@ -78,10 +62,9 @@ def rnn_backward_kernel(
             tl.store(da_ptr + at, da.to(da_ptr.dtype.element_ty), mask=mask)
         tl.debug_barrier()  # phase 2 reads every column of this step's da
         for j in range(0, H, BLOCK_N):
-            cols = j + tl.arange(0, BLOCK_N)
-            col_mask = cols < H
+            cols, col_mask, mask = column_block(j, H, active, BLOCK_N)
             back = hidden_dot(da_ptr + out, active, w_d, cols, col_mask, H, stride_wk, stride_wn, ACC, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
-            tl.store(dh_rows[:, None] + cols[None, :], back.to(dh_ptr.dtype.element_ty), mask=active[:, None] & col_mask[None, :])
+            tl.store(dh_ptr + state[:, None] + cols[None, :], back.to(dh_ptr.dtype.element_ty), mask=mask)
         tl.debug_barrier()  # the next (earlier) step reads these dh
 
 
@@ -90,16 +73,8 @@ def rnn_forward(
     batch_sizes: List[int], save: bool, relu: bool,
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """The contract of :func:`recurrent.kernels.rnn.rnn_forward` (b_hh folded into gi), in one launch."""
-    directions, rows_total, hidden = gi.shape
-    gi, h0 = common.as_rows(gi), common.as_rows(state0[0])
-    batch = h0.size(1)
-    hs = gi.new_empty(directions, rows_total, hidden)
-    h_n = h0.clone()  # rows that end early keep their last state: the kernel writes active rows only
-    config, table = common.blocks(hidden), common.steps(batch_sizes, gi.device)
-    rnn_forward_kernel[common.grid(directions, batch, config)](
-        gi, h0, w_hh_t, hs, h_n, table.sizes, table.starts, len(batch_sizes), batch, rows_total, hidden,
-        *w_hh_t.stride(), table.packed, RELU=relu, **common.launch_options(config, gi.dtype),
-    )
+    gi, h0, hs, h_n = common.forward_buffers(gi, state0[0])
+    common.launch(rnn_forward_kernel, [gi, h0, w_hh_t, hs, h_n], w_hh_t, batch_sizes, h0.size(1), h0.size(2), RELU=relu)
     return hs, [h_n], []
 
 
@@ -108,14 +83,9 @@ def rnn_backward(
     saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int], relu: bool,
 ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
     """The contract of :func:`recurrent.kernels.rnn.rnn_backward`, in one launch."""
-    directions, rows_total, hidden = hs.shape
-    batch = state0[0].size(1)
-    da = hs.new_empty(directions, rows_total, hidden)
+    da = hs.new_empty(hs.shape)
     dh = common.running_gradient(grad_finals[0])
-    config, table = common.blocks(hidden), common.steps(batch_sizes, hs.device)
-    rnn_backward_kernel[common.grid(directions, batch, config)](
-        common.as_rows(grad_hs), common.as_rows(hs), w_hh, da, dh, table.sizes, table.starts,
-        len(batch_sizes), batch, rows_total, hidden, *w_hh.stride(), table.packed,
-        RELU=relu, **common.launch_options(config, hs.dtype),
-    )
+    tensors = [common.as_rows(grad_hs), common.as_rows(hs), w_hh, da, dh]
+    common.launch(rnn_backward_kernel, tensors, w_hh, batch_sizes, dh.size(1), hs.size(2), RELU=relu)
     return da, da, [dh.to(hs.dtype)], []
+
