@@ -236,7 +236,7 @@ class RNNBase(nn.Module):
 
     @torch.jit.unused
     def _backend(self, rows: Tensor) -> str:
-        return kernels.select_backend(self.mode, rows.device, rows.dtype, self.hidden_size, self.proj_size > 0)
+        return kernels.select_backend(self.mode, rows.device, rows.dtype, self.hidden_size)
 
     @torch.jit.unused
     def _eager_arguments(
@@ -346,4 +346,4 @@ def backend_for(layer: RNNBase, input: Union[Tensor, PackedSequence]) -> str:
     module always runs the TorchScript loop."""
     data = input.data if isinstance(input, PackedSequence) else input
     dtype = _amp.autocast_dtype(data.device) or data.dtype
-    return kernels.select_backend(layer.mode, data.device, dtype, layer.hidden_size, layer.proj_size > 0)
+    return kernels.select_backend(layer.mode, data.device, dtype, layer.hidden_size)

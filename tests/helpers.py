@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from contextlib import nullcontext
 from typing import Optional, Sequence, Union
 
-import pytest
 import torch
 from torch import Tensor, nn
 
@@ -94,19 +92,6 @@ def assert_all_close(
 def triton_forced() -> bool:
     """The suite's second run (.ci/run): RECURRENT_BACKEND=triton under Triton's interpreter."""
     return os.environ.get("RECURRENT_BACKEND") == "triton"
-
-
-def expect_refusal(kind: str, proj_size: int):
-    """Where the forced Triton backend rightly refuses a layer (a projected LSTM stays on the
-    TorchScript loop), a context that requires the call to raise saying so; else a no-op context.
-    Callers skip their comparisons when it was a refusal (see ``refused``)."""
-    if refused(kind, proj_size):
-        return pytest.raises(RuntimeError, match="RECURRENT_BACKEND=triton.*proj_size")
-    return nullcontext()
-
-
-def refused(kind: str, proj_size: int) -> bool:
-    return triton_forced() and kind.startswith("LSTM") and proj_size > 0
 
 
 # Autocast's 16-bit dtype for the CPU tests: bfloat16, except under Triton's interpreter, whose

@@ -6,7 +6,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import recurrent
-from helpers import constructor_extras, expect_refusal, flat, hidden_arg, initial_states, refused, scripted, triton_forced
+from helpers import constructor_extras, flat, hidden_arg, initial_states, scripted, triton_forced
 
 KINDS = [("RNN_tanh", 0), ("RNN_relu", 0), ("GRU", 0), ("LSTM", 0), ("LSTM", 2)]  # (kind, proj_size)
 OPTIONS = [
@@ -37,10 +37,6 @@ def test_gradcheck_layers(kind, proj_size, bidirectional, bias, packed):
         out, finals = torch.func.functional_call(layer, weights, (inputs, hidden_arg(tensors[: len(states)])))
         return tuple(flat((out.data if packed else out, finals)))
 
-    if refused(kind, proj_size):
-        with expect_refusal(kind, proj_size):
-            run(x, *states, *params)
-        return
     # Under Triton's interpreter a forward pass is slow: the fast mode checks the Jacobian along random
     # directions (one product per input tensor) instead of element by element.
     assert torch.autograd.gradcheck(run, (x, *states, *params), fast_mode=triton_forced())

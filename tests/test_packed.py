@@ -6,8 +6,8 @@ from hypothesis import strategies as st
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence
 
 from helpers import (
-    OUTPUT_NAMES, assert_all_close, constructor_extras, expect_refusal, flat, gradient_names, grads, hidden_arg,
-    initial_states, pair, refused, scripted,
+    OUTPUT_NAMES, assert_all_close, constructor_extras, flat, gradient_names, grads, hidden_arg,
+    initial_states, pair, scripted,
 )
 
 packed_options = st.fixed_dictionaries(
@@ -58,10 +58,6 @@ def test_packed_equals_torch(device, o):
     lead = (directions * o["num_layers"], len(o["lengths"]))
     states = initial_states(kind, o["hidden_size"], proj_size, lead, torch.float64, device) if o["with_h0"] else []
     expected = reference(packed, hidden_arg(states))
-    if refused(o["kind"], proj_size):
-        with expect_refusal(o["kind"], proj_size):
-            ours(packed, hidden_arg(states))
-        return
     actual = ours(packed, hidden_arg(states))
     assert isinstance(actual[0], PackedSequence)
     for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):

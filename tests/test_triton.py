@@ -24,13 +24,19 @@ pytestmark = pytest.mark.skipif(
 LAYOUTS = [(1, 5, [3, 3, 3, 3]), (2, 20, [4, 4, 4]), (2, 37, [18, 17, 9, 2, 1]), (1, 3, [1])]
 
 
-def kernel_inputs(mode: str, directions: int, hidden: int, batch_sizes: list, dtype: torch.dtype):
+MODES = [(mode, False) for mode in sorted(KINDS)] + [("LSTM", True)]  # (mode, projected)
+
+
+def kernel_inputs(mode: str, projected: bool, directions: int, hidden: int, batch_sizes: list, dtype: torch.dtype):
+    """(gi, state0, W_hh, b_hh, extra) of a layer; a projected LSTM's state h has about hidden/2 columns."""
     kind = KINDS[mode]
     rows, batch, gates = sum(batch_sizes), batch_sizes[0], kind.gates * hidden
+    width = max(1, hidden // 2) if projected else hidden
     make = lambda *shape, scale=1.0: (torch.randn(*shape, dtype=torch.float64) * scale).to(DEVICE, dtype)  # noqa: E731
-    states = [make(directions, batch, hidden) for _ in range(2 if mode == "LSTM" else 1)]
+    states = [make(directions, batch, width)] + ([make(directions, batch, hidden)] if mode == "LSTM" else [])
     b_hh = None if kind.folds_bias else make(directions, 1, gates)
-    return make(directions, rows, gates), states, make(directions, gates, hidden, scale=0.3), b_hh
+    extra = [make(directions, width, hidden, scale=0.3)] if projected else []
+    return make(directions, rows, gates), states, make(directions, gates, width, scale=0.3), b_hh, extra
 
 
 def assert_same(actual: list, expected: list, dtype: torch.dtype, what: str) -> None:
@@ -48,40 +54,43 @@ def assert_same(actual: list, expected: list, dtype: torch.dtype, what: str) -> 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
 @pytest.mark.parametrize("layout", LAYOUTS, ids=str)
-@pytest.mark.parametrize("mode", sorted(KINDS))
-def test_kernels_equal_torchscript_kernels(mode, layout, dtype):
+@pytest.mark.parametrize("mode,projected", MODES, ids=lambda m: str(m))
+def test_kernels_equal_torchscript_kernels(mode, projected, layout, dtype):
     """Forward (saving and not), the saved activations and the backward, against the TorchScript pair."""
     directions, hidden, batch_sizes = layout
     torch.manual_seed(0)
-    gi, states, w_hh, b_hh = kernel_inputs(mode, directions, hidden, batch_sizes, dtype)
+    gi, states, w_hh, b_hh, extra = kernel_inputs(mode, projected, directions, hidden, batch_sizes, dtype)
     reference, triton = KINDS[mode].kernel("torchscript"), KINDS[mode].kernel("triton")
     # The TorchScript kernels are the reference in float64: 16-bit runs compare with them in float64.
     ref_in = [gi.double(), [s.double() for s in states], w_hh.double(), None if b_hh is None else b_hh.double()]
-    hs, finals, saved = reference.forward(ref_in[0], ref_in[1], ref_in[2].transpose(1, 2), ref_in[3], [], batch_sizes, True)
-    t_hs, t_finals, t_saved = triton.forward(gi, states, w_hh.transpose(1, 2), b_hh, [], batch_sizes, True)
+    ref_extra = [e.double() for e in extra]
+    hs, finals, saved = reference.forward(ref_in[0], ref_in[1], ref_in[2].transpose(1, 2), ref_in[3], ref_extra, batch_sizes, True)
+    t_hs, t_finals, t_saved = triton.forward(gi, states, w_hh.transpose(1, 2), b_hh, extra, batch_sizes, True)
     assert_same([t_hs, *t_finals, *t_saved], [hs, *finals, *saved], dtype, f"{mode} forward")
-    plain = triton.forward(gi, states, w_hh.transpose(1, 2), b_hh, [], batch_sizes, False)
+    plain = triton.forward(gi, states, w_hh.transpose(1, 2), b_hh, extra, batch_sizes, False)
     assert plain[2] == [] and torch.equal(plain[0], t_hs), "forward without saving"
 
     grad_hs = torch.randn_like(hs)
     grad_finals = [torch.randn_like(f) for f in finals]
     expected = reference.backward(
-        grad_hs, grad_finals, ref_in[1], hs, previous_blocks(ref_in[1][0], hs, batch_sizes), saved, ref_in[2], [], batch_sizes
+        grad_hs, grad_finals, ref_in[1], hs, previous_blocks(ref_in[1][0], hs, batch_sizes), saved, ref_in[2], ref_extra,
+        batch_sizes,
     )
     # The backward gets the forward's own activations, so 16-bit rounding of the forward does not count twice.
     t_in = [t.to(dtype) for t in (grad_hs, hs)]
     actual = triton.backward(
         t_in[0], [g.to(dtype) for g in grad_finals], states, t_in[1], previous_blocks(states[0], t_in[1], batch_sizes),
-        [s.to(dtype) for s in saved], w_hh, [], batch_sizes,
+        [s.to(dtype) for s in saved], w_hh, extra, batch_sizes,
     )
-    assert_same([actual[0], actual[1], *actual[2]], [expected[0], expected[1], *expected[2]], dtype, f"{mode} backward")
+    assert_same([actual[0], actual[1], *actual[2], *actual[3]], [expected[0], expected[1], *expected[2], *expected[3]],
+                dtype, f"{mode} backward")
 
 
 @pytest.mark.skipif(not triton_forced(), reason="the dispatch of the RECURRENT_BACKEND=triton run")
-@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
-def test_forced_backend_runs_the_triton_kernels(kind, monkeypatch):
+@pytest.mark.parametrize("kind,options", [("RNN", {}), ("GRU", {}), ("LSTM", {}), ("LSTM", {"proj_size": 2})])
+def test_forced_backend_runs_the_triton_kernels(kind, options, monkeypatch):
     """Under RECURRENT_BACKEND=triton the layers really run the Triton kernels (not the TorchScript loop)."""
-    layer = getattr(recurrent, kind)(3, 4, 2, bidirectional=True, device=DEVICE)
+    layer = getattr(recurrent, kind)(3, 4, 2, bidirectional=True, device=DEVICE, **options)
     x = torch.randn(5, 2, 3, device=DEVICE)
     assert recurrent.backend_for(layer, x) == "triton"
     calls = []
@@ -90,3 +99,20 @@ def test_forced_backend_runs_the_triton_kernels(kind, monkeypatch):
     monkeypatch.setitem(KINDS[layer.mode].backends, "triton", lambda: spy)
     layer(x)[0].sum().backward()
     assert len(calls) == 2, "one forward launch per layer"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+def test_triton_layers_capture_in_cuda_graphs(kind, monkeypatch):
+    """No host synchronisation inside a padded call: the layer captures, and replays equal to eager."""
+    monkeypatch.setenv("RECURRENT_BACKEND", "triton")
+    torch.manual_seed(0)
+    layer = getattr(recurrent, kind)(8, 16, 2, bidirectional=True, device="cuda")
+    x = torch.randn(6, 4, 8, device="cuda", requires_grad=True)
+    graphed = torch.cuda.make_graphed_callables(layer, (x,))
+    eager_out = layer(x)[0]
+    (eager_grad,) = torch.autograd.grad(eager_out.sum(), x)
+    graph_out = graphed(x)[0]
+    (graph_grad,) = torch.autograd.grad(graph_out.sum(), x)
+    torch.testing.assert_close(graph_out, eager_out)
+    torch.testing.assert_close(graph_grad, eager_grad)

@@ -30,7 +30,7 @@ def requested_backend() -> str:
     return choice
 
 
-def triton_refusal(mode: str, device: torch.device, dtype: torch.dtype, hidden_size: int, proj: bool) -> Optional[str]:
+def triton_refusal(mode: str, device: torch.device, dtype: torch.dtype, hidden_size: int) -> Optional[str]:
     """Why the Triton kernels cannot run this layer call, or None when they can."""
     if device.type != "cuda" and not (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
         return f"tensors on {device.type} (the Triton kernels need CUDA, or CPU with TRITON_INTERPRET=1)"
@@ -38,10 +38,10 @@ def triton_refusal(mode: str, device: torch.device, dtype: torch.dtype, hidden_s
         from . import triton as triton_kernels
     except ImportError as err:
         return f"Triton is not importable ({err})"
-    return triton_kernels.refusal(mode, dtype, hidden_size, proj)
+    return triton_kernels.refusal(mode, dtype, hidden_size)
 
 
-def select_backend(mode: str, device: torch.device, dtype: torch.dtype, hidden_size: int, proj: bool) -> str:
+def select_backend(mode: str, device: torch.device, dtype: torch.dtype, hidden_size: int) -> str:
     """The backend for one layer call: 'triton' or 'torchscript' (see the module docstring)."""
     choice = requested_backend()
     if choice in ("default", "torchscript"):
@@ -49,8 +49,8 @@ def select_backend(mode: str, device: torch.device, dtype: torch.dtype, hidden_s
     if choice == "auto":
         if device.type != "cuda" or dtype not in AUTO_DTYPES:
             return "torchscript"
-        return "torchscript" if triton_refusal(mode, device, dtype, hidden_size, proj) else "triton"
-    refusal = triton_refusal(mode, device, dtype, hidden_size, proj)
+        return "torchscript" if triton_refusal(mode, device, dtype, hidden_size) else "triton"
+    refusal = triton_refusal(mode, device, dtype, hidden_size)
     if refusal:
         raise RuntimeError(f"recurrent: RECURRENT_BACKEND=triton, but the Triton kernels cannot run this {mode} layer: {refusal}")
     return "triton"

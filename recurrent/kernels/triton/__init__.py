@@ -25,12 +25,10 @@ _KERNELS = {
 }
 
 
-def refusal(mode: str, dtype: torch.dtype, hidden_size: int, proj: bool) -> Optional[str]:
+def refusal(mode: str, dtype: torch.dtype, hidden_size: int) -> Optional[str]:
     """Why these kernels cannot run a layer, or None when they can."""
     if mode not in _KERNELS:
         return f"no Triton kernels for {mode} yet"
-    if proj:
-        return "an LSTM with proj_size runs on the TorchScript loop (its projection is one more dependent product per step)"
     if dtype not in DTYPES:
         return f"dtype {dtype} (supported: {', '.join(str(d) for d in DTYPES)})"
     if hidden_size > MAX_HIDDEN:

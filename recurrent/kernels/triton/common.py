@@ -60,13 +60,13 @@ def launch_options(config: Blocks, dtype: torch.dtype, precision: Optional[str] 
 
 
 def launch(kernel, tensors: List[Tensor], w: Tensor, batch_sizes: List[int], batch: int, hidden: int,
-           flags: Tuple[bool, ...] = (), **constants) -> None:
+           own: Tuple = (), **constants) -> None:
     """Runs ``kernel`` once for every step and direction. Every kernel takes its tensors, then
-    (sizes, starts, steps, batch, rows, H, W_hh's three strides, packed, its own flags, constants)."""
+    (sizes, starts, steps, batch, rows, H, W_hh's three strides, packed, its own arguments, constants)."""
     config, table = blocks(hidden), steps(batch_sizes, w.device)
     kernel[grid(w.size(0), batch, config)](
         *tensors, table.sizes, table.starts, len(batch_sizes), batch, sum(batch_sizes), hidden, *w.stride(),
-        table.packed, *flags, **launch_options(config, tensors[0].dtype), **constants,
+        table.packed, *own, **launch_options(config, tensors[0].dtype), **constants,
     )
 
 

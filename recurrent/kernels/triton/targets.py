@@ -9,6 +9,7 @@ import torch
 from .common import WIDTHS, Blocks, blocks, launch_options
 from .gru import gru_backward_kernel, gru_forward_kernel
 from .lstm import lstm_backward_kernel, lstm_forward_kernel
+from .lstm_proj import lstm_proj_backward_kernel, lstm_proj_forward_kernel
 from .rnn import rnn_backward_kernel, rnn_forward_kernel
 
 # (dtype, dot precision) pairs the dispatcher launches; float64 is only ever forced, never chosen.
@@ -22,6 +23,8 @@ KERNELS = [  # (name, kernel, its own compile-time constants)
     ("gru_backward", gru_backward_kernel, {}),
     ("lstm_forward", lstm_forward_kernel, {}),
     ("lstm_backward", lstm_backward_kernel, {}),
+    ("lstm_proj_forward", lstm_proj_forward_kernel, {}),
+    ("lstm_proj_backward", lstm_proj_backward_kernel, {}),
 ]
 ACCUMULATOR_POINTERS = {"dh_ptr", "dc_ptr"}  # the backward's running gradients stay in float32
 FLAGS = {"has_bias", "save", "packed"}  # Python bools at launch: Triton passes them as i1
