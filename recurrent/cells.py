@@ -72,6 +72,12 @@ def lstm_step(gi: Tensor, gh: Tensor, c: Tensor) -> Tuple[Tensor, Tensor, Tensor
     return o * torch.tanh(c_new), c_new, i_f, g, o
 
 
+def _mm_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """F.linear for a 2-D input, as a product and a sum (for cells of input_size or hidden_size 0)."""
+    out = torch.mm(input, weight.t())
+    return out if bias is None else out + bias
+
+
 class RNNCellBase(nn.Module):
     """Parameters, initialisation and input checks shared by the cells (torch.nn's layout)."""
 
@@ -81,8 +87,8 @@ class RNNCellBase(nn.Module):
         self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, device=None, dtype=None
     ) -> None:
         super().__init__()
-        checks.check_sizes(input_size=input_size, hidden_size=hidden_size)
-        checks.check_bool("bias", bias)
+        checks.check_cell_sizes(input_size=input_size, hidden_size=hidden_size)
+        checks.check_cell_bias(bias)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
@@ -98,8 +104,9 @@ class RNNCellBase(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Uniform in ±1/sqrt(hidden_size), in registration order, as torch.nn does."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
+        """Uniform in ±1/sqrt(hidden_size), in registration order, as torch.nn does (a cell of
+        hidden_size 0 has empty parameters: bound 0)."""
+        bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
         for weight in self.parameters():
             nn.init.uniform_(weight, -bound, bound)
 
@@ -134,8 +141,18 @@ class RNNCellBase(nn.Module):
         like = self.weight_ih
         if not torch.jit.is_scripting():
             input, states, like = self._autocast(input, states)
-        for state, name in zip(states, names):
-            checks.check_cell_input(input, state, self.input_size, self.hidden_size, like, name)
+        # torch.nn's order (see recurrent.checks): dimensions, sizes, then dtypes and devices.
+        checks.check_cell_dims(input, states, names)
+        checks.check_cell_features(input, self.input_size)
+        for i in range(len(states)):
+            state = states[i]
+            if state is not None:
+                checks.check_cell_state(input, state, self.hidden_size, names[i], i)
+        checks.check_like_weight("input", input, like)
+        for i in range(len(states)):
+            state = states[i]
+            if state is not None:
+                checks.check_like_weight(names[i], state, like)
         batched = input.dim() == 2
         if not batched:
             input = input.unsqueeze(0)
@@ -149,6 +166,9 @@ class RNNCellBase(nn.Module):
 
     def _projections(self, input: Tensor, h: Tensor) -> Tuple[Tensor, Tensor]:
         """gi = W_ih x + b_ih and gh = W_hh h + b_hh (under autocast, F.linear casts the weights)."""
+        if self.hidden_size == 0 or self.input_size == 0:
+            # Empty weights: TorchScript's derivative of linear reshapes to (-1, 0), which fails.
+            return _mm_linear(input, self.weight_ih, self.bias_ih), _mm_linear(h, self.weight_hh, self.bias_hh)
         return F.linear(input, self.weight_ih, self.bias_ih), F.linear(h, self.weight_hh, self.bias_hh)
 
     @torch.jit.unused
@@ -216,9 +236,35 @@ class LSTMCell(RNNCellBase):
         super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
-        given: List[Optional[Tensor]] = [None, None] if hx is None else [hx[0], hx[1]]
+        given: List[Optional[Tensor]] = [None, None]
+        if not torch.jit.is_scripting():
+            given = self._eager_states(input, hx)
+        elif hx is not None:
+            given[0], given[1] = hx[0], hx[1]
         h, c = self._run(input, given, ["h0", "c0"])
         return h, c
+
+    @torch.jit.unused
+    def _eager_states(self, input: Tensor, hx) -> List[Optional[Tensor]]:
+        """[h0, c0] from hx, which must be a pair (h0, c0) (TorchScript's types enforce that when
+        scripted). Rejected as torch.nn rejects them: an element not 1-D or 2-D (ValueError, checked
+        first over whatever hx iterates over), a single tensor (TypeError), more or fewer than two
+        states (RuntimeError; IndexError for fewer with unbatched input). Where torch.nn's unbatched
+        path reads any indexable as (hx[0], hx[1]), a tensor or a longer tuple, ours rejects it too."""
+        if hx is None:
+            return [None, None]
+        checks.check_cell_dims(input, [], [])
+        for index, value in enumerate(hx):
+            if value.dim() not in (1, 2):
+                raise ValueError(f"Expected hx[{index}] to be 1D or 2D, got {value.dim()}D instead")
+        if isinstance(hx, Tensor):
+            raise TypeError(
+                f"LSTMCell takes hx as a tuple (h0, c0) of two tensors, got a single Tensor of shape {list(hx.size())}"
+            )
+        if isinstance(hx, (tuple, list)) and len(hx) != 2:
+            message = f"LSTMCell expects two hidden states (h0, c0), got a {type(hx).__name__} of {len(hx)}"
+            raise IndexError(message) if len(hx) < 2 and input.dim() == 1 else RuntimeError(message)
+        return [hx[0], hx[1]]
 
     def _step(self, gi: Tensor, gh: Tensor, states: List[Tensor]) -> List[Tensor]:
         h, c, _, _, _ = lstm_step(gi, gh, states[1])

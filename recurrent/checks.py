@@ -2,6 +2,19 @@
 
 Constructor checks run in Python at construction. The forward checks are plain functions that
 TorchScript compiles too, so a scripted model rejects bad input with the same messages.
+
+Each check raises the exception type torch.nn raises for the same mistake, in torch.nn's order
+(so that an input with two mistakes fails as torch.nn's does), and its message keeps torch.nn's
+words ("Expected hidden size", "input.size(-1) must be equal to input_size", ...) so that a search
+for torch.nn's message finds ours. Deliberate exceptions, where torch.nn has no check of its own and
+fails deeper down (tests/test_conformance_inputs.py lists each):
+- a state whose dtype is not the parameters', and a cell input whose dtype is not: torch.nn fails
+  inside a matrix product with a RuntimeError; ours raise the ValueError of torch.nn's own layer input
+  dtype check, with a message saying what to convert;
+- torch.nn's LSTM skips its checks for a PackedSequence (a 2-D state fails with an IndexError inside
+  its kernel); ours checks as torch.nn's RNN and GRU do;
+- torch.nn's unbatched LSTMCell reads any indexable hx as (hx[0], hx[1]); ours rejects a single tensor
+  or a 3-tuple there as its batched path does.
 """
 from __future__ import annotations
 
@@ -12,11 +25,23 @@ from torch import Tensor
 
 
 def check_sizes(**sizes: int) -> None:
+    """Layer sizes: ints greater than zero (torch.nn's layers: TypeError, ValueError)."""
     for name, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
         if value <= 0:
             raise ValueError(f"{name} must be greater than zero, got {value}")
+
+
+def check_cell_sizes(**sizes: int) -> None:
+    """Cell sizes: ints, zero allowed. torch.nn's cells check nothing themselves: a size of 0 makes
+    empty parameters (a cell of hidden_size 0 returns (N, 0)), a negative one fails in torch.empty
+    with a RuntimeError, a float with a TypeError; ours raise those types, saying which argument."""
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+        if value < 0:
+            raise RuntimeError(f"{name} must be zero or greater, got {value}")
 
 
 def check_proj_size(proj_size: int, hidden_size: int) -> None:
@@ -29,6 +54,14 @@ def check_proj_size(proj_size: int, hidden_size: int) -> None:
 def check_bool(name: str, value: bool) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+
+
+def check_cell_bias(bias: bool) -> None:
+    """A cell's bias: a bool, or an int used as one (torch.nn's cells take ``bias=1`` and ``bias=0`` and
+    register biases as the value is true or false). torch.nn's cells take any object there; ours
+    reject what is neither a bool nor an int (None, "yes", 1.0) as torch.nn's layers do."""
+    if not isinstance(bias, numbers.Integral):
+        raise TypeError(f"bias should be of type bool (or an int used as one), got: {type(bias).__name__}")
 
 
 def check_nonlinearity(nonlinearity: str) -> None:
@@ -44,13 +77,16 @@ def check_dropout(dropout: float) -> None:
         )
 
 
-def check_like_weight(name: str, tensor: Tensor, weight: Tensor) -> None:
-    """Same dtype and device as the parameters: mixing them must fail loudly, not convert silently."""
+def check_dtype(name: str, tensor: Tensor, weight: Tensor) -> None:
+    """Same dtype as the parameters: mixing them must fail loudly, not convert silently."""
     if tensor.dtype != weight.dtype:
         raise ValueError(
             f"{name} dtype ({tensor.dtype}) does not match weight dtype ({weight.dtype}). "
             f"Convert {name}: .to({weight.dtype}), or convert the model: model.to({tensor.dtype})"
         )
+
+
+def check_device(name: str, tensor: Tensor, weight: Tensor) -> None:
     if tensor.device != weight.device:
         raise RuntimeError(
             f"{name} is on {tensor.device} but the parameters are on {weight.device}. "
@@ -58,50 +94,103 @@ def check_like_weight(name: str, tensor: Tensor, weight: Tensor) -> None:
         )
 
 
-def check_features(input: Tensor, input_size: int, weight: Tensor) -> None:
-    """The last dimension is input_size, and dtype and device are the parameters'."""
-    if input.size(-1) != input_size:
-        raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {input_size}, got {input.size(-1)}")
-    check_like_weight("input", input, weight)
+def check_like_weight(name: str, tensor: Tensor, weight: Tensor) -> None:
+    """Same dtype and device as the parameters."""
+    check_dtype(name, tensor, weight)
+    check_device(name, tensor, weight)
 
 
-def check_cell_input(
-    input: Tensor, hx: Optional[Tensor], input_size: int, hidden_size: int, weight: Tensor, name: str
-) -> None:
-    if input.dim() not in (1, 2):
-        raise ValueError(f"Expected input to be 1D or 2D, got {input.dim()}D instead")
-    check_features(input, input_size, weight)
-    if hx is not None:
-        if hx.dim() != input.dim():
-            raise RuntimeError(f"Expected {name} to be {input.dim()}D like the input, got {hx.dim()}D instead")
-        expected = [hidden_size] if input.dim() == 1 else [input.size(0), hidden_size]
-        if list(hx.size()) != expected:
-            raise RuntimeError(f"Expected {name} of size {expected}, got {list(hx.size())}")
-        check_like_weight(name, hx, weight)
+# -- layers ---------------------------------------------------------------------------------------
+# torch.nn's order: the input's dimensions (ValueError), the states' dimensions (RuntimeError), the
+# input's dtype (ValueError) and feature size (RuntimeError), the states' sizes (RuntimeError), and
+# last, in its C++ kernel, the sequence length (RuntimeError).
 
 
-def check_layer_input(input: Tensor, input_size: int, weight: Tensor) -> None:
+def check_layer_dim(input: Tensor) -> None:
     if input.dim() not in (2, 3):
         raise ValueError(f"Expected input to be 2D (unbatched) or 3D (batched), got {input.dim()}D tensor instead")
-    check_features(input, input_size, weight)
-    if input.numel() == 0:
-        raise ValueError(f"Expected a non-empty input, got shape {list(input.size())}")
 
 
-def check_packed_input(data: Tensor, input_size: int, weight: Tensor) -> None:
-    if data.dim() != 2:
-        raise ValueError(f"Expected PackedSequence data to be 2D (rows, features), got {data.dim()}D")
-    check_features(data, input_size, weight)
-
-
-def check_hidden(name: str, hx: Tensor, expected: List[int], weight: Tensor, batched: bool) -> None:
-    """``expected`` is the batched shape (layers*directions, batch, hidden)."""
+def check_hidden_dim(name: str, hx: Tensor, batched: bool, packed: bool = False) -> None:
+    if packed and hx.dim() != 3:
+        raise RuntimeError(
+            f"For PackedSequence input, {name} should be 3-D (num_layers * num_directions, batch, size) "
+            f"but got {hx.dim()}-D tensor"
+        )
     if batched and hx.dim() != 3:
         raise RuntimeError(f"For batched 3-D input, {name} should also be 3-D but got {hx.dim()}-D tensor")
     if not batched and hx.dim() != 2:
         raise RuntimeError(f"For unbatched 2-D input, {name} should also be 2-D but got {hx.dim()}-D tensor")
-    given = list(hx.size()) if batched else [hx.size(0), 1, hx.size(-1)]
-    if given != expected:
-        shown = expected if batched else [expected[0], expected[2]]
-        raise RuntimeError(f"Expected {name} of size {shown}, got {list(hx.size())}")
+
+
+def check_layer_features(input: Tensor, input_size: int, weight: Tensor) -> None:
+    """A layer's input (padded, unbatched or a PackedSequence's data): dtype, then size, then device."""
+    check_dtype("input", input, weight)
+    if input.size(-1) != input_size:
+        raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {input_size}, got {input.size(-1)}")
+    check_device("input", input, weight)
+
+
+def check_packed_input(data: Tensor, input_size: int, weight: Tensor) -> None:
+    if data.dim() != 2:
+        raise RuntimeError(f"Expected PackedSequence data to be 2D (rows, features), got {data.dim()}D")
+    check_layer_features(data, input_size, weight)
+
+
+def check_hidden(
+    name: str, label: str, hx: Tensor, expected: List[int], weight: Tensor, batched: bool, last: str
+) -> None:
+    """A layer's initial state ``name`` (torch.nn's ``label``: hidden, hidden[0] or hidden[1]) of the
+    batched shape ``expected`` = (layers*directions, batch, size); ``last`` names the size. Its
+    dimensions are checked before (check_hidden_dim)."""
+    shown = expected if batched else [expected[0], expected[2]]
+    if list(hx.size()) != shown:
+        layout = "num_layers * num_directions, batch, " if batched else "num_layers * num_directions, "
+        raise RuntimeError(
+            f"Expected {label} size ({', '.join([str(s) for s in shown])}), got {list(hx.size())}: "
+            f"{name} must be ({layout}{last})"
+        )
     check_like_weight(name, hx, weight)
+
+
+def check_sequence_length(steps: int, input: Tensor) -> None:
+    if steps == 0:
+        raise RuntimeError(
+            f"Expected sequence length to be larger than 0 in RNN, got input of shape {list(input.size())}"
+        )
+
+
+# -- cells ----------------------------------------------------------------------------------------
+# torch.nn's order: the input's dimensions, the states' dimensions (ValueError), then in its C++
+# kernel the input's feature size and the states' batch and hidden sizes (RuntimeError).
+
+
+def check_cell_dims(input: Tensor, states: List[Optional[Tensor]], names: List[str]) -> None:
+    if input.dim() not in (1, 2):
+        raise ValueError(f"Expected input to be 1D or 2D, got {input.dim()}D instead")
+    for hx, name in zip(states, names):
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"Expected {name} to be 1D or 2D, got {hx.dim()}D instead")
+
+
+def check_cell_features(input: Tensor, input_size: int) -> None:
+    if input.size(-1) != input_size:
+        raise RuntimeError(
+            f"input.size(-1) must be equal to input_size. Expected {input_size}, got {input.size(-1)} "
+            f"(input has inconsistent input_size: got {input.size(-1)} expected {input_size})"
+        )
+
+
+def check_cell_state(input: Tensor, hx: Tensor, hidden_size: int, name: str, index: int) -> None:
+    """State ``name`` (torch.nn's ``hidden{index}``) against the input, its dimensions checked before
+    (check_cell_dims). Dtypes and devices are checked after every size (check_like_weight), as
+    torch.nn's kernel fails in its products only after its size checks."""
+    if hx.dim() != input.dim():
+        raise RuntimeError(f"Expected {name} to be {input.dim()}D like the input, got {hx.dim()}D instead")
+    expected = [hidden_size] if input.dim() == 1 else [input.size(0), hidden_size]
+    if list(hx.size()) != expected:
+        if input.dim() == 2 and hx.size(0) != input.size(0):
+            detail = f"Input batch size {input.size(0)} doesn't match hidden{index} batch size {hx.size(0)}"
+        else:
+            detail = f"hidden{index} has inconsistent hidden_size: got {hx.size(-1)}, expected {hidden_size}"
+        raise RuntimeError(f"Expected {name} of size {expected}, got {list(hx.size())}: {detail}")

@@ -28,6 +28,15 @@ class RNNBase(nn.Module):
         "proj_size",
     ]
     __jit_unused_properties__ = ["all_weights"]
+    _rejects_proj_size = False  # True for RNN and GRU
+
+    def __new__(cls, *args, **kwargs):
+        # torch.nn's RNN and GRU take (*args, **kwargs) and reject a proj_size keyword with this
+        # ValueError. Ours keep torch.nn's documented signatures, which have no proj_size, so the
+        # keyword is caught here, before __init__ would reject it with a TypeError.
+        if cls._rejects_proj_size and "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -158,18 +167,13 @@ class RNNBase(nn.Module):
         weights = self._flat_weights
         if not torch.jit.is_scripting():
             input, hx, weights = self._eager_arguments(input, hx)
-        checks.check_layer_input(input, self.input_size, weights[0])
-        batched = input.dim() == 3
-        if not batched:
-            x = input.unsqueeze(1)
-        elif self.batch_first:
-            x = input.transpose(0, 1)
-        else:
-            x = input
+        x, state0, batched = self._checked(input, hx, weights[0])
         steps, batch = x.size(0), x.size(1)
-        state0 = self._initial_states(hx, batch, x, weights[0], batched)
-        rows, finals = self._stack(x.reshape(steps * batch, -1), [batch] * steps, state0, weights)
-        output = rows.view(steps, batch, -1)
+        if batch == 0:
+            output, finals = self._empty_batch(x, state0, weights)
+        else:
+            rows, finals = self._stack(x.reshape(steps * batch, -1), [batch] * steps, state0, weights)
+            output = rows.view(steps, batch, -1)
         if not batched:
             return output.squeeze(1), [f.squeeze(1) for f in finals]
         return (output.transpose(0, 1) if self.batch_first else output), finals
@@ -179,7 +183,10 @@ class RNNBase(nn.Module):
         data, weights = input.data, self._flat_weights
         if not torch.jit.is_scripting():
             data, hx, weights = self._eager_arguments(data, hx)
-        checks.check_packed_input(data, self.input_size, weights[0])
+        checks.check_packed_input(data, self.input_size, weights[0])  # torch.nn's order: before the states
+        if hx is not None:
+            for state, name in zip(hx, self._state_names()):
+                checks.check_hidden_dim(name, state, True, True)
         batch_sizes: List[int] = input.batch_sizes.tolist()
         state0 = self._initial_states(hx, batch_sizes[0], data, weights[0], True)
         sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices  # locals refine Optional
@@ -190,19 +197,61 @@ class RNNBase(nn.Module):
             finals = [f.index_select(1, unsorted_indices) for f in finals]
         return PackedSequence(rows, input.batch_sizes, input.sorted_indices, input.unsorted_indices), finals
 
+    def _state_names(self) -> List[str]:
+        return ["hx"] if len(self._state_sizes()) == 1 else ["h0", "c0"]
+
+    def _checked(self, input: Tensor, hx: Optional[List[Tensor]], weight: Tensor) -> Tuple[Tensor, List[Tensor], bool]:
+        """Checks padded or unbatched input and the initial states in torch.nn's order (see
+        :mod:`recurrent.checks`); returns (input time-major with a batch dimension, the initial
+        states (layers*directions, batch, size), whether the input was batched)."""
+        checks.check_layer_dim(input)
+        batched = input.dim() == 3
+        if hx is not None:
+            for state, name in zip(hx, self._state_names()):
+                checks.check_hidden_dim(name, state, batched)
+        checks.check_layer_features(input, self.input_size, weight)
+        if not batched:
+            x = input.unsqueeze(1)
+        elif self.batch_first:
+            x = input.transpose(0, 1)
+        else:
+            x = input
+        state0 = self._initial_states(hx, x.size(1), x, weight, batched)
+        checks.check_sequence_length(x.size(0), input)
+        return x, state0, batched
+
     def _initial_states(
         self, hx: Optional[List[Tensor]], batch: int, like: Tensor, weight: Tensor, batched: bool
     ) -> List[Tensor]:
+        """The given states checked (their dimensions were, before), with the batch dimension; or zeros."""
         layers = (2 if self.bidirectional else 1) * self.num_layers
         sizes = self._state_sizes()
-        names = ["hx"] if len(sizes) == 1 else ["h0", "c0"]
         if hx is None:
             return [torch.zeros(layers, batch, size, dtype=like.dtype, device=like.device) for size in sizes]
+        names = self._state_names()
+        if len(sizes) == 1:
+            labels, lasts = ["hidden"], ["hidden_size"]
+        else:
+            labels, lasts = ["hidden[0]", "hidden[1]"], ["proj_size" if self.proj_size > 0 else "hidden_size", "hidden_size"]
         states: List[Tensor] = []
-        for state, name, size in zip(hx, names, sizes):
-            checks.check_hidden(name, state, [layers, batch, size], weight, batched)
+        for i in range(len(sizes)):
+            state = hx[i]
+            checks.check_hidden(names[i], labels[i], state, [layers, batch, sizes[i]], weight, batched, lasts[i])
             states.append(state if batched else state.unsqueeze(1))
         return states
+
+    def _empty_batch(self, x: Tensor, state0: List[Tensor], weights: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+        """An empty batch (x of shape (L, 0, I)): torch.nn returns empty outputs, (L, 0, D*H_out) and
+        states of state0's shapes, whose gradients reach the input and states (empty) and the weights
+        (zeros). Nothing to compute: the kernels are not run on an empty batch; the outputs hang from
+        a zero built from every input so that autograd gives those gradients."""
+        zero = x.sum() * 0
+        for t in state0 + weights:
+            zero = zero + t.sum() * 0
+        directions = 2 if self.bidirectional else 1
+        size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        output = x.new_zeros([x.size(0), 0, directions * size]) + zero
+        return output, [s.new_zeros(s.size()) + zero for s in state0]
 
     def _stack_spec(self) -> kernels.StackSpec:
         return kernels.StackSpec(
@@ -255,6 +304,8 @@ class RNNBase(nn.Module):
 class RNN(RNNBase):
     """Elman RNN with ``torch.nn.RNN``'s API: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)."""
 
+    _rejects_proj_size = True
+
     def __init__(
         self,
         input_size: int,
@@ -278,6 +329,8 @@ class RNN(RNNBase):
 
 class GRU(RNNBase):
     """Multi-layer GRU with ``torch.nn.GRU``'s API; the gate math is :func:`recurrent.cells.gru_step`."""
+
+    _rejects_proj_size = True
 
     def __init__(
         self,
@@ -323,7 +376,12 @@ class LSTM(RNNBase):
     ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
         if not torch.jit.is_scripting() and isinstance(input, PackedSequence):
             return self.forward_packed(input, hx)
-        output, finals = self._run(input, None if hx is None else [hx[0], hx[1]])
+        states: Optional[List[Tensor]] = None
+        if not torch.jit.is_scripting():
+            states = self._eager_states(hx, input)
+        elif hx is not None:
+            states = [hx[0], hx[1]]
+        output, finals = self._run(input, states)
         return output, (finals[0], finals[1])
 
     @torch.jit.export
@@ -331,8 +389,34 @@ class LSTM(RNNBase):
         self, input: PackedSequence, hx: Optional[Tuple[Tensor, Tensor]] = None
     ) -> Tuple[PackedSequence, Tuple[Tensor, Tensor]]:
         """forward for a PackedSequence; what a scripted module calls (eager forward dispatches here)."""
-        packed, finals = self._run_packed(input, None if hx is None else [hx[0], hx[1]])
+        states: Optional[List[Tensor]] = None
+        if not torch.jit.is_scripting():
+            states = self._eager_states(hx, None)
+        elif hx is not None:
+            states = [hx[0], hx[1]]
+        packed, finals = self._run_packed(input, states)
         return packed, (finals[0], finals[1])
+
+    @torch.jit.unused
+    def _eager_states(self, hx, input: Optional[Tensor]) -> Optional[List[Tensor]]:
+        """[h0, c0] from hx, which must be a pair (h0, c0) (TorchScript's types enforce that when
+        scripted). Rejects others as torch.nn does: a single tensor with a TypeError once its rows
+        hx[0], hx[1] pass the state checks (torch.nn reads it as that pair, and its checks raise
+        first); more than two states with a RuntimeError, fewer with an IndexError. ``input`` is the
+        padded input, None for a PackedSequence."""
+        if hx is None:
+            return None
+        if isinstance(hx, Tensor):
+            if input is not None:
+                checked_input, states, weights = self._eager_arguments(input, [hx[0], hx[1]])
+                self._checked(checked_input, states, weights[0])
+            raise TypeError(
+                f"LSTM takes hx as a tuple (h0, c0) of two tensors, got a single Tensor of shape {list(hx.size())}"
+            )
+        if isinstance(hx, (tuple, list)) and len(hx) != 2:
+            message = f"LSTM expects two hidden states (h0, c0), got a {type(hx).__name__} of {len(hx)}"
+            raise RuntimeError(message) if len(hx) > 2 else IndexError(message)
+        return [hx[0], hx[1]]
 
     def _state_sizes(self) -> List[int]:
         return [self.proj_size if self.proj_size > 0 else self.hidden_size, self.hidden_size]
