@@ -17,10 +17,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 # The whole suite; then the kernel parity suite again on the Triton kernels under Triton's CPU
 # interpreter (chosen at import, hence a separate run); then the ahead-of-time compile check.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 	$(MAKE) test-triton triton-check
 
-TRITON_SUITE := tests/test_layer_parity.py tests/test_packed.py tests/test_gradcheck.py tests/test_autocast.py tests/test_triton.py
+TRITON_SUITE := tests/test_layer_parity.py tests/test_packed.py tests/test_gradcheck.py tests/test_higher_order.py tests/test_autocast.py tests/test_triton.py
 test-triton: setup
 	RECURRENT_BACKEND=triton TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2 $(TRITON_SUITE)
 

@@ -7,6 +7,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import recurrent
 from helpers import constructor_extras, flat, hidden_arg, initial_states, scripted, triton_forced
+from recurrent import _jit
 
 KINDS = [("RNN_tanh", 0), ("RNN_relu", 0), ("GRU", 0), ("LSTM", 0), ("LSTM", 2)]  # (kind, proj_size)
 OPTIONS = [
@@ -42,13 +43,33 @@ def test_gradcheck_layers(kind, proj_size, bidirectional, bias, packed):
     assert torch.autograd.gradcheck(run, (x, *states, *params), fast_mode=triton_forced())
 
 
-def test_double_backward_is_a_clear_error():
-    layer = recurrent.GRU(3, 4, dtype=torch.float64)
-    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
-    with pytest.raises(RuntimeError, match="double backward .*torch.jit.script"):
-        torch.autograd.grad(layer(x)[0].sum(), x, create_graph=True)
+@pytest.mark.skipif(not _jit.JIT_ENABLED, reason="TorchScript switched off")
+@pytest.mark.parametrize("kind,proj_size", KINDS)
+def test_double_backward_matches_scripted_module(kind, proj_size):
+    """A gradient penalty (create_graph=True) through the eager fast path gives the input and parameter
+    gradients that TorchScript's own autograd gives through the scripted module. (tests/test_higher_order.py has
+    gradgradcheck over every option.)"""
+    torch.manual_seed(0)
+    layer = getattr(recurrent, kind.partition("_")[0])(
+        3, 4, 2, bidirectional=True, dtype=torch.float64, **constructor_extras(kind, proj_size)
+    )
+    x = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
+
+    def penalised(module):
+        grad_x, *grad_params = torch.autograd.grad(
+            sum(o.pow(2).sum() for o in flat(module(x))), [x, *layer.parameters()], create_graph=True
+        )
+        penalty = grad_x.pow(2).sum() + sum(g.pow(3).sum() for g in grad_params)
+        return torch.autograd.grad(penalty, [x, *layer.parameters()])
+
+    ours, expected = penalised(layer), penalised(scripted(layer))
+    names = ["input"] + [n for n, _ in layer.named_parameters()]
+    assert len(ours) == len(expected) == len(names)
+    for a, e, name in zip(ours, expected, names):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.skipif(not _jit.JIT_ENABLED, reason="TorchScript switched off")
 def test_double_backward_through_scripted_module():
     """A scripted module is differentiated by TorchScript's autograd, which supports double backward."""
     module = scripted(recurrent.GRU(3, 4, dtype=torch.float64))

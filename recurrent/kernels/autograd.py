@@ -12,21 +12,39 @@ backend's forward.
 Around it this module does, for a whole layer and both directions: the input projection of every
 row as one product before the loop, and after it the input, weight and bias gradients as single
 products and reductions over all rows.
+
+Higher-order and batched gradients. The hand-written backward is neither differentiable nor
+vmappable (it writes with ``out=`` and in place). Where one of those is asked for, the layer is
+differentiated by autograd instead, as plain ops (:func:`differentiable_layer`: the kind's
+TorchScript forward kernel, run unoptimised so that autograd and torch.func see every op):
+
+- the backward with grad mode on (``create_graph=True``: double backward, gradient penalties) or
+  with gradients batched by vmap (``autograd.grad(is_grads_batched=True)``, ``gradcheck``'s
+  ``check_batched_grad``, ``autograd.functional.jacobian(vectorize=True)``) recomputes the layer's
+  forward from the saved inputs and returns ``autograd.grad`` of it;
+- under a torch.func transform (``grad``, ``vmap``, ``jacrev``, ``hessian``, ...) the layer runs
+  as those ops from the start: no autograd.Function, so there is nothing for torch.func to refuse.
+
+A plain first-order backward runs the hand-written kernels exactly as before; all that path gains
+is the layer's inputs among the saved tensors and a few flag checks (grad mode, batched gradients,
+an active torch.func transform).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .._jit import script
+from .._jit import JIT_ENABLED, script
 from .common import blocks_product, join_directions, per_direction, previous_blocks, split_directions, sum_directions
-from .registry import Kernel
+from .registry import KINDS, Kernel
 from .weights import stack_weights, unstack_grads
 
 
 class LayerSpec(NamedTuple):
+    mode: str  # a key of KINDS: the differentiable path runs that kind's TorchScript kernel
     kernel: Kernel
     directions: int
     bias: bool
@@ -57,23 +75,20 @@ class LayerFunction(torch.autograd.Function):
     def forward(ctx, spec: LayerSpec, rows: Tensor, states: int, *tensors: Tensor):
         state0, params = list(tensors[:states]), list(tensors[states:])
         hs, finals, saved, (w_ih, w_hh, extra) = _layer_forward(spec, rows, state0, params, save=True)
-        ctx.spec, ctx.counts = spec, (states, len(extra))
-        ctx.save_for_backward(rows, w_ih, w_hh, hs, *state0, *extra, *saved)
+        ctx.spec, ctx.counts = spec, (states, len(params), len(extra))
+        # The inputs themselves (rows, state0, params) are saved for the differentiable backward.
+        ctx.save_for_backward(rows, *state0, *params, w_ih, w_hh, hs, *extra, *saved)
         return (join_directions(hs, spec.reverse), *finals)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor, *grad_finals: Tensor):
-        if torch.is_grad_enabled():
-            # The hand-written backward is not itself differentiable: say so rather than return a
-            # second derivative that silently misses the loop's part.
-            raise RuntimeError(
-                "recurrent: double backward (create_graph=True) is not supported by the eager fast path. "
-                "Script the model with torch.jit.script: its TorchScript path supports higher-order gradients."
-            )
+        if torch.is_grad_enabled() or _batched(grad_out) or any(_batched(g) for g in grad_finals):
+            return _autograd_backward(ctx, grad_out, grad_finals)
         spec: LayerSpec = ctx.spec
-        rows, w_ih, w_hh, hs, *rest = ctx.saved_tensors
-        states, extras = ctx.counts
-        state0, extra, saved = rest[:states], rest[states : states + extras], rest[states + extras :]
+        states, params, extras = ctx.counts
+        rows, *rest = ctx.saved_tensors
+        state0, (w_ih, w_hh, hs, *rest) = rest[:states], rest[states + params :]
+        extra, saved = rest[:extras], rest[extras:]
         grad_hs = split_directions(grad_out, spec.reverse)
         h_prev = previous_blocks(state0[0], hs, spec.batch_sizes)
         dgi, dgh, dstate0, dextra = spec.kernel.backward(
@@ -93,9 +108,69 @@ class LayerFunction(torch.autograd.Function):
         return (None, dx, None, *dstate0, *unstack_grads(stacked, spec.directions, spec.bias, spec.proj))
 
 
+_functorch = torch._C._functorch
+# Legacy vmap (autograd.grad's is_grads_batched, jacobian(vectorize=True)) has its own tensor type.
+_is_legacy_batched = getattr(_functorch, "is_legacy_batchedtensor", lambda t: False)
+
+
+def _batched(grad: Tensor) -> bool:
+    """Whether an incoming gradient is batched by vmap (legacy or torch.func) or wrapped by torch.func."""
+    return _is_legacy_batched(grad) or _functorch.is_functorch_wrapped_tensor(grad)
+
+
+def differentiable_layer(
+    spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: List[Tensor]
+) -> Tuple[Tensor, List[Tensor]]:
+    """One layer as plain differentiable, vmappable ops: (output rows (T, D·H), final states), the
+    numbers of :class:`LayerFunction`. It runs the kind's TorchScript forward kernel whatever backend
+    ``spec.kernel`` is, with TorchScript's optimisations off, so that autograd records every op one by
+    one: the optimised executor's autodiff graphs are opaque to torch.func (torch.func.hessian gave
+    wrong numbers through them, jacrev of jacrev an error)."""
+    kernel = KINDS[spec.mode].kernel("torchscript")
+    with torch.jit.optimized_execution(False) if JIT_ENABLED else nullcontext():
+        w_ih, w_hh, b_ih, b_hh, extra = stack_weights(params, spec.directions, spec.bias, spec.proj, spec.fold_bias)
+        gi = gate_inputs(per_direction(rows, spec.reverse), w_ih, b_ih)
+        hs, finals, _ = kernel.forward(gi, state0, w_hh.transpose(1, 2), b_hh, extra, spec.batch_sizes, False)
+    if spec.reverse is None:
+        return hs[0], finals
+    # join_directions writes into a new tensor in place, which vmap cannot batch. The reverse index is
+    # its own inverse, so gathering with it puts the second direction back in natural time.
+    return torch.cat([hs[0], hs[1].index_select(0, spec.reverse)], 1), finals
+
+
+def _autograd_backward(ctx, grad_out: Tensor, grad_finals: Tuple[Tensor, ...]) -> tuple:
+    """LayerFunction's gradients by autograd through :func:`differentiable_layer`, recomputed from the
+    saved inputs: with a graph when grad mode is on (create_graph=True; through the saved inputs it
+    reaches their own history), batched when the incoming gradients are."""
+    spec: LayerSpec = ctx.spec
+    states, params = ctx.counts[0], ctx.counts[1]
+    inputs = ctx.saved_tensors[: 1 + states + params]  # rows, *state0, *params
+    needs = (ctx.needs_input_grad[1], *ctx.needs_input_grad[3:])
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad(), torch.autocast(inputs[0].device.type, enabled=False):
+        # One fresh view per argument: its gradient is that argument's alone (even where one tensor was
+        # passed twice), and through it the graph stays connected to the tensor's history.
+        args = [t.view_as(t) if need else t.detach() for t, need in zip(inputs, needs)]
+        out, finals = differentiable_layer(spec, args[0], args[1 : 1 + states], args[1 + states :])
+        found = iter(
+            torch.autograd.grad(
+                [out, *finals],
+                [a for a, need in zip(args, needs) if need],
+                [grad_out, *grad_finals],
+                create_graph=create_graph,
+                allow_unused=True,
+            )
+        )
+    grads = [next(found) if need else None for need in needs]
+    return (None, grads[0], None, *grads[1:])
+
+
 def run_layer(spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
     """One layer, all directions: (output rows (T, D·H), final states). Differentiable by the
-    kernel's hand-written backward when anything needs a gradient; otherwise nothing is saved."""
+    kernel's hand-written backward when anything needs a gradient; otherwise nothing is saved.
+    Under a torch.func transform, plain differentiable ops (:func:`differentiable_layer`)."""
+    if torch._C._are_functorch_transforms_active():
+        return differentiable_layer(spec, rows, state0, params)
     if torch.is_grad_enabled() and any(t.requires_grad for t in [rows, *state0, *params]):
         out, *finals = LayerFunction.apply(spec, rows, len(state0), *state0, *params)
         return out, finals

@@ -74,7 +74,7 @@ def eager_layer(
 ) -> Tuple[Tensor, List[Tensor]]:
     """One layer on ``backend``'s kernels, from Python (autograd Functions cannot run in TorchScript)."""
     kernel = KINDS[spec.mode].kernel(backend)
-    layer = LayerSpec(kernel, spec.directions, spec.bias, spec.proj, spec.fold_bias, batch_sizes, reverse)
+    layer = LayerSpec(spec.mode, kernel, spec.directions, spec.bias, spec.proj, spec.fold_bias, batch_sizes, reverse)
     return run_layer(layer, rows, state0, params)
 
 
