@@ -126,11 +126,9 @@ def differentiable_layer(
     ``spec.kernel`` is, with TorchScript's optimisations off, so that autograd records every op one by
     one: the optimised executor's autodiff graphs are opaque to torch.func (torch.func.hessian gave
     wrong numbers through them, jacrev of jacrev an error)."""
-    kernel = KINDS[spec.mode].kernel("torchscript")
+    torchscript = spec._replace(kernel=KINDS[spec.mode].kernel("torchscript"))
     with torch.jit.optimized_execution(False) if JIT_ENABLED else nullcontext():
-        w_ih, w_hh, b_ih, b_hh, extra = stack_weights(params, spec.directions, spec.bias, spec.proj, spec.fold_bias)
-        gi = gate_inputs(per_direction(rows, spec.reverse), w_ih, b_ih)
-        hs, finals, _ = kernel.forward(gi, state0, w_hh.transpose(1, 2), b_hh, extra, spec.batch_sizes, False)
+        hs, finals, _, _ = _layer_forward(torchscript, rows, state0, params, save=False)
     if spec.reverse is None:
         return hs[0], finals
     # join_directions writes into a new tensor in place, which vmap cannot batch. The reverse index is
