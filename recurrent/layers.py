@@ -376,12 +376,7 @@ class LSTM(RNNBase):
     ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
         if not torch.jit.is_scripting() and isinstance(input, PackedSequence):
             return self.forward_packed(input, hx)
-        states: Optional[List[Tensor]] = None
-        if not torch.jit.is_scripting():
-            states = self._eager_states(hx, input)
-        elif hx is not None:
-            states = [hx[0], hx[1]]
-        output, finals = self._run(input, states)
+        output, finals = self._run(input, self._state_list(hx, input))
         return output, (finals[0], finals[1])
 
     @torch.jit.export
@@ -389,13 +384,17 @@ class LSTM(RNNBase):
         self, input: PackedSequence, hx: Optional[Tuple[Tensor, Tensor]] = None
     ) -> Tuple[PackedSequence, Tuple[Tensor, Tensor]]:
         """forward for a PackedSequence; what a scripted module calls (eager forward dispatches here)."""
-        states: Optional[List[Tensor]] = None
-        if not torch.jit.is_scripting():
-            states = self._eager_states(hx, None)
-        elif hx is not None:
-            states = [hx[0], hx[1]]
-        packed, finals = self._run_packed(input, states)
+        packed, finals = self._run_packed(input, self._state_list(hx, None))
         return packed, (finals[0], finals[1])
+
+    def _state_list(self, hx: Optional[Tuple[Tensor, Tensor]], input: Optional[Tensor]) -> Optional[List[Tensor]]:
+        """hx as [h0, c0] (None when not given); in eager mode checked as :meth:`_eager_states` says.
+        ``input`` is the padded input, None for a PackedSequence."""
+        if not torch.jit.is_scripting():
+            return self._eager_states(hx, input)
+        if hx is None:
+            return None
+        return [hx[0], hx[1]]
 
     @torch.jit.unused
     def _eager_states(self, hx, input: Optional[Tensor]) -> Optional[List[Tensor]]:
