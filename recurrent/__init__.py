@@ -1,6 +1,7 @@
 """recurrent: recurrent layers with explicit gate math, torch.nn's API and numbers, and a fast path."""
 from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN, backend_for
+from .custom import CustomCell, CustomRNN
 
-__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "backend_for"]
+__all__ = ["CustomCell", "CustomRNN", "GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "backend_for"]
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ differentiates op by op when scripted.
 
 import math
 import warnings
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -51,7 +51,13 @@ class RNNBase(nn.Module):
         proj_size: int = 0,
         device=None,
         dtype=None,
+        *,
+        gates: Optional[int] = None,
+        extra_params: Sequence[Tuple[str, Tuple[int, ...]]] = (),
     ) -> None:
+        """``gates`` (default: the registered kind's) and ``extra_params`` ((name, shape) per
+        layer-direction, registered after torch.nn's own) are for layers of custom cells
+        (:class:`recurrent.CustomRNN`); the built-in kinds take them from their registry entry."""
         super().__init__()
         checks.check_sizes(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
         checks.check_proj_size(proj_size, hidden_size)
@@ -65,7 +71,8 @@ class RNNBase(nn.Module):
                 stacklevel=3,
             )
         self.mode = mode
-        self._fold_bias = kernels.KINDS[mode].folds_bias
+        # A custom cell gets gi and gh apart, so its b_hh never folds into the input projection.
+        self._fold_bias = kernels.KINDS[mode].folds_bias if gates is None else False
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -76,7 +83,7 @@ class RNNBase(nn.Module):
         self.proj_size = proj_size
 
         directions = 2 if bidirectional else 1
-        gate_size = kernels.KINDS[mode].gates * hidden_size
+        gate_size = (kernels.KINDS[mode].gates if gates is None else gates) * hidden_size
         output_size = proj_size or hidden_size
         factory = {"device": device, "dtype": dtype}
         self._flat_weights_names: List[str] = []
@@ -86,6 +93,7 @@ class RNNBase(nn.Module):
             for direction in range(directions):
                 suffix = "_reverse" if direction == 1 else ""
                 shapes = kernels.layer_param_shapes(bias, gate_size, layer_input, hidden_size, output_size, proj_size)
+                shapes += list(extra_params)
                 names = []
                 for kind, shape in shapes:
                     name = f"{kind}_l{layer}{suffix}"
@@ -410,10 +418,10 @@ class LSTM(RNNBase):
                 checked_input, states, weights = self._eager_arguments(input, [hx[0], hx[1]])
                 self._checked(checked_input, states, weights[0])
             raise TypeError(
-                f"LSTM takes hx as a tuple (h0, c0) of two tensors, got a single Tensor of shape {list(hx.size())}"
+                f"{type(self).__name__} takes hx as a tuple (h0, c0) of two tensors, got a single Tensor of shape {list(hx.size())}"
             )
         if isinstance(hx, (tuple, list)) and len(hx) != 2:
-            message = f"LSTM expects two hidden states (h0, c0), got a {type(hx).__name__} of {len(hx)}"
+            message = f"{type(self).__name__} expects two hidden states (h0, c0), got a {type(hx).__name__} of {len(hx)}"
             raise RuntimeError(message) if len(hx) > 2 else IndexError(message)
         return [hx[0], hx[1]]
 
@@ -427,6 +435,8 @@ def backend_for(layer: RNNBase, input: Union[Tensor, PackedSequence]) -> str:
     ``"torchscript"`` (``RECURRENT_BACKEND`` and the rules in :mod:`recurrent.kernels.dispatch`).
     Raises as the call would where ``RECURRENT_BACKEND=triton`` cannot be honoured. A scripted
     module always runs the TorchScript loop."""
+    if layer.mode not in kernels.KINDS:  # a custom cell (recurrent.CustomRNN): always the TorchScript loop
+        return "torchscript"
     data = input.data if isinstance(input, PackedSequence) else input
     dtype = _amp.autocast_dtype(data.device) or data.dtype
     return kernels.select_backend(layer.mode, data.device, dtype, layer.hidden_size)
