@@ -12,6 +12,10 @@ Contenders, all built from the same weights (torch.nn's state_dict loaded into o
   scripted     torch.jit.script(our layer): a TorchScript loop that autograd differentiates
   recurrent+graph  (CUDA, fp32) our default layer captured in CUDA graphs (make_graphed_callables
                for fwd+bwd)
+  custom cell  (GRU shapes) torch.nn's GRU step written as a recurrent.CustomCell (GRUMath below),
+               run by recurrent.CustomRNN: its TorchScript loop, gradients by autograd
+  custom cell, Python loop  (GRU shapes, padded) the same GRUMath.step called from a plain Python
+               loop over layers, directions and time steps
 Our layer's contenders set RECURRENT_BACKEND around each call (the library reads it on every
 call; the backward follows the forward's backend), so the shell's setting does not leak in.
 Modes: inference (forward under no_grad) and fwd+bwd (backward into every parameter and the
@@ -38,7 +42,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -106,7 +110,8 @@ CUDA_MODES = list(MODES)
 REFERENCE = "torch.nn"
 TORCHSCRIPT, TRITON = "recurrent (TorchScript)", "recurrent (Triton)"
 # The table order of the contenders.
-CONTENDERS = [REFERENCE, "recurrent", TORCHSCRIPT, TRITON, "eager cells", "scripted", "recurrent+graph"]
+CUSTOM, CUSTOM_LOOP = "custom cell", "custom cell, Python loop"
+CONTENDERS = [REFERENCE, "recurrent", TORCHSCRIPT, TRITON, "eager cells", "scripted", "recurrent+graph", CUSTOM, CUSTOM_LOOP]
 WARMUP = 3
 WARMUP_SCRIPTED = 10  # the profiling executor records shapes on the first calls, then optimises
 # cuDNN's kernels sum in another order than cuBLAS GEMMs + pointwise ops, which drifts over L steps.
@@ -176,6 +181,48 @@ class CellLoop(nn.Module):
             x = torch.cat(outs, -1) if self.dirs > 1 else outs[0]
         if self.lstm:
             return x, (torch.stack([h for h, _ in last]), torch.stack([c for _, c in last]))
+        return x, torch.stack(last)
+
+
+class GRUMath(recurrent.CustomCell):
+    """torch.nn's GRU step as a user would write it for recurrent.CustomRNN (gradients by autograd)."""
+
+    gates = 3
+
+    def step(self, gi: Tensor, gh: Tensor, state: List[Tensor], params: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+        i_r, i_z, i_n = gi.chunk(3, -1)
+        h_r, h_z, h_n = gh.chunk(3, -1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        h = n + z * (state[0] - n)
+        return h, [h]
+
+
+class CustomCellLoop(nn.Module):
+    """A CustomRNN's function with its cell's step called from a plain Python loop (padded input)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        layer, dirs = self.layer, 2 if self.layer.bidirectional else 1
+        last = []
+        for k in range(layer.num_layers):
+            outs = []
+            for d in range(dirs):
+                suffix = f"_l{k}" + ("_reverse" if d else "")
+                w_ih, w_hh, b_ih, b_hh = (getattr(layer, n + suffix) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                gi = torch.addmm(b_ih, x.flatten(0, 1), w_ih.t()).view(x.size(0), x.size(1), -1)
+                h = x.new_zeros(x.size(1), layer.hidden_size)
+                ys: list[Tensor] = [h] * x.size(0)
+                for t in range(x.size(0) - 1, -1, -1) if d else range(x.size(0)):
+                    h, _ = layer.cell.step(gi[t], torch.addmm(b_hh, h, w_hh.t()), [h], [])
+                    ys[t] = h
+                outs.append(torch.stack(ys))
+                last.append(h)
+            x = torch.cat(outs, -1) if dirs > 1 else outs[0]
         return x, torch.stack(last)
 
 
@@ -262,6 +309,16 @@ def build(shape: Shape, device: torch.device) -> tuple[dict[str, nn.Module], dic
             models["scripted"] = torch.jit.script(ours())
     except Exception as e:  # noqa: BLE001 - reported in the results instead
         failed["scripted"] = reason(e)
+    if shape.kind == "gru":
+        custom = recurrent.CustomRNN(GRUMath(), *args, num_layers=shape.layers, bidirectional=shape.bidirectional)
+        custom.load_state_dict(ref.state_dict())
+        models[CUSTOM] = custom.to(device)
+        if shape.packed:
+            failed[CUSTOM_LOOP] = "n/a: the Python loop has no packed path"
+        else:
+            models[CUSTOM_LOOP] = CustomCellLoop(custom).to(device)
+    else:
+        failed[CUSTOM] = failed[CUSTOM_LOOP] = "n/a: the custom cell is timed on GRU shapes"
     if device.type == "cuda" and shape.packed:
         failed["recurrent+graph"] = "n/a: packed input is not graph-captured"
     elif device.type == "cuda":
