@@ -82,7 +82,7 @@ def check_dtype(name: str, tensor: Tensor, weight: Tensor) -> None:
     if tensor.dtype != weight.dtype:
         raise ValueError(
             f"{name} dtype ({tensor.dtype}) does not match weight dtype ({weight.dtype}). "
-            f"Convert {name}: .to({weight.dtype}), or convert the model: model.to({tensor.dtype})"
+            f"Convert {name}: {name}.to({weight.dtype}), or convert model: model.to({tensor.dtype})"
         )
 
 
@@ -125,7 +125,11 @@ def check_hidden_dim(name: str, hx: Tensor, batched: bool, packed: bool = False)
 
 def check_layer_features(input: Tensor, input_size: int, weight: Tensor) -> None:
     """A layer's input (padded, unbatched or a PackedSequence's data): dtype, then size, then device."""
-    check_dtype("input", input, weight)
+    if input.dtype != weight.dtype:  # torch.nn's words, which users search for
+        raise ValueError(
+            f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). "
+            f"Convert input: input.to({weight.dtype}), or convert model: model.to({input.dtype})"
+        )
     if input.size(-1) != input_size:
         raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {input_size}, got {input.size(-1)}")
     check_device("input", input, weight)
@@ -170,7 +174,8 @@ def check_cell_dims(input: Tensor, states: List[Optional[Tensor]], names: List[s
         raise ValueError(f"Expected input to be 1D or 2D, got {input.dim()}D instead")
     for hx, name in zip(states, names):
         if hx is not None and hx.dim() not in (1, 2):
-            raise ValueError(f"Expected {name} to be 1D or 2D, got {hx.dim()}D instead")
+            # torch.nn's words: a one-state cell's hx is "hidden" here
+            raise ValueError(f"Expected {'hidden' if name == 'hx' else name} to be 1D or 2D, got {hx.dim()}D instead")
 
 
 def check_cell_features(input: Tensor, input_size: int) -> None:

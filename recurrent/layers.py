@@ -107,7 +107,8 @@ class RNNBase(nn.Module):
     # -- parameters ---------------------------------------------------------------------------
     def _init_flat_weights(self) -> None:
         # The list a scripted module reads its weights from (TorchScript cannot getattr by name).
-        self._flat_weights: List[Tensor] = [getattr(self, name) for name in self._flat_weights_names]
+        # A deleted weight is None, as in torch.nn, so the module still converts (e.g. .double()).
+        self._flat_weights: List[Tensor] = [getattr(self, name, None) for name in self._flat_weights_names]
 
     def __setattr__(self, name: str, value) -> None:
         if name in self.__dict__.get("_flat_weights_names", ()) and "_flat_weights" in self.__dict__:
@@ -138,8 +139,6 @@ class RNNBase(nn.Module):
             s += ", proj_size={proj_size}"
         if self.num_layers != 1:
             s += ", num_layers={num_layers}"
-        if getattr(self, "nonlinearity", "tanh") != "tanh":
-            s += ", nonlinearity={nonlinearity}"
         if self.bias is not True:
             s += ", bias={bias}"
         if self.batch_first is not False:

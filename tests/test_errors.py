@@ -121,7 +121,7 @@ def test_layer_rejects_input_on_other_device_meta():
 BAD_CELL_CALLS = [
     ("wrong feature size", lambda: (torch.randn(2, 5), None), RuntimeError, "Expected 3, got 5 .input has inconsistent input_size"),
     ("3-d input", lambda: (torch.randn(2, 2, 3), None), ValueError, "1D or 2D, got 3D"),
-    ("3-d h", lambda: (torch.randn(2, 3), torch.randn(1, 2, 4)), ValueError, "Expected hx to be 1D or 2D, got 3D"),
+    ("3-d h", lambda: (torch.randn(2, 3), torch.randn(1, 2, 4)), ValueError, "Expected hidden to be 1D or 2D, got 3D"),
     ("h wrong batch", lambda: (torch.randn(2, 3), torch.randn(3, 4)), RuntimeError, re.escape("Expected hx of size [2, 4], got [3, 4]: Input batch size 2 doesn't match hidden0 batch size 3")),
     ("h broadcastable", lambda: (torch.randn(2, 3), torch.randn(1, 4)), RuntimeError, re.escape("got [1, 4]")),
     ("h wrong size", lambda: (torch.randn(3), torch.randn(5)), RuntimeError, re.escape("Expected hx of size [4], got [5]: hidden0 has inconsistent hidden_size")),
