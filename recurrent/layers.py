@@ -281,12 +281,15 @@ class RNNBase(nn.Module):
         """On the TorchScript backend without gradients the whole stack is one TorchScript call;
         otherwise each layer runs from Python on its backend (an autograd Function when gradients are
         needed). Under autocast everything is already in its dtype (see _eager_arguments), so
-        autocast is switched off for the kernels."""
+        autocast is switched off for the kernels. Under a torch.func transform or with forward-AD
+        dual tensors, even without gradients, each layer runs from Python as plain ops
+        (kernels.autograd.needs_plain_ops): TorchScript would fumble the transform's wrapped tensors."""
         spec = self._stack_spec()
         backend = self._backend(rows)
         with _amp.disabled(rows.device):
-            needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in [rows, *state0, *weights])
-            if backend == "torchscript" and not needs_grad:
+            tensors = [rows, *state0, *weights]
+            needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+            if backend == "torchscript" and not needs_grad and not kernels.autograd.needs_plain_ops(tensors):
                 return kernels.run_stack(spec, rows, batch_sizes, state0, weights, "")
             return kernels.stack_layers(spec, rows, batch_sizes, state0, weights, backend)
 

@@ -22,12 +22,17 @@ TorchScript forward kernel, run unoptimised so that autograd and torch.func see 
   with gradients batched by vmap (``autograd.grad(is_grads_batched=True)``, ``gradcheck``'s
   ``check_batched_grad``, ``autograd.functional.jacobian(vectorize=True)``) recomputes the layer's
   forward from the saved inputs and returns ``autograd.grad`` of it;
-- under a torch.func transform (``grad``, ``vmap``, ``jacrev``, ``hessian``, ...) the layer runs
-  as those ops from the start: no autograd.Function, so there is nothing for torch.func to refuse.
+- under a torch.func transform (``grad``, ``vmap``, ``jacrev``, ``hessian``, ``jvp``, ...) the layer
+  runs as those ops from the start: no autograd.Function, so there is nothing for torch.func to
+  refuse. Likewise with grad mode off (the no-grad TorchScript stack would run functorch's wrapped
+  tensors through TorchScript, whose in-place joins vmap cannot batch);
+- with ``torch.autograd.forward_ad`` dual tensors among the layer's inputs (input rows, initial
+  states or weights; grad mode on or off), also as those ops from the start: the hand-written
+  kernels have no forward derivative, the plain ops each have theirs.
 
 A plain first-order backward runs the hand-written kernels exactly as before; all that path gains
 is the layer's inputs among the saved tensors and a few flag checks (grad mode, batched gradients,
-an active torch.func transform).
+an active torch.func transform, an open forward-AD dual level).
 """
 from __future__ import annotations
 
@@ -163,11 +168,31 @@ def _autograd_backward(ctx, grad_out: Tensor, grad_finals: Tuple[Tensor, ...]) -
     return (None, grads[0], None, *grads[1:])
 
 
+# Read on every call: the module rebinds it as dual levels open (-1: none open). Forward AD's only
+# Python-side state; a tensor's tangent is only looked for while a level is open.
+_forward_ad = torch.autograd.forward_ad
+
+
+def _has_tangent(tensors: List[Tensor]) -> bool:
+    """Whether any of ``tensors`` is a forward-AD dual tensor at the open dual level (None open: False)."""
+    return _forward_ad._current_level >= 0 and any(_forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def needs_plain_ops(tensors: List[Tensor]) -> bool:
+    """Whether a layer over ``tensors`` must run as plain ops (:func:`differentiable_layer`), neither
+    the hand-written kernels nor the no-grad TorchScript stack: under a torch.func transform, or with
+    forward-AD dual tensors among them. Two flag checks when neither."""
+    return torch._C._are_functorch_transforms_active() or _has_tangent(tensors)
+
+
 def run_layer(spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
     """One layer, all directions: (output rows (T, D·H), final states). Differentiable by the
     kernel's hand-written backward when anything needs a gradient; otherwise nothing is saved.
-    Under a torch.func transform, plain differentiable ops (:func:`differentiable_layer`)."""
-    if torch._C._are_functorch_transforms_active():
+    Under a torch.func transform or with forward-AD dual inputs, plain differentiable ops
+    (:func:`differentiable_layer`)."""
+    if torch._C._are_functorch_transforms_active() or (
+        _forward_ad._current_level >= 0 and _has_tangent([rows, *state0, *params])
+    ):
         return differentiable_layer(spec, rows, state0, params)
     if torch.is_grad_enabled() and any(t.requires_grad for t in [rows, *state0, *params]):
         out, *finals = LayerFunction.apply(spec, rows, len(state0), *state0, *params)

@@ -78,6 +78,22 @@ def eager_layer(
     return run_layer(layer, rows, state0, params)
 
 
+# torch >= 2.0 has it (torch.func's own code uses it); a stand-in keeps the eager path importable.
+_disable_functorch = getattr(torch._C, "_DisableFuncTorch", None)
+
+
+@torch.jit.unused
+def eager_reverse_index(batch_sizes: List[int], device: torch.device) -> Tensor:
+    """:func:`.common.reverse_index` for the eager path, built with torch.func's transforms switched off.
+    It depends on batch_sizes alone, but inside a transform TorchScript's ``torch.tensor`` would make
+    a functorch wrapper and fail filling it ("Cannot access data pointer of Tensor that doesn't have
+    storage": torch.func over packed bidirectional input). A plain index serves every transform."""
+    if _disable_functorch is None or not torch._C._are_functorch_transforms_active():
+        return reverse_index(batch_sizes, device)
+    with _disable_functorch():
+        return reverse_index(batch_sizes, device)
+
+
 def stack_layers(
     spec: StackSpec, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor],
     eager_backend: str,
@@ -87,7 +103,12 @@ def stack_layers(
     TorchScript, else the backend each layer runs on from Python."""
     directions = spec.directions
     per_layer = len(weights) // spec.num_layers
-    reverse: Optional[Tensor] = reverse_index(batch_sizes, rows.device) if directions == 2 else None
+    reverse: Optional[Tensor] = None
+    if directions == 2:
+        if eager_backend != "" and not torch.jit.is_scripting():
+            reverse = eager_reverse_index(batch_sizes, rows.device)
+        else:
+            reverse = reverse_index(batch_sizes, rows.device)
     finals: List[List[Tensor]] = [[] for _ in state0]
     for layer in range(spec.num_layers):
         mine = [s[layer * directions : (layer + 1) * directions] for s in state0]
