@@ -2,6 +2,7 @@
 from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN, backend_for
 from .custom import CustomCell, CustomRNN
+from .recording import record_gates
 
-__all__ = ["CustomCell", "CustomRNN", "GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "backend_for"]
+__all__ = ["CustomCell", "CustomRNN", "GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "backend_for", "record_gates"]
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from .. import recording
 from .._jit import script
 from .autograd import LayerSpec, gate_inputs, run_layer
 from .common import join_directions, per_direction, reverse_index
@@ -75,7 +76,10 @@ def eager_layer(
     """One layer on ``backend``'s kernels, from Python (autograd Functions cannot run in TorchScript)."""
     kernel = KINDS[spec.mode].kernel(backend)
     layer = LayerSpec(spec.mode, kernel, spec.directions, spec.bias, spec.proj, spec.fold_bias, batch_sizes, reverse)
-    return run_layer(layer, rows, state0, params)
+    result = run_layer(layer, rows, state0, params)
+    if recording.OPEN:
+        recording.capture(layer, rows, state0, params)
+    return result
 
 
 # torch >= 2.0 has it (torch.func's own code uses it); a stand-in keeps the eager path importable.
