@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from . import kernels
 from ._jit import JIT_ENABLED, script
-from .kernels.autograd import _batched
+from .kernels.autograd import _batched, needs_plain_ops
+from .kernels.stack import eager_reverse_index
 from .kernels.common import carry_rows, hidden_product, join_directions, per_direction, reverse_index, step_rows
 from .layers import LSTM, RNNBase
 
@@ -278,7 +279,10 @@ class CustomRNN(RNNBase):
         per_layer = len(weights) // self.num_layers
         reverse: Optional[Tensor] = None
         if directions == 2:
-            reverse = reverse_index(batch_sizes, rows.device)
+            if torch.jit.is_scripting():
+                reverse = reverse_index(batch_sizes, rows.device)
+            else:
+                reverse = eager_reverse_index(batch_sizes, rows.device)
         finals: List[List[Tensor]] = [[] for _ in state0]
         for layer in range(self.num_layers):
             mine = [s[layer * directions : (layer + 1) * directions] for s in state0]
@@ -287,9 +291,10 @@ class CustomRNN(RNNBase):
             gi = kernels.gate_inputs(per_direction(rows, reverse), w_ih, b_ih)
             if torch.jit.is_scripting():
                 hs, last, _ = self.loop(gi, mine, w_hh.transpose(1, 2), b_hh, params, batch_sizes, False)
+                rows = join_directions(hs, reverse)
             else:
                 hs, last = self._eager_loop(gi, mine, w_hh, b_hh, params, batch_sizes)
-            rows = join_directions(hs, reverse)
+                rows = self._eager_join(hs, reverse)
             for i, state in enumerate(last):
                 finals[i].append(state)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
@@ -317,12 +322,13 @@ class CustomRNN(RNNBase):
         batch_sizes: List[int],
     ) -> Tuple[Tensor, List[Tensor]]:
         """The loop from Python: compiled by TorchScript, differentiated by autograd through it or by
-        the cell's step_backward; plain Python under torch.func (which cannot see into TorchScript)."""
-        if torch._C._are_functorch_transforms_active():
+        the cell's step_backward; plain Python under torch.func and forward-mode AD (TorchScript's
+        executor hides its ops from the one and can drop the other's tangents)."""
+        tensors = [gi, w_hh, *state0, *params] + ([] if b_hh is None else [b_hh])
+        if needs_plain_ops(tensors):
             hs, finals, _ = self.loop(gi, state0, w_hh.transpose(1, 2), b_hh, params, batch_sizes, False)
             return hs, finals
         loop = self._compiled_loop()
-        tensors = [gi, w_hh, *state0, *params] + ([] if b_hh is None else [b_hh])
         if isinstance(self.loop, SequenceLoopWithBackward) and torch.is_grad_enabled() and any(
             t.requires_grad for t in tensors
         ):
@@ -336,6 +342,14 @@ class CustomRNN(RNNBase):
         with torch.jit.optimized_execution(False):
             hs, finals, _ = loop(gi, state0, w_hh.transpose(1, 2), b_hh, params, batch_sizes, False)
         return hs, finals
+
+    @torch.jit.unused
+    def _eager_join(self, hs: Tensor, reverse: Optional[Tensor]) -> Tensor:
+        if reverse is not None and needs_plain_ops([hs]):
+            # join_directions writes in place, which vmap cannot batch; the reverse index is its own
+            # inverse, so gathering with it puts the second direction back in natural time.
+            return torch.cat([hs[0], hs[1].index_select(0, reverse)], 1)
+        return join_directions(hs, reverse)
 
     @torch.jit.unused
     def _compiled_loop(self) -> nn.Module:

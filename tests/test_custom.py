@@ -324,3 +324,30 @@ def test_no_torchscript_warning_reaches_the_user():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         layer(torch.randn(5, 2, 3))[0].sum().backward()
+
+
+@pytest.mark.parametrize("cell", [GRUMath, GRUMathWithBackward])
+def test_torch_func_and_forward_ad_through_a_custom_layer(cell):
+    """torch.func.grad and vmap over packed bidirectional input, and a forward-AD jvp, equal torch.nn's."""
+    torch.manual_seed(0)
+    reference = nn.GRU(3, 4, bidirectional=True, dtype=torch.float64)
+    ours = CustomRNN(cell(), 3, 4, bidirectional=True, dtype=torch.float64)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    packed = pack_padded_sequence(x, torch.tensor([2, 5, 3]), enforce_sorted=False)
+
+    def loss(module, data):
+        return (module(packed._replace(data=data))[0].data ** 2).sum()
+
+    expected = torch.autograd.grad(loss(reference, packed.data.requires_grad_()), packed.data)[0]
+    packed.data.requires_grad_(False)
+    torch.testing.assert_close(torch.func.grad(lambda d: loss(ours, d))(packed.data), expected)
+    xs = torch.randn(2, 5, 3, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.func.vmap(lambda s: ours(s)[0])(xs), torch.stack([reference(s)[0] for s in xs]))
+    tangent = torch.randn_like(x)
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        expected_t = fwAD.unpack_dual(reference(fwAD.make_dual(x, tangent))[0]).tangent
+        actual_t = fwAD.unpack_dual(ours(fwAD.make_dual(x, tangent))[0]).tangent
+    torch.testing.assert_close(actual_t, expected_t)
