@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils.data.distributed import DistributedSampler
 from torchvision.datasets import FashionMNIST
 
 from experiments.files import atomic_file
@@ -160,3 +161,13 @@ def load_splits(data_dir: Path, limit: int | None = None, cache_dir: Path = CACH
 def batches(n: int, batch_size: int, generator: torch.Generator) -> tuple[Tensor, ...]:
     """One epoch's shuffled index batches; the last one may be short, like DataLoader(drop_last=False)."""
     return torch.randperm(n, generator=generator).split(batch_size)
+
+
+def rank_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int) -> tuple[Tensor, ...]:
+    """One epoch's index batches for process `rank` of `world_size`, as DistributedSampler deals them:
+    the shuffle depends on (seed, epoch) alone, so every process sees the same permutation and takes
+    every world_size-th index of it. When world_size does not divide n, the first few indices repeat
+    so that every process gets ceil(n / world_size) and all take the same number of steps."""
+    sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)  # a new order each epoch
+    return torch.tensor(list(sampler), dtype=torch.int64).split(batch_size)

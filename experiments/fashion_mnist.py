@@ -1,15 +1,21 @@
-"""Train one model on Fashion-MNIST: python -m experiments.fashion_mnist --model gru --impl recurrent."""
+"""Train one model on Fashion-MNIST: python -m experiments.fashion_mnist --model gru --impl recurrent.
+Under torchrun (torchrun --nproc_per_node=N -m experiments.fashion_mnist ...) the N processes train one
+model with DistributedDataParallel; recipe batch_size is per process."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from experiments import data
-from experiments.models import IMPLS, RECIPES, override
+from experiments.models import IMPLS, RECIPES, check_impl, override
 from experiments.train import ResumeError, RunSpec, run, run_name
 
 RUNS_DIR = data.REPO / "experiments" / "runs"
@@ -53,6 +59,41 @@ def check_device(p: argparse.ArgumentParser, device: str) -> None:
         p.error("--device cuda was asked for but torch sees no CUDA device")
 
 
+def torchrun_world() -> tuple[int, int, int]:
+    """The number of processes, this one's rank and its rank on this node, from the variables torchrun
+    sets; (1, 0, 0) otherwise. torchrun --nproc_per_node=1 runs as a plain single process would."""
+    env = os.environ
+    return int(env.get("WORLD_SIZE", "1")), int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0"))
+
+
+def process_device(p: argparse.ArgumentParser, device: str, local_rank: int) -> str:
+    """The device of one torchrun process: the CPU, or the GPU cuda:LOCAL_RANK (one GPU per process)."""
+    if torch.device(device).type == "cpu":
+        return "cpu"
+    if device != "cuda":
+        p.error(f"under torchrun pass --device cuda (each process takes cuda:LOCAL_RANK) or cpu, got {device!r}")
+    if local_rank >= torch.cuda.device_count():
+        p.error(f"torchrun started local rank {local_rank} but torch sees {torch.cuda.device_count()} CUDA "
+                f"device(s): start at most that many processes per node, or pass --device cpu")
+    return f"cuda:{local_rank}"
+
+
+@contextmanager
+def process_group(world_size: int, device: str) -> Iterator[None]:
+    """Join the torchrun job's process group (env:// rendezvous from torchrun's variables): nccl between
+    GPUs, gloo on CPUs; leave it on the way out. A single process needs none."""
+    if world_size == 1:
+        yield
+        return
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(device)  # nccl's collectives run on the current device
+    dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
 def data_dir_and_origin(arg: Path | None) -> tuple[Path, str]:
     """The data dir to read and what chose it: --data-dir if given, else data.default_data_dir()."""
     return (arg, "--data-dir") if arg is not None else data.default_data_dir()
@@ -85,21 +126,27 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(p)
     args = p.parse_args(argv)
     check_device(p, args.device)
+    world_size, rank, local_rank = torchrun_world()
+    device = process_device(p, args.device, local_rank) if world_size > 1 else args.device
 
     try:
         recipe = override(RECIPES[args.model], args.set + ([f"epochs={args.epochs}"] if args.epochs else []))
+        check_impl(recipe, args.impl, args.model)  # lngru: --impl recurrent only
     except ValueError as e:
         p.error(str(e))
     data_dir, origin = data_dir_and_origin(args.data_dir)
     spec = RunSpec(model=args.model, impl=args.impl, seed=args.seed, recipe=recipe, limit=args.limit,
-                   device=args.device, threads=args.threads, data_dir=str(data_dir))
+                   device=device, threads=args.threads, data_dir=str(data_dir), world_size=world_size)
     out = args.out or RUNS_DIR / run_name(spec)
     try:
-        metrics = run(spec, out, resume=args.resume, stop_after=args.stop_after)
+        with process_group(world_size, device):
+            metrics = run(spec, out, resume=args.resume, stop_after=args.stop_after)
     except data.DataError as e:
         return fail(data_error_message(e, origin))
     except (FileExistsError, ResumeError) as e:
         return fail(str(e))
+    if rank != 0:  # rank 0 reports for the whole job
+        return 0
     if metrics["complete"]:
         print(f"{args.model}/{args.impl} seed {args.seed}: best epoch {metrics['best_epoch']}, "
               f"test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f} "

@@ -1,4 +1,4 @@
-"""Learning-curve and confusion-matrix figures (Agg backend: no display needed)."""
+"""Learning-curve, confusion-matrix and gate figures (Agg backend: no display needed)."""
 
 from __future__ import annotations
 
@@ -58,5 +58,35 @@ def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Pat
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label="share of the true class")
     fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def gates(means: Sequence[Sequence[Sequence[Sequence[float | None]]]], classes: Sequence[str], path: Path,
+          title: str, gate: str = "z") -> None:
+    """Heatmaps of a gate's mean activation, `means[layer][direction][class][time step]` (None: no
+    images): one panel per layer (and direction), classes down, image rows (time steps) across, one
+    colour scale and colour bar for all panels."""
+    panels = [(layer, direction, grid) for layer, per_layer in enumerate(means)
+              for direction, grid in enumerate(per_layer)]
+    directions = len(means[0]) if means else 1
+    values = [v for _, _, grid in panels for row in grid for v in row if v is not None]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.2 + 5.2 * len(panels), 4.6), squeeze=False,
+                             sharey=True, layout="constrained")
+    image = None
+    for ax, (layer, direction, grid) in zip(axes[0], panels):
+        shown = [[float("nan") if v is None else v for v in row] for row in grid]
+        image = ax.imshow(shown, cmap="viridis", vmin=low, vmax=high, aspect="auto", interpolation="nearest")
+        steps = len(grid[0]) if grid else 0
+        ticks = [t for t in range(steps) if t == 0 or (t + 1) % 4 == 0]
+        ax.set_xticks(ticks, [str(t + 1) for t in ticks])
+        ax.set_xlabel("image row (time step)")
+        ax.set_yticks(range(len(classes)), classes)
+        name = f"layer {layer + 1}" + ((" forward", " reverse")[direction] if directions == 2 else "")
+        ax.set_title(name)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes[0]), label=f"mean {gate} (over units and images)")
+    fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -1,5 +1,7 @@
-"""Run the report's grid ({rnn, gru} x {recurrent, torch} x seeds, plus our stronger model) and
-summarise it in experiments/results/: python -m experiments.reproduce [--skip-existing]."""
+"""Run the report's grid ({rnn, gru} x {recurrent, torch} x seeds, the LayerNorm GRU (lngru, recurrent
+only) x seeds, plus our stronger model) and summarise it in experiments/results/:
+python -m experiments.reproduce [--skip-existing]. The summary keeps the previous summary.json's runs
+whose folders are not under --out-root (--fresh: only the run folders found)."""
 
 from __future__ import annotations
 
@@ -14,13 +16,14 @@ from experiments import data
 from experiments.fashion_mnist import (
     RUNS_DIR, add_common_args, check_device, data_dir_and_origin, data_error_message, fail, non_negative,
 )
-from experiments.models import IMPLS, RECIPES, override
+from experiments.models import IMPLS, RECIPES, impls_for, override
 from experiments.summary import RESULTS_DIR, load_finished, same_settings, summarize
 from experiments.train import ResumeError, RunSpec, run, run_name
 
 
 def grid(args: argparse.Namespace, data_dir: Path) -> list[RunSpec]:
-    cells = [(m, i, s) for m in args.models for i in args.impls for s in args.seeds]
+    # A model runs with the asked-for impls it has (lngru: recurrent alone; torch.nn has no LayerNorm GRU).
+    cells = [(m, i, s) for m in args.models for i in args.impls if i in impls_for(RECIPES[m]) for s in args.seeds]
     cells += [(m, "recurrent", s) for m in args.strong for s in args.strong_seeds]
     epochs = [f"epochs={args.epochs}"] if args.epochs else []
     return [RunSpec(model=m, impl=i, seed=s, recipe=override(RECIPES[m], epochs), limit=args.limit,
@@ -43,7 +46,8 @@ def run_grid(specs: list[RunSpec], out_root: Path, skip_existing: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__)
-    p.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=["rnn", "gru"])
+    p.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=["rnn", "gru", "lngru"],
+                   help="each with each of --impls that it has (lngru: recurrent only)")
     p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
     p.add_argument("--seeds", nargs="+", type=non_negative, default=[0, 1, 2])
     p.add_argument("--strong", nargs="*", choices=sorted(RECIPES), default=["bigru"],
@@ -55,12 +59,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="reuse finished runs with the same settings, resume interrupted ones")
     p.add_argument("--summarize-only", action="store_true",
                    help="train nothing; summarise the finished runs under --out-root (from any device)")
+    p.add_argument("--fresh", action="store_true",
+                   help="summarise only the run folders under --out-root: drop the records of the previous "
+                   "summary.json whose folders are not there (kept by default)")
     add_common_args(p)
     args = p.parse_args(argv)
     check_device(p, args.device)
 
     data_dir, origin = data_dir_and_origin(args.data_dir)
     specs = grid(args, data_dir)
+    for m in args.models:
+        if not set(args.impls) & set(impls_for(RECIPES[m])):
+            print(f"note: {m} runs only with --impls {' '.join(impls_for(RECIPES[m]))}; left out", file=sys.stderr)
+    if not specs:
+        p.error("no runs in this grid")
     if not args.summarize_only:
         try:
             run_grid(specs, args.out_root, args.skip_existing)
@@ -71,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         except ResumeError as e:
             return fail(str(e))
     command = shlex.join(["python", "-m", "experiments.reproduce", *(sys.argv[1:] if argv is None else argv)])
-    summarize(specs, args.out_root, args.results, command)
+    summarize(specs, args.out_root, args.results, command, fresh=args.fresh)
     print(f"wrote {args.results / 'summary.md'} and summary.json", file=sys.stderr)
     return 0
 

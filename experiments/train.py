@@ -14,17 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from experiments import data, plots
+from experiments import data, gates, plots
 from experiments.files import atomic_write, write_json
 from experiments.models import N_CLASSES, Recipe, build_model
 
 EVAL_BATCH = 1000  # evaluation batch size: only speed depends on it
 REPORT_BATCH = 128  # the report's test loss is a sum of per-batch means over batches of 128
 DROPOUT_SEED_OFFSET = 1_000_003  # training randomness must not replay the weight initialisation's stream
+# Rank r of a torchrun job draws augmentations and dropout masks as seed + r * RANK_SEED_STRIDE would:
+# its own, and rank 0's are those of a single-process run.
+RANK_SEED_STRIDE = 1_000_000_007
 LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.json"
 # Settings that may change when resuming; everything else must match the checkpoint.
 RESUMABLE_CHANGES = {"device", "threads", "data_dir"}
@@ -40,6 +45,8 @@ class RunSpec:
     device: str
     threads: int
     data_dir: str
+    # Processes of a torchrun (DistributedDataParallel) job; recipe.batch_size is per process.
+    world_size: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -52,7 +59,19 @@ class ResumeError(ValueError):
 def run_name(spec: RunSpec) -> str:
     """Run folder name; the device type is part of it so that runs from several machines can sit together."""
     limit = f"-limit{spec.limit}" if spec.limit else ""
-    return f"{spec.model}-{spec.impl}-seed{spec.seed}-{torch.device(spec.device).type}{limit}"
+    processes = f"-ddp{spec.world_size}" if spec.world_size > 1 else ""
+    return f"{spec.model}-{spec.impl}-seed{spec.seed}-{torch.device(spec.device).type}{processes}{limit}"
+
+
+def world() -> tuple[int, int]:
+    """This process's rank and the number of processes: from the process group that the CLI sets up
+    under torchrun; (0, 1) in a single-process run."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def progress_off() -> bool | None:
+    """tqdm's `disable`: None shows bars on a terminal; only rank 0 shows them, not one per process."""
+    return None if world()[0] == 0 else True
 
 
 def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
@@ -108,16 +127,28 @@ def predict(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat(losses), torch.cat(preds)
 
 
+def epoch_batches(spec: RunSpec, n: int, generator: torch.Generator, epoch: int) -> tuple[Tensor, ...]:
+    """This process's index batches for one epoch: a single process shuffles all `n` with the batch
+    generator; under torchrun each rank takes its share as DistributedSampler deals it."""
+    rank, world_size = world()
+    if world_size == 1:
+        return data.batches(n, spec.recipe.batch_size, generator)
+    return data.rank_batches(n, spec.recipe.batch_size, spec.seed, epoch, rank, world_size)
+
+
 def train_epoch(
-    model: nn.Module, splits: data.Splits, r: Recipe, optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator, desc: str,
+    model: nn.Module, splits: data.Splits, batches: tuple[Tensor, ...], r: Recipe,
+    optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator, desc: str,
 ) -> tuple[float, float]:
-    """One pass over the training set; mean loss and accuracy, measured on the fly (dropout on)."""
+    """One pass over `batches` of the training set; mean loss and accuracy, measured on the fly (dropout
+    on). Under torchrun `model` is the DistributedDataParallel wrapper (its backward averages the
+    gradients across processes), and the numbers are those of all processes' batches together."""
     model.train()
     total_loss = torch.zeros((), dtype=torch.float64, device=splits.train_x.device)
     correct = torch.zeros((), dtype=torch.int64, device=splits.train_x.device)
-    n = len(splits.train_y)
-    for idx in tqdm(data.batches(n, r.batch_size, generator), desc=desc, leave=False, disable=None):
+    n = sum(len(idx) for idx in batches)
+    for idx in tqdm(batches, desc=desc, leave=False, disable=progress_off()):
         idx = idx.to(splits.train_x.device)
         x, y = splits.train_x[idx], splits.train_y[idx]
         if r.augment:
@@ -133,6 +164,11 @@ def train_epoch(
         # Accumulate on the device: no host sync per batch.
         total_loss += loss.detach().double() * len(y)
         correct += (logits.argmax(1) == y).sum()
+    if dist.is_initialized():  # the whole training set's numbers, not only this process's share
+        sums = torch.stack((total_loss, correct.double(), total_loss.new_tensor(n)))
+        dist.all_reduce(sums)
+        loss_sum, correct_sum, n_sum = sums.tolist()
+        return loss_sum / n_sum, correct_sum / n_sum
     return total_loss.item() / n, correct.item() / n
 
 
@@ -157,6 +193,9 @@ def _flat(spec: dict[str, Any]) -> dict[str, Any]:
 
 def check_resumable(saved: dict[str, Any], spec: RunSpec) -> None:
     old, new = _flat(saved), _flat(spec.as_dict())
+    # A checkpoint from before a setting existed was made with its default (world_size: 1 process).
+    defaults = {f.name: f.default for f in dataclasses.fields(RunSpec) if f.default is not dataclasses.MISSING}
+    old = defaults | old
     diffs = [k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k]]
     # Extending a run is fine when the learning rate does not depend on its length.
     if diffs == ["recipe.epochs"] and spec.recipe.schedule == "constant":
@@ -183,20 +222,28 @@ class Training:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
-    generator: torch.Generator  # batch order and augmentation draws
+    generator: torch.Generator  # augmentation draws, and the batch order of a single-process run
     history: list[dict[str, float]]
     best: dict[str, Any]  # the epoch with the lowest validation loss so far: epoch, val_loss, model state
 
     def checkpoint(self, spec: RunSpec) -> dict[str, Any]:
+        """The last checkpoint's contents. Under torchrun every rank must call it (it gathers each
+        rank's random streams, which differ, into a list indexed by rank); rank 0 saves it."""
+        rng: dict[str, Any] | list[dict[str, Any]] = rng_states(self.generator)
+        if dist.is_initialized():
+            every_rank: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(every_rank, rng)
+            rng = every_rank
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(), "rng": rng_states(self.generator),
+                "schedule": self.schedule.state_dict(), "rng": rng,
                 "history": self.history, "best": self.best, "spec": spec.as_dict()}
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.schedule.load_state_dict(ckpt["schedule"])
-        restore_rng(ckpt["rng"], self.generator)
+        rng = ckpt["rng"]  # a list under torchrun: check_resumable made sure it has this job's number of ranks
+        restore_rng(rng[world()[0]] if isinstance(rng, list) else rng, self.generator)
         self.history, self.best = ckpt["history"], ckpt["best"]
 
 
@@ -204,24 +251,39 @@ def run(spec: RunSpec, out: Path, resume: bool = False, stop_after: int | None =
     """Train (or continue) the run described by `spec` in `out`; return its metrics.
 
     stop_after: end after that many epochs without the final evaluation, as if interrupted; a later
-    call with resume=True carries on exactly."""
+    call with resume=True carries on exactly.
+
+    Under torchrun every process calls it with the same spec (but its own device) once the process
+    group is set up: each trains on its share of the data and all hold the same weights throughout;
+    rank 0 alone writes to `out` and evaluates the test set."""
+    if spec.world_size != world()[1]:
+        raise ValueError(f"spec.world_size is {spec.world_size} but {world()[1]} processes are running")
     torch.set_num_threads(spec.threads)
     splits = data.load_splits(Path(spec.data_dir), spec.limit).to(spec.device)
     out.mkdir(parents=True, exist_ok=True)  # after the data checks: a failed start leaves no folder
     training = start_or_resume(spec, len(splits.train_y), out, resume)
+    net = training.model
+    if dist.is_initialized():
+        # Its constructor is collective (rank 0's weights are broadcast), so every rank has read `out`
+        # before rank 0 writes the first checkpoint into it.
+        device = torch.device(spec.device)
+        net = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     epochs = spec.recipe.epochs
-    fit(spec, splits, training, out, last_epoch=epochs if stop_after is None else min(epochs, stop_after))
+    fit(spec, splits, training, net, out, last_epoch=epochs if stop_after is None else min(epochs, stop_after))
     return finish(spec, splits, training, out)
 
 
 def start(spec: RunSpec, n_train: int) -> Training:
     """Initial weights, optimiser and schedule, and the seeded random streams of a new run."""
     r = spec.recipe
-    model = build_model(r, spec.impl, spec.seed).to(spec.device)
+    rank, world_size = world()
+    model = build_model(r, spec.impl, spec.seed).to(spec.device)  # the same weights in every process
     optimizer = make_optimizer(model, r)
-    schedule = make_schedule(optimizer, r, r.epochs * math.ceil(n_train / r.batch_size))
-    generator = torch.Generator().manual_seed(spec.seed)
-    torch.manual_seed(spec.seed + DROPOUT_SEED_OFFSET)
+    steps_per_epoch = math.ceil(math.ceil(n_train / world_size) / r.batch_size)  # one process's share
+    schedule = make_schedule(optimizer, r, r.epochs * steps_per_epoch)
+    stream_seed = spec.seed + RANK_SEED_STRIDE * rank
+    generator = torch.Generator().manual_seed(stream_seed)
+    torch.manual_seed(stream_seed + DROPOUT_SEED_OFFSET)
     return Training(model, optimizer, schedule, generator, history=[],
                     best={"epoch": 0, "val_loss": math.inf, "model": None})
 
@@ -239,27 +301,37 @@ def start_or_resume(spec: RunSpec, n_train: int, out: Path, resume: bool) -> Tra
     return training
 
 
-def fit(spec: RunSpec, splits: data.Splits, training: Training, out: Path, last_epoch: int) -> None:
-    """Train the epochs after those already done up to `last_epoch`, checkpointing after each."""
+def fit(spec: RunSpec, splits: data.Splits, training: Training, net: nn.Module, out: Path, last_epoch: int) -> None:
+    """Train the epochs after those already done up to `last_epoch`, checkpointing after each.
+    `net` is what a training step calls: the model, or under torchrun its DistributedDataParallel wrapper.
+    Every rank keeps the same history and best epoch; rank 0 writes the checkpoints, of the bare model."""
+    writes = world()[0] == 0
     started = len(training.history)
-    for epoch in tqdm(range(started + 1, last_epoch + 1), desc=f"{spec.model}/{spec.impl}", disable=None,
-                      initial=started, total=spec.recipe.epochs):
-        row = train_and_validate(spec.recipe, splits, training, epoch)
+    for epoch in tqdm(range(started + 1, last_epoch + 1), desc=f"{spec.model}/{spec.impl}",
+                      disable=progress_off(), initial=started, total=spec.recipe.epochs):
+        row = train_and_validate(spec, splits, training, net, epoch)
         training.history.append(row)
         if row["val_loss"] < training.best["val_loss"]:  # early stopping: keep the lowest validation loss
             training.best = {"epoch": epoch, "val_loss": row["val_loss"],
                              "model": {k: v.clone() for k, v in training.model.state_dict().items()}}
-            save_checkpoint({"model": training.best["model"], "epoch": epoch, "spec": spec.as_dict()}, out / BEST)
-        save_checkpoint(training.checkpoint(spec), out / LAST)
-        tqdm.write(f"{spec.model}/{spec.impl} seed {spec.seed} epoch {epoch}: train loss {row['train_loss']:.4f} "
-                   f"acc {row['train_acc']:.4f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} "
-                   f"| {row['seconds']:.1f}s", file=sys.stderr)
+            if writes:
+                save_checkpoint({"model": training.best["model"], "epoch": epoch, "spec": spec.as_dict()},
+                                out / BEST)
+        last = training.checkpoint(spec)  # every rank: it gathers their random streams
+        if writes:
+            save_checkpoint(last, out / LAST)
+            tqdm.write(f"{spec.model}/{spec.impl} seed {spec.seed} epoch {epoch}: train loss {row['train_loss']:.4f} "
+                       f"acc {row['train_acc']:.4f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} "
+                       f"| {row['seconds']:.1f}s", file=sys.stderr)
 
 
-def train_and_validate(r: Recipe, splits: data.Splits, training: Training, epoch: int) -> dict[str, float]:
-    """One epoch of training, then the validation set: the epoch's row of the history."""
+def train_and_validate(spec: RunSpec, splits: data.Splits, training: Training, net: nn.Module,
+                       epoch: int) -> dict[str, float]:
+    """One epoch of training, then the validation set: the epoch's row of the history. Under torchrun
+    every rank validates on the whole set: the weights are the same everywhere, and so are the numbers."""
     t0 = time.perf_counter()
-    train_loss, train_acc = train_epoch(training.model, splits, r, training.optimizer, training.schedule,
+    batches = epoch_batches(spec, len(splits.train_y), training.generator, epoch)
+    train_loss, train_acc = train_epoch(net, splits, batches, spec.recipe, training.optimizer, training.schedule,
                                         training.generator, f"epoch {epoch}")
     val_losses, val_preds = predict(training.model, splits.val_x, splits.val_y)
     return {
@@ -271,9 +343,12 @@ def train_and_validate(r: Recipe, splits: data.Splits, training: Training, epoch
 
 
 def finish(spec: RunSpec, splits: data.Splits, training: Training, out: Path) -> dict[str, Any]:
-    """The run's metrics and figures, written to `out`; a complete run is tested with its best epoch's weights."""
+    """The run's metrics and figures, written to `out`; a complete run is tested with its best epoch's weights.
+    Under torchrun only rank 0 does this; the other ranks return the metrics without the test set's."""
     best_epoch = training.best["epoch"]
     metrics = run_metrics(spec, splits, training.history, best_epoch)
+    if world()[0] != 0:
+        return metrics
     if metrics["complete"]:
         training.model.load_state_dict(training.best["model"])
         metrics.update(evaluate_test(training.model, splits))
@@ -282,6 +357,8 @@ def finish(spec: RunSpec, splits: data.Splits, training: Training, out: Path) ->
     plots.curves({"": (training.history, best_epoch)}, out / "curves.png",
                  f"{spec.model} ({spec.impl}), seed {spec.seed}")
     write_json(metrics, out / METRICS)
+    if metrics["complete"]:  # cell gru, impl recurrent: the update gates' heatmap, one pass over the test set
+        gates.after_training(spec, training.model, splits, out, best_epoch)
     return metrics
 
 
