@@ -1,9 +1,8 @@
 """The gate figure (experiments.gates), the LayerNorm GRU recipe (lngru) and the summary that keeps the
 previous summary.json's runs. No real dataset: data.load_splits is replaced by small random splits.
 
-Until the library has recurrent.record_gates, a stand-in kept here records the GRU's gates with a plain
-loop from the layer's parameters; once the real one exists it is tested against the stand-in, and the
-gate figure is tested with both."""
+A plain loop kept here records the GRU's gates from the layer's parameters (the stand-in):
+recurrent.record_gates is tested against it, and the gate figure is tested with both."""
 from __future__ import annotations
 
 import argparse
@@ -25,7 +24,6 @@ from experiments.models import (
 )
 from experiments.train import RunSpec, run, run_name
 
-HAS_RECORDER = hasattr(recurrent, "record_gates")
 
 
 @pytest.fixture(autouse=True)
@@ -99,17 +97,8 @@ def plain_record_gates(model: nn.Module):
 def recorder(request, monkeypatch: pytest.MonkeyPatch) -> str:
     """The gate figure's tests, once with the stand-in recorder and once with the library's."""
     if request.param == "stand-in":
-        monkeypatch.setattr(recurrent, "record_gates", plain_record_gates, raising=False)
-    elif not HAS_RECORDER:
-        pytest.skip("recurrent.record_gates does not exist yet")
+        monkeypatch.setattr(recurrent, "record_gates", plain_record_gates)
     return request.param
-
-
-@pytest.fixture
-def stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stand-in where the library has no recorder (tests of the plumbing around it)."""
-    if not HAS_RECORDER:
-        monkeypatch.setattr(recurrent, "record_gates", plain_record_gates, raising=False)
 
 
 def tiny_gru(seed: int = 0, **sets: object) -> SequenceClassifier:
@@ -131,7 +120,6 @@ def test_stand_in_recomputes_the_layers_output() -> None:
         assert gates_found["z"].shape == (2, 2, 3, 6, 4)
 
 
-@pytest.mark.skipif(not HAS_RECORDER, reason="recurrent.record_gates does not exist yet")
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_record_gates_equals_the_plain_loop(batch_first: bool, bidirectional: bool) -> None:
@@ -187,7 +175,7 @@ def test_gate_means_are_the_per_class_means(recorder: str) -> None:
     assert means[:, :, 9].isnan().all()
 
 
-def test_gate_figure_and_numbers_are_written(tmp_path: Path, stand_in: None) -> None:
+def test_gate_figure_and_numbers_are_written(tmp_path: Path) -> None:
     model = tiny_gru()
     x, y = torch.randn(30, 28, 28), torch.arange(30) % 10
     means, counts = gates.gate_means(model, x, y)
@@ -224,7 +212,7 @@ def tiny_spec(model: str = "gru", impl: str = "recurrent", seed: int = 0) -> Run
 
 
 def test_a_gru_run_ends_with_the_gate_figure_and_the_cli_remakes_it(
-        tmp_path: Path, fake_data: data.Splits, stand_in: None, capsys: pytest.CaptureFixture) -> None:
+        tmp_path: Path, fake_data: data.Splits, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
     run(tiny_spec(), out)
     made = json.loads((out / gates.GATES_JSON).read_text())
@@ -313,7 +301,7 @@ def test_grid_runs_lngru_with_recurrent_only() -> None:
 
 
 def test_summary_shows_lngru_beside_gru_and_keeps_previous_runs(
-        tmp_path: Path, fake_data: data.Splits, stand_in: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, fake_data: data.Splits, monkeypatch: pytest.MonkeyPatch) -> None:
     # Figures as placeholder files (drawing them is tested above, and takes most of the time).
     for name, where in (("curves", 1), ("confusion", 2), ("gates", 2)):  # the path's position
         monkeypatch.setattr(plots, name, lambda *args, where=where, **kwargs: args[where].write_bytes(b"figure"))
