@@ -24,6 +24,7 @@ the TorchScript loop, or from a hand-written backward when the cell defines ``st
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -32,8 +33,8 @@ from torch import Tensor, nn
 from . import kernels
 from ._jit import JIT_ENABLED, script
 from .kernels.autograd import _batched, needs_plain_ops
-from .kernels.stack import eager_reverse_index
-from .kernels.common import carry_rows, hidden_product, join_directions, per_direction, reverse_index, step_rows
+from .kernels.stack import layer_reverse_index
+from .kernels.common import carry_rows, gather_directions, hidden_product, join_directions, per_direction, step_rows
 from .layers import LSTM, RNNBase
 
 
@@ -277,12 +278,7 @@ class CustomRNN(RNNBase):
         """Every layer over rows (T, I) from state0 [(layers·D, N, H)]; returns (rows, finals)."""
         directions = 2 if self.bidirectional else 1
         per_layer = len(weights) // self.num_layers
-        reverse: Optional[Tensor] = None
-        if directions == 2:
-            if torch.jit.is_scripting():
-                reverse = reverse_index(batch_sizes, rows.device)
-            else:
-                reverse = eager_reverse_index(batch_sizes, rows.device)
+        reverse: Optional[Tensor] = layer_reverse_index(batch_sizes, rows.device) if directions == 2 else None
         finals: List[List[Tensor]] = [[] for _ in state0]
         for layer in range(self.num_layers):
             mine = [s[layer * directions : (layer + 1) * directions] for s in state0]
@@ -329,27 +325,19 @@ class CustomRNN(RNNBase):
             hs, finals, _ = self.loop(gi, state0, w_hh.transpose(1, 2), b_hh, params, batch_sizes, False)
             return hs, finals
         loop = self._compiled_loop()
-        if isinstance(self.loop, SequenceLoopWithBackward) and torch.is_grad_enabled() and any(
-            t.requires_grad for t in tensors
-        ):
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        if needs_grad and isinstance(self.loop, SequenceLoopWithBackward):
             hs, *finals = HandWrittenBackward.apply(loop, self.loop, batch_sizes, gi, w_hh, b_hh, len(state0), *state0, *params)
             return hs, finals
-        if not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
-            hs, finals, _ = loop(gi, state0, w_hh.transpose(1, 2), b_hh, params, batch_sizes, False)
-            return hs, finals
-        # Autograd records the compiled loop op by op: TorchScript's own autodiff graphs gave wrong
-        # gradient shapes for chunked gates (a DifferentiableGraphBackward error) and are opaque to torch.func.
-        with torch.jit.optimized_execution(False):
+        # With gradients, autograd records the compiled loop op by op: TorchScript's own autodiff graphs
+        # gave wrong gradient shapes for chunked gates (a DifferentiableGraphBackward error).
+        with torch.jit.optimized_execution(False) if needs_grad else nullcontext():
             hs, finals, _ = loop(gi, state0, w_hh.transpose(1, 2), b_hh, params, batch_sizes, False)
         return hs, finals
 
     @torch.jit.unused
     def _eager_join(self, hs: Tensor, reverse: Optional[Tensor]) -> Tensor:
-        if reverse is not None and needs_plain_ops([hs]):
-            # join_directions writes in place, which vmap cannot batch; the reverse index is its own
-            # inverse, so gathering with it puts the second direction back in natural time.
-            return torch.cat([hs[0], hs[1].index_select(0, reverse)], 1)
-        return join_directions(hs, reverse)
+        return gather_directions(hs, reverse) if needs_plain_ops([hs]) else join_directions(hs, reverse)
 
     @torch.jit.unused
     def _compiled_loop(self) -> nn.Module:

@@ -56,14 +56,20 @@ def record_gates(model: nn.Module) -> Iterator[GateRecord]:
         OPEN.remove(entry)
 
 
+def _innermost(layer: nn.Module) -> Optional[Tuple[str, GateRecord]]:
+    """(layer's name, record) of the innermost open recording that holds ``layer``: the one it writes to."""
+    found = [(names[id(layer)], record) for names, record in OPEN if id(layer) in names]
+    return found[-1] if found else None
+
+
 @contextmanager
 def layer_call(layer: nn.Module, batch_sizes: List[int]) -> Iterator[None]:
     """Around one layer module's stack: collects its layers' gates into one entry of the record."""
-    found = [(names[id(layer)], record) for names, record in OPEN if id(layer) in names]
-    if not found:
+    found = _innermost(layer)
+    if found is None:
         yield
         return
-    name, record = found[-1]
+    name, record = found
     _current.append((name, record, []))
     try:
         yield
@@ -112,8 +118,8 @@ def _batch_major(rows: Tensor, batch_sizes: List[int]) -> Tensor:
 
 def reorder_last(layer: nn.Module, order: Optional[Tensor]) -> None:
     """Puts the batch of ``layer``'s latest recorded call in the caller's order (packed input)."""
-    found = [(names[id(layer)], record) for names, record in OPEN if id(layer) in names]
-    if order is None or not found:
+    found = _innermost(layer)
+    if order is None or found is None:
         return
-    name, record = found[-1]  # the innermost recording, the one layer_call wrote to
+    name, record = found
     record[name][-1] = {k: v.index_select(2, order.to(v.device)) for k, v in record[name][-1].items()}

@@ -1,6 +1,7 @@
 """Shared test settings: hypothesis profiles and the devices every parity test runs on."""
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -15,6 +16,15 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # The torch.nn reference on CUDA must be exact float32: cuDNN computes in TF32 unless told not to.
 torch.backends.cudnn.allow_tf32 = False
+
+
+@pytest.fixture
+def isolated_torch_state():
+    """Restores torch's thread count and random state after the test (for tests of code that sets them)."""
+    threads = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    torch.set_num_threads(threads)
 
 
 def pytest_generate_tests(metafunc) -> None:

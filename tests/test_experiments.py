@@ -28,13 +28,8 @@ needs_data = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True)
-def isolated_torch_state():
-    """run() sets the thread count and seeds torch: keep that from leaking into other tests."""
-    threads = torch.get_num_threads()
-    with torch.random.fork_rng(devices=[]):
-        yield
-    torch.set_num_threads(threads)
+# run() sets the thread count and seeds torch: keep that from leaking into other tests.
+pytestmark = pytest.mark.usefixtures("isolated_torch_state")
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -26,13 +26,8 @@ from experiments.train import RunSpec, run, run_name
 
 
 
-@pytest.fixture(autouse=True)
-def isolated_torch_state():
-    """run() sets the thread count and seeds torch: keep that from leaking into other tests."""
-    threads = torch.get_num_threads()
-    with torch.random.fork_rng(devices=[]):
-        yield
-    torch.set_num_threads(threads)
+# run() sets the thread count and seeds torch: keep that from leaking into other tests.
+pytestmark = pytest.mark.usefixtures("isolated_torch_state")
 
 
 # -- the stand-in recorder ---------------------------------------------------------------------------

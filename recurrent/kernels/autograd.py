@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from .._jit import JIT_ENABLED, script
-from .common import blocks_product, join_directions, per_direction, previous_blocks, split_directions, sum_directions
+from .common import blocks_product, gather_directions, join_directions, per_direction, previous_blocks, split_directions, sum_directions
 from .registry import KINDS, Kernel
 from .weights import stack_weights, unstack_grads
 
@@ -134,11 +134,7 @@ def differentiable_layer(
     torchscript = spec._replace(kernel=KINDS[spec.mode].kernel("torchscript"))
     with torch.jit.optimized_execution(False) if JIT_ENABLED else nullcontext():
         hs, finals, _, _ = _layer_forward(torchscript, rows, state0, params, save=False)
-    if spec.reverse is None:
-        return hs[0], finals
-    # join_directions writes into a new tensor in place, which vmap cannot batch. The reverse index is
-    # its own inverse, so gathering with it puts the second direction back in natural time.
-    return torch.cat([hs[0], hs[1].index_select(0, spec.reverse)], 1), finals
+    return gather_directions(hs, spec.reverse), finals
 
 
 def _autograd_backward(ctx, grad_out: Tensor, grad_finals: Tuple[Tensor, ...]) -> tuple:
@@ -190,9 +186,7 @@ def run_layer(spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: List[
     kernel's hand-written backward when anything needs a gradient; otherwise nothing is saved.
     Under a torch.func transform or with forward-AD dual inputs, plain differentiable ops
     (:func:`differentiable_layer`)."""
-    if torch._C._are_functorch_transforms_active() or (
-        _forward_ad._current_level >= 0 and _has_tangent([rows, *state0, *params])
-    ):
+    if needs_plain_ops([rows, *state0, *params]):
         return differentiable_layer(spec, rows, state0, params)
     if torch.is_grad_enabled() and any(t.requires_grad for t in [rows, *state0, *params]):
         out, *finals = LayerFunction.apply(spec, rows, len(state0), *state0, *params)

@@ -70,6 +70,15 @@ def join_directions(per_dir: Tensor, reverse: Optional[Tensor]) -> Tensor:
     return joined
 
 
+def gather_directions(per_dir: Tensor, reverse: Optional[Tensor]) -> Tensor:
+    """:func:`join_directions` without in-place writes, which vmap cannot batch (torch.func and
+    forward-AD paths): the reverse index is its own inverse, so gathering with it puts the second
+    direction back in natural time. Plain Python: these paths must not run through TorchScript."""
+    if reverse is None:
+        return per_dir[0]
+    return torch.cat([per_dir[0], per_dir[1].index_select(0, reverse)], 1)
+
+
 @script
 def split_directions(rows: Tensor, reverse: Optional[Tensor]) -> Tensor:
     """(T, D·W) → (D, T, W): the inverse of :func:`join_directions` (backward only: writes with out=)."""

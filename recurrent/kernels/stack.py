@@ -98,6 +98,14 @@ def eager_reverse_index(batch_sizes: List[int], device: torch.device) -> Tensor:
         return reverse_index(batch_sizes, device)
 
 
+def layer_reverse_index(batch_sizes: List[int], device: torch.device) -> Tensor:
+    """The reverse index of a bidirectional layer, for a stack loop that runs both compiled and from
+    Python: :func:`.common.reverse_index` in TorchScript, :func:`eager_reverse_index` from Python."""
+    if torch.jit.is_scripting():
+        return reverse_index(batch_sizes, device)
+    return eager_reverse_index(batch_sizes, device)
+
+
 def stack_layers(
     spec: StackSpec, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor],
     eager_backend: str,
@@ -107,12 +115,7 @@ def stack_layers(
     TorchScript, else the backend each layer runs on from Python."""
     directions = spec.directions
     per_layer = len(weights) // spec.num_layers
-    reverse: Optional[Tensor] = None
-    if directions == 2:
-        if eager_backend != "" and not torch.jit.is_scripting():
-            reverse = eager_reverse_index(batch_sizes, rows.device)
-        else:
-            reverse = reverse_index(batch_sizes, rows.device)
+    reverse: Optional[Tensor] = layer_reverse_index(batch_sizes, rows.device) if directions == 2 else None
     finals: List[List[Tensor]] = [[] for _ in state0]
     for layer in range(spec.num_layers):
         mine = [s[layer * directions : (layer + 1) * directions] for s in state0]
