@@ -8,7 +8,8 @@ the whole sequence. A configuration that asks for more shared memory than a bloc
 only at launch, on the GPU that runs it; one that spills registers to local memory still runs,
 just many times slower. Both are fixed at compile time, so this check needs no GPU: it compiles
 each entry of ``targets.compile_targets()`` with Triton's compiler for sm_90 (H100/H200) and
-sm_80 (A100), then reads
+sm_80 (A100), as Triton's launcher would (unit weight strides compiled in; every size and pointer
+divisible by 16, and none: the two ends of what a launch can meet), then reads
 
 - shared memory: the compiled kernel's metadata, against the architecture's per-block limit;
 - registers and spills: ``cuobjdump -res-usage`` on the cubin (REG, STACK, LOCAL) and
@@ -89,7 +90,7 @@ def check(index: int, arch: int) -> Result:
     t = targets()[index]
     result = Result(t.name, arch)
     try:
-        source = ASTSource(fn=t.kernel, signature=t.signature, constexprs=t.constexprs)
+        source = ASTSource(fn=t.kernel, signature=t.signature, constexprs=t.constexprs, attrs=t.attrs)
         kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=t.options)
         result.shared = kernel.metadata.shared
         with tempfile.TemporaryDirectory() as tmp:

@@ -86,6 +86,41 @@ def test_kernels_equal_torchscript_kernels(mode, projected, layout, dtype):
                 dtype, f"{mode} backward")
 
 
+@pytest.mark.parametrize("mode,projected", MODES, ids=lambda m: str(m))
+def test_kernels_get_weights_with_the_compiled_unit_stride(mode, projected, monkeypatch):
+    """Weights laid out the other way round (as a user's non-contiguous parameter may be) reach every
+    launch with the unit stride that Triton compiles in and benchmarks/triton_check.py checks (the
+    forward's W_hhᵀ and W_hrᵀ along K, the backward's W_hh and W_hr along the columns), and give the
+    same results as the usual layout."""
+    from recurrent.kernels.triton import common
+
+    torch.manual_seed(0)
+    gi, states, w_hh, b_hh, extra = kernel_inputs(mode, projected, 2, 20, [4, 4, 3], torch.float64)
+    swapped = lambda w: w.transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731 - same values, strides swapped
+    launches = []  # (forward?, W_hh's strides as passed, W_hr's stride along its unit dimension)
+    launch = common.launch
+
+    def spy(kernel, tensors, w, batch_sizes, batch, hidden, own=(), **constants):
+        forward = "forward" in kernel.__name__
+        launches.append((forward, w.stride(), (own[-2] if forward else own[-1]) if projected else 1))
+        return launch(kernel, tensors, w, batch_sizes, batch, hidden, own, **constants)
+
+    monkeypatch.setattr(common, "launch", spy)
+    triton = KINDS[mode].kernel("triton")
+    runs = []
+    for layout in (lambda w: w, swapped):
+        w, ex = layout(w_hh), [layout(e) for e in extra]
+        hs, finals, saved = triton.forward(gi, states, w.transpose(1, 2), b_hh, ex, [4, 4, 3], True)
+        grads = triton.backward(torch.ones_like(hs), [torch.ones_like(f) for f in finals], states, hs,
+                                previous_blocks(states[0], hs, [4, 4, 3]), saved, w, ex, [4, 4, 3])
+        runs.append([hs, *finals, grads[0], *grads[2], *grads[3]])
+    assert [f for f, _, _ in launches] == [True, False, True, False]
+    for forward, w_strides, hr_stride in launches:
+        assert w_strides[1 if forward else 2] == 1 and hr_stride == 1, (forward, w_strides, hr_stride)
+    for a, e in zip(*runs):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.skipif(not triton_forced(), reason="the dispatch of the RECURRENT_BACKEND=triton run")
 @pytest.mark.parametrize("kind,options", [("RNN", {}), ("GRU", {}), ("LSTM", {}), ("LSTM", {"proj_size": 2})])
 def test_forced_backend_runs_the_triton_kernels(kind, options, monkeypatch):
@@ -116,3 +151,23 @@ def test_triton_layers_capture_in_cuda_graphs(kind, monkeypatch):
     (graph_grad,) = torch.autograd.grad(graph_out.sum(), x)
     torch.testing.assert_close(graph_out, eager_out)
     torch.testing.assert_close(graph_grad, eager_grad)
+
+
+def test_tuning_script_times_and_compares_every_candidate(tmp_path):
+    """benchmarks/triton_tune.py end to end (tiny shapes): a row per case and candidate, with times,
+    and outputs that match the pinned configuration's."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "triton_tune.py"
+    spec = importlib.util.spec_from_file_location("triton_tune", path)
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    assert tune.main(["--smoke", "--json", str(tmp_path / "tune.json")]) == 0
+    rows = json.loads((tmp_path / "tune.json").read_text())["rows"]
+    expected = {(c.name, k) for c in tune.SMOKE_CASES for k in [tune.PINNED, tune.label(tune.CANDIDATES[0])]}
+    assert {(r["case"], r["config"]) for r in rows} == expected
+    for r in rows:
+        assert r["forward_us_per_step"] > 0 and r["backward_us_per_step"] > 0
+        assert r["forward_max_diff"] < 1e-4 and r["backward_max_diff"] < 1e-4, r

@@ -4,9 +4,10 @@ Design (one launch per layer and pass): the grid is (direction, block of BLOCK_B
 program loops over time inside the kernel and owns its rows for the whole sequence. Per step it
 forms the hidden product for one block of BLOCK_N state columns at a time, K-chunked (BLOCK_K),
 reading W_hh and the previous state from global memory (L2) so that shared memory and registers
-stay independent of the hidden size; then the gate math for those columns; then the stores. The
-next step reads the states that other threads of the same program wrote, so every step ends with
-a barrier inside the program (programs never share rows, so no grid-wide synchronisation).
+stay independent of the hidden size (a gated kind's forward loads each chunk of the state once
+for all its gates); then the gate math for those columns; then the stores. The next step reads
+the states that other threads of the same program wrote, so every step ends with a barrier
+inside the program (programs never share rows, so no grid-wide synchronisation).
 
 Rows layout and shapes as in :mod:`recurrent.kernels.common`. For a packed batch the kernels read
 the per-step row counts and row offsets from two small int32 tensors; for a padded batch they
@@ -29,6 +30,11 @@ from torch import Tensor
 MAX_HIDDEN = 512  # the largest hidden size the configurations below are compile-checked for
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
+# Launch arguments Triton should not specialize on (value 1, divisibility by 16): sequence length and
+# row counts vary from call to call and gain nothing from it, and each specialization is one more
+# compiled variant, which the compile check would have to cover.
+PLAIN_ARGS = ["steps", "batch", "rows_total"]
+
 
 class Blocks(NamedTuple):
     rows: int  # BLOCK_B: batch rows per program (tl.dot needs at least 16)
@@ -36,18 +42,22 @@ class Blocks(NamedTuple):
     k: int  # BLOCK_K: reduction chunk of the hidden product
     warps: int
     stages: int  # software-pipelining depth of the K loop
-    registers: int  # per thread; stated, as ptxas otherwise spills a few bytes to raise occupancy
+    registers: int  # per thread (maxnreg); stated, as ptxas otherwise caps it to fit two programs an SM, and spills
 
 
-WIDTHS = (16, 32)  # every BLOCK_N = BLOCK_K the dispatcher can pick (benchmarks/triton_check.py compiles each)
+WIDTHS = (16, 32)  # every BLOCK_N the dispatcher can pick (benchmarks/triton_check.py compiles each)
 
 
 def blocks(hidden: int) -> Blocks:
     """The pinned configuration for a hidden size (no autotuning: the compile check covers each).
-    With eight warps, one stage, K chunks of 16 and 128 registers a thread, no kernel spills
-    (IEEE float32 dots run on FMA units, whose tiles live in registers)."""
+    Per step and column block, the gated kinds' forward runs one K loop for all their gates (each
+    chunk of the state loaded once, the gates' weight tiles in flight together); two stages let
+    Triton prefetch the next chunk while this one multiplies. Chunks of 16 keep the FMA dots of
+    IEEE float32 (whose operand tiles live in registers) from spilling; up to 255 registers a
+    thread keep every compiled variant spill-free (8 warps of those fill an SM's register file, so
+    one program runs per SM: the grid, directions × batch/16, is small beside the SM count)."""
     width = WIDTHS[0] if hidden <= WIDTHS[0] else WIDTHS[1]
-    return Blocks(rows=16, cols=width, k=16, warps=8, stages=1, registers=128)
+    return Blocks(rows=16, cols=width, k=16, warps=8, stages=2, registers=255)
 
 
 def launch_options(config: Blocks, dtype: torch.dtype, precision: Optional[str] = None) -> dict:
@@ -187,23 +197,55 @@ def state_gradient(dh_ptr, state, grad_hs_ptr, out, cols, mask, ACC: tl.constexp
 
 
 @triton.jit
+def state_chunk(row_ptrs, row_mask, k0, K, BLOCK_K: tl.constexpr):
+    """Columns k0 … k0 + BLOCK_K − 1 of the rows that start at ``row_ptrs`` (unit column stride; 0 past
+    K and on masked rows), with their indices and mask: the left operand of one K chunk."""
+    ks = k0 + tl.arange(0, BLOCK_K)
+    k_mask = ks < K
+    return tl.load(row_ptrs[:, None] + ks[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0), ks, k_mask
+
+
+@triton.jit
+def chunk_product(a, w_ptr, ks, k_mask, cols, col_mask, stride_wk, stride_wn, ACC: tl.constexpr, PRECISION: tl.constexpr):
+    """a (BLOCK_B, BLOCK_K) times the (ks, cols) tile of W, addressed by strides."""
+    w = tl.load(w_ptr + ks[:, None] * stride_wk + cols[None, :] * stride_wn, mask=k_mask[:, None] & col_mask[None, :], other=0.0)
+    return tl.dot(a, w, input_precision=PRECISION, out_dtype=ACC)
+
+
+@triton.jit
+def gate_products(
+    row_ptrs, row_mask, w_ptr, cols, col_mask, K, H, stride_wk, stride_wn, GATES: tl.constexpr,
+    ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """The hidden products of a gated kind's GATES (3 or 4) gates for one column block, gate g's
+    columns being g·H + cols, in one K loop: each chunk of the state is loaded once and the gates'
+    weight tiles are in flight together. A 3-gate call returns zeros as the fourth."""
+    g0 = tl.zeros((BLOCK_B, BLOCK_N), ACC)
+    g1 = tl.zeros((BLOCK_B, BLOCK_N), ACC)
+    g2 = tl.zeros((BLOCK_B, BLOCK_N), ACC)
+    g3 = tl.zeros((BLOCK_B, BLOCK_N), ACC)
+    for k0 in range(0, K, BLOCK_K):
+        a, ks, k_mask = state_chunk(row_ptrs, row_mask, k0, K, BLOCK_K)
+        g0 += chunk_product(a, w_ptr, ks, k_mask, cols, col_mask, stride_wk, stride_wn, ACC, PRECISION)
+        g1 += chunk_product(a, w_ptr, ks, k_mask, cols + H, col_mask, stride_wk, stride_wn, ACC, PRECISION)
+        g2 += chunk_product(a, w_ptr, ks, k_mask, cols + 2 * H, col_mask, stride_wk, stride_wn, ACC, PRECISION)
+        if GATES == 4:
+            g3 += chunk_product(a, w_ptr, ks, k_mask, cols + 3 * H, col_mask, stride_wk, stride_wn, ACC, PRECISION)
+    return g0, g1, g2, g3
+
+
+@triton.jit
 def hidden_dot(
     row_ptrs, row_mask, w_ptr, cols, col_mask, K, stride_wk, stride_wn,
     ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """Σ_k A[row, k] W[k, col] for a (BLOCK_B, BLOCK_N) tile: A's rows start at ``row_ptrs`` (unit
-    column stride), W is addressed by strides. K-chunked, so only BLOCK_K-wide tiles are on chip."""
+    """Σ_k A[row, k] W[k, col] for a (BLOCK_B, BLOCK_N) tile: A's rows start at ``row_ptrs``, W is
+    addressed by strides. K-chunked, so only BLOCK_K-wide tiles are on chip."""
     acc = tl.zeros((BLOCK_B, BLOCK_N), ACC)
     for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_mask = ks < K
-        a = tl.load(row_ptrs[:, None] + ks[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        w = tl.load(
-            w_ptr + ks[:, None] * stride_wk + cols[None, :] * stride_wn,
-            mask=k_mask[:, None] & col_mask[None, :], other=0.0,
-        )
-        acc += tl.dot(a, w, input_precision=PRECISION, out_dtype=ACC)
+        a, ks, k_mask = state_chunk(row_ptrs, row_mask, k0, K, BLOCK_K)
+        acc += chunk_product(a, w_ptr, ks, k_mask, cols, col_mask, stride_wk, stride_wn, ACC, PRECISION)
     return acc
 
 
@@ -224,3 +266,9 @@ def running_gradient(grad_final: Tensor) -> Tensor:
 def as_rows(t: Tensor) -> Tensor:
     """A (D, ·, W) tensor with unit column stride and rows W apart, as the kernels address it."""
     return t.contiguous()
+
+
+def unit_stride(w: Tensor, dim: int) -> Tensor:
+    """``w`` with stride 1 along ``dim`` (itself when it has it, as the stacked weights do): Triton
+    specializes a unit stride at compile time, and the compile check compiles that variant."""
+    return w if w.stride(dim) == 1 else w.transpose(dim, -1).contiguous().transpose(dim, -1)

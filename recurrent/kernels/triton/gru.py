@@ -10,11 +10,12 @@ from torch import Tensor
 
 from . import common
 from .common import (
-    column_block, hidden_dot, load, load_pair, program_rows, sigmoid, state_gradient, step_layout, store_pair, tanh,
+    PLAIN_ARGS, column_block, gate_products, hidden_dot, load, load_pair, program_rows, sigmoid, state_gradient, step_layout,
+    store_pair, tanh,
 )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PLAIN_ARGS)
 def gru_forward_kernel(
     gi_ptr, h0_ptr, w_ptr, b_ptr, hs_ptr, hn_ptr, rz_ptr, n_ptr, ghn_ptr, sizes_ptr, starts_ptr,
     steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed, has_bias, save,
@@ -27,9 +28,9 @@ def gru_forward_kernel(
         active, prev, out = step_layout(t, rows, batch, sizes_ptr, starts_ptr, packed, h0_ptr, hs_ptr, state, seq, H)
         for j in range(0, H, BLOCK_N):
             cols, col_mask, mask = column_block(j, H, active, BLOCK_N)
-            gh_r = hidden_dot(prev, active, w_d, cols, col_mask, H, stride_wk, stride_wn, ACC, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
-            gh_z = hidden_dot(prev, active, w_d, cols + H, col_mask, H, stride_wk, stride_wn, ACC, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
-            gh_n = hidden_dot(prev, active, w_d, cols + 2 * H, col_mask, H, stride_wk, stride_wn, ACC, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
+            gh_r, gh_z, gh_n, _ = gate_products(
+                prev, active, w_d, cols, col_mask, H, H, stride_wk, stride_wn, 3, ACC, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K,
+            )
             if has_bias:
                 b = b_ptr + d * 3 * H + cols
                 gh_r += load(b, col_mask, ACC)[None, :]
@@ -51,7 +52,7 @@ def gru_forward_kernel(
         tl.debug_barrier()  # this step's states, written by every thread, are the next step's input
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PLAIN_ARGS)
 def gru_backward_kernel(
     grad_hs_ptr, h0_ptr, hs_ptr, rz_ptr, n_ptr, ghn_ptr, w_ptr, dgi_ptr, dgh_ptr, dh_ptr, sizes_ptr, starts_ptr,
     steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed,
@@ -97,6 +98,7 @@ def gru_forward(
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """The contract of :func:`recurrent.kernels.gru.gru_forward`, in one launch for every step and direction."""
     gi, h0, hs, h_n = common.forward_buffers(gi, state0[0])
+    w_hh_t = common.unit_stride(w_hh_t, 1)
     directions, rows, batch, hidden = gi.size(0), gi.size(1), h0.size(1), h0.size(2)
     saved = [gi.new_empty(directions, rows, 2 * hidden), torch.empty_like(hs), torch.empty_like(hs)] if save else []
     bias = b_hh.reshape(directions, 3 * hidden).contiguous() if b_hh is not None else gi
@@ -114,5 +116,6 @@ def gru_backward(
     dgh = torch.empty_like(dgi)
     dh = common.running_gradient(grad_finals[0])
     rows = [common.as_rows(t) for t in [grad_hs, state0[0], hs, *saved]]
+    w_hh = common.unit_stride(w_hh, 2)
     common.launch(gru_backward_kernel, [*rows, w_hh, dgi, dgh, dh], w_hh, batch_sizes, dh.size(1), hs.size(2))
     return dgi, dgh, [dh.to(hs.dtype)], []

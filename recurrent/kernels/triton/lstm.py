@@ -11,12 +11,12 @@ import triton.language as tl
 from torch import Tensor
 
 from . import common
-from .common import column_block, hidden_dot, program_rows, state_gradient, step_layout
+from .common import PLAIN_ARGS, column_block, hidden_dot, program_rows, state_gradient, step_layout
 from .lstm_cell import lstm_columns_backward, lstm_columns_forward
 from .lstm_proj import lstm_proj_backward_kernel, lstm_proj_forward_kernel
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PLAIN_ARGS)
 def lstm_forward_kernel(
     gi_ptr, h0_ptr, w_ptr, hs_ptr, hn_ptr, cn_ptr, if_ptr, g_ptr, o_ptr, cs_ptr, sizes_ptr, starts_ptr,
     steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed, save,
@@ -39,7 +39,7 @@ def lstm_forward_kernel(
         tl.debug_barrier()  # this step's h, written by every thread, is the next step's input
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PLAIN_ARGS)
 def lstm_backward_kernel(
     grad_hs_ptr, c0_ptr, if_ptr, g_ptr, o_ptr, cs_ptr, w_ptr, dgates_ptr, dh_ptr, dc_ptr, sizes_ptr, starts_ptr,
     steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed,
@@ -71,6 +71,7 @@ def lstm_forward(
     """The contract of :func:`recurrent.kernels.lstm.lstm_forward` (b_hh folded into gi): ``extra`` is
     [w_hr (D, P, H)] for a projected LSTM, whose state and outputs h then have P columns."""
     gi, h0, hs, h_n = common.forward_buffers(gi, state0[0])
+    w_hh_t = common.unit_stride(w_hh_t, 1)
     directions, rows, batch, hidden = gi.size(0), gi.size(1), h0.size(1), gi.size(2) // 4
     c_n = state0[1].clone(memory_format=torch.contiguous_format)  # also the running cell state
     saved = [gi.new_empty(directions, rows, 2 * hidden)] + [gi.new_empty(directions, rows, hidden) for _ in range(3)]
@@ -79,7 +80,7 @@ def lstm_forward(
         tensors = [gi, h0, w_hh_t, hs, h_n, c_n, *buffers]
         common.launch(lstm_forward_kernel, tensors, w_hh_t, batch_sizes, batch, hidden, (save,))
     else:
-        w_hr_t = extra[0].transpose(1, 2)
+        w_hr_t = common.unit_stride(extra[0].transpose(1, 2), 1)
         u = gi.new_empty(directions, batch, hidden)  # o ⊙ tanh(c') of the running step
         tensors = [gi, h0, w_hh_t, w_hr_t, hs, h_n, c_n, u, *buffers]
         own = (save, h0.size(2), *w_hr_t.stride())
@@ -96,12 +97,14 @@ def lstm_backward(
     dgates = cs.new_empty(cs.size(0), cs.size(1), 4 * cs.size(2))
     dh, dc = common.running_gradient(grad_finals[0]), common.running_gradient(grad_finals[1])
     rows = [common.as_rows(t) for t in [grad_hs, state0[1], *saved]]
+    w_hh = common.unit_stride(w_hh, 2)
     if not extra:
         common.launch(lstm_backward_kernel, [*rows, w_hh, dgates, dh, dc], w_hh, batch_sizes, dc.size(1), cs.size(2))
         return dgates, dgates, [dh.to(hs.dtype), dc.to(hs.dtype)], []
     dhs = torch.empty_like(hs)  # every row's dh', for dW_hr
-    tensors = [*rows, w_hh, extra[0], dgates, dhs, dh, dc]
-    own = (hs.size(2), *extra[0].stride())
+    w_hr = common.unit_stride(extra[0], 2)
+    tensors = [*rows, w_hh, w_hr, dgates, dhs, dh, dc]
+    own = (hs.size(2), *w_hr.stride())
     common.launch(lstm_proj_backward_kernel, tensors, w_hh, batch_sizes, dc.size(1), cs.size(2), own)
     u = saved[2] * torch.tanh(cs)  # o ⊙ tanh(c'), as the TorchScript kernel forms it
     return dgates, dgates, [dh.to(hs.dtype), dc.to(hs.dtype)], [torch.bmm(dhs.transpose(1, 2), u)]

@@ -3,7 +3,7 @@
 import triton
 import triton.language as tl
 
-from .common import hidden_dot, load, load_pair, sigmoid, store_pair, tanh
+from .common import gate_products, load, load_pair, sigmoid, store_pair, tanh
 
 
 @triton.jit
@@ -15,10 +15,9 @@ def lstm_columns_forward(
     """The four gates of one column block from the previous state (K wide) and gi; updates the
     running cell state in c_n, stores the activations with ``save``; returns o ⊙ tanh(c')."""
     gi = gi_ptr + 4 * out[:, None] + cols[None, :]
-    a_i = hidden_dot(prev, active, w_d, cols, col_mask, K, stride_wk, stride_wn, ACC, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
-    a_f = hidden_dot(prev, active, w_d, cols + H, col_mask, K, stride_wk, stride_wn, ACC, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
-    a_g = hidden_dot(prev, active, w_d, cols + 2 * H, col_mask, K, stride_wk, stride_wn, ACC, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
-    a_o = hidden_dot(prev, active, w_d, cols + 3 * H, col_mask, K, stride_wk, stride_wn, ACC, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
+    a_i, a_f, a_g, a_o = gate_products(
+        prev, active, w_d, cols, col_mask, K, H, stride_wk, stride_wn, 4, ACC, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K,
+    )
     i = sigmoid(a_i + load(gi, mask, ACC))
     f = sigmoid(a_f + load(gi + H, mask, ACC))
     g = tanh(a_g + load(gi + 2 * H, mask, ACC))

@@ -8,11 +8,11 @@ du = dh' W_hr and the gate gradients, then dh = dgates W_hh. The launchers are i
 import triton
 import triton.language as tl
 
-from .common import column_block, hidden_dot, program_rows, state_gradient, step_layout
+from .common import PLAIN_ARGS, column_block, hidden_dot, program_rows, state_gradient, step_layout
 from .lstm_cell import lstm_columns_backward, lstm_columns_forward
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PLAIN_ARGS)
 def lstm_proj_forward_kernel(
     gi_ptr, h0_ptr, w_ptr, hr_ptr, hs_ptr, hn_ptr, cn_ptr, u_ptr, if_ptr, g_ptr, o_ptr, cs_ptr, sizes_ptr, starts_ptr,
     steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed, save, P, stride_rd, stride_rk, stride_rn,
@@ -43,7 +43,7 @@ def lstm_proj_forward_kernel(
         tl.debug_barrier()  # this step's h is the next step's input; u is rewritten next step
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PLAIN_ARGS)
 def lstm_proj_backward_kernel(
     grad_hs_ptr, c0_ptr, if_ptr, g_ptr, o_ptr, cs_ptr, w_ptr, hr_ptr, dgates_ptr, dhs_ptr, dh_ptr, dc_ptr,
     sizes_ptr, starts_ptr, steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed,

@@ -8,10 +8,10 @@ import triton.language as tl
 from torch import Tensor
 
 from . import common
-from .common import column_block, hidden_dot, load, program_rows, state_gradient, step_layout, tanh
+from .common import PLAIN_ARGS, column_block, hidden_dot, load, program_rows, state_gradient, step_layout, tanh
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PLAIN_ARGS)
 def rnn_forward_kernel(
     gi_ptr, h0_ptr, w_ptr, hs_ptr, hn_ptr, sizes_ptr, starts_ptr,
     steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed,
@@ -37,7 +37,7 @@ def rnn_forward_kernel(
         tl.debug_barrier()  # this step's states, written by every thread, are the next step's input
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PLAIN_ARGS)
 def rnn_backward_kernel(
     grad_hs_ptr, hs_ptr, w_ptr, da_ptr, dh_ptr, sizes_ptr, starts_ptr,
     steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed,
@@ -74,6 +74,7 @@ def rnn_forward(
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """The contract of :func:`recurrent.kernels.rnn.rnn_forward` (b_hh folded into gi), in one launch."""
     gi, h0, hs, h_n = common.forward_buffers(gi, state0[0])
+    w_hh_t = common.unit_stride(w_hh_t, 1)
     common.launch(rnn_forward_kernel, [gi, h0, w_hh_t, hs, h_n], w_hh_t, batch_sizes, h0.size(1), h0.size(2), RELU=relu)
     return hs, [h_n], []
 
@@ -85,6 +86,7 @@ def rnn_backward(
     """The contract of :func:`recurrent.kernels.rnn.rnn_backward`, in one launch."""
     da = hs.new_empty(hs.shape)
     dh = common.running_gradient(grad_finals[0])
+    w_hh = common.unit_stride(w_hh, 2)
     tensors = [common.as_rows(grad_hs), common.as_rows(hs), w_hh, da, dh]
     common.launch(rnn_backward_kernel, tensors, w_hh, batch_sizes, dh.size(1), hs.size(2), RELU=relu)
     return da, da, [dh.to(hs.dtype)], []

@@ -1,8 +1,12 @@
 """Every kernel configuration the dispatcher can launch, described for ahead-of-time compilation
-(``benchmarks/triton_check.py`` compiles each for sm_90 and sm_80 and checks its resources)."""
+(``benchmarks/triton_check.py`` compiles each for sm_90 and sm_80 and checks its resources).
+
+Each is described as Triton's launcher would compile it: the weights' unit stride as a constant,
+and the ``tt.divisibility`` hints of its arguments, in two variants (every pointer and size divisible
+by 16, as with hidden sizes like 128; and none, as with 100) that bracket what a launch can meet."""
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, NamedTuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Tuple
 
 import torch
 
@@ -29,6 +33,12 @@ KERNELS = [  # (name, kernel, its own compile-time constants)
 ACCUMULATOR_POINTERS = {"dh_ptr", "dc_ptr"}  # the backward's running gradients stay in float32
 FLAGS = {"has_bias", "save", "packed"}  # Python bools at launch: Triton passes them as i1
 POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64"}
+# Strides that the launchers make 1 (common.unit_stride), which Triton then compiles in as constants.
+UNIT_STRIDES = {"forward": ("stride_wk", "stride_rk"), "backward": ("stride_wn", "stride_rn")}
+# Sizes and strides that Triton specializes on when divisible by 16 (pointers too: torch allocates aligned).
+SIZES = {"H", "P", "stride_wd", "stride_wk", "stride_wn", "stride_rd", "stride_rk", "stride_rn"}
+# Which of those the compiled variant takes as divisible by 16: both ends of what the JIT can meet.
+ALIGNMENTS = {"aligned": True, "unaligned": False}
 
 
 class CompileTarget(NamedTuple):
@@ -36,6 +46,7 @@ class CompileTarget(NamedTuple):
     kernel: Any  # a triton JITFunction
     signature: Dict[str, str]
     constexprs: Dict[str, Any]
+    attrs: Dict[Tuple[int], List[List[Any]]]  # the divisibility hints, as Triton's launcher derives them
     options: Dict[str, int]  # num_warps, num_stages (and maxnreg where Triton has it)
 
 
@@ -54,6 +65,12 @@ def _signature(kernel, dtype: torch.dtype, constexprs: Dict[str, Any]) -> Dict[s
     return {name: arg_type(name) for name in kernel.arg_names}
 
 
+def _divisible(kernel, constexprs: Dict[str, Any], aligned: bool) -> Dict[Tuple[int], List[List[Any]]]:
+    """The variant's ``tt.divisibility`` hints: on every pointer and size, or on none."""
+    names = [n for n in kernel.arg_names if n not in constexprs and (n.endswith("_ptr") or n in SIZES)]
+    return {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in names} if aligned else {}
+
+
 def compile_targets() -> Iterator[CompileTarget]:
     for width in WIDTHS:
         config: Blocks = blocks(width)
@@ -61,6 +78,11 @@ def compile_targets() -> Iterator[CompileTarget]:
             options = launch_options(config, dtype, precision)
             launch = {key: options.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in options}
             for name, kernel, own in KERNELS:
-                constexprs = {**options, **own}
-                label = f"{name} {str(dtype).replace('torch.', '')} {precision} width={width}"
-                yield CompileTarget(label, kernel, _signature(kernel, dtype, constexprs), constexprs, launch)
+                units = {s: 1 for s in UNIT_STRIDES[name.rsplit("_", 1)[1]] if s in kernel.arg_names}
+                constexprs = {**options, **own, **units}
+                for alignment, aligned in ALIGNMENTS.items():
+                    label = f"{name} {str(dtype).replace('torch.', '')} {precision} width={width} {alignment}"
+                    yield CompileTarget(
+                        label, kernel, _signature(kernel, dtype, constexprs), constexprs,
+                        _divisible(kernel, constexprs, aligned), launch,
+                    )
