@@ -12,7 +12,7 @@
 #   train         10-epoch Fashion-MNIST trainings of GRU and RNN, ours (RECURRENT_BACKEND=auto) and torch.nn's;
 #   tests         the whole suite on the default backend;
 #   triton-check  the compile check (benchmarks/triton_check.py) with this machine's Triton.
-# About 9 minutes on an H200 in all. STEPS="tune speed" reruns just those; EPOCHS=N shortens the
+# Sized (not yet timed) for about 9 minutes on an H200. STEPS="tune speed" reruns just those; EPOCHS=N shortens the
 # trainings. Every step has a time limit (a hung kernel costs that step only). Every log and JSON
 # lands under $OUT; a step that fails is logged and the next one still runs.
 set -u
