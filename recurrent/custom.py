@@ -302,9 +302,8 @@ class CustomRNN(RNNBase):
         b_hh (D, 1, G) or None, and the cell's own, each (D, 1, *shape)."""
         directions = 2 if self.bidirectional else 1
         per = len(params) // directions
-        stacked: List[Tensor] = []
-        for i in range(per):
-            stacked.append(params[i].unsqueeze(0) if directions == 1 else torch.stack([params[i], params[per + i]]))
+        # stack_directions: each direction's gradient in a buffer of its own, not views of one.
+        stacked = [kernels.stack_directions([params[d * per + i] for d in range(directions)]) for i in range(per)]
         w_ih, w_hh = stacked[0], stacked[1]
         first_own = 4 if self.bias else 2
         own = [p.unsqueeze(1) for p in stacked[first_own:]]

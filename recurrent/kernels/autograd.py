@@ -57,6 +57,7 @@ class LayerSpec(NamedTuple):
     fold_bias: bool
     batch_sizes: List[int]
     reverse: Optional[Tensor]  # reverse_index(batch_sizes) for two directions
+    last: bool  # the stack's last layer, whose output the caller gets (and may modify in place)
 
 
 @script
@@ -83,7 +84,13 @@ class LayerFunction(torch.autograd.Function):
         ctx.spec, ctx.counts = spec, (states, len(params), len(extra))
         # The inputs themselves (rows, state0, params) are saved for the differentiable backward.
         ctx.save_for_backward(rows, *state0, *params, w_ih, w_hh, hs, *extra, *saved)
-        return (join_directions(hs, spec.reverse), *finals)
+        out = join_directions(hs, spec.reverse)
+        if spec.last and spec.reverse is None:
+            # One direction's output is a view of hs, which the backward reads. The caller may modify
+            # the output in place (torch.nn's allow relu_, in-place dropout): it gets a copy. Between
+            # layers the view is only read by the next layer, so it is not copied.
+            out = out.clone()
+        return (out, *finals)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor, *grad_finals: Tensor):
@@ -107,7 +114,8 @@ class LayerFunction(torch.autograd.Function):
         }
         if spec.bias:
             stacked["bias_ih"] = dgi.sum(1)
-            stacked["bias_hh"] = stacked["bias_ih"] if dgh is dgi else dgh.sum(1)
+            # Where the kind folds b_hh into gi both gradients are that one sum: a copy, not the same tensor.
+            stacked["bias_hh"] = stacked["bias_ih"].clone() if dgh is dgi else dgh.sum(1)
         if spec.proj:
             stacked["weight_hr"] = dextra[0]
         return (None, dx, None, *dstate0, *unstack_grads(stacked, spec.directions, spec.bias, spec.proj))

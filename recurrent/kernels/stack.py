@@ -71,11 +71,14 @@ def layer_forward(
 @torch.jit.unused
 def eager_layer(
     spec: StackSpec, backend: str, rows: Tensor, state0: List[Tensor], params: List[Tensor], batch_sizes: List[int],
-    reverse: Optional[Tensor],
+    reverse: Optional[Tensor], last: bool,
 ) -> Tuple[Tensor, List[Tensor]]:
-    """One layer on ``backend``'s kernels, from Python (autograd Functions cannot run in TorchScript)."""
+    """One layer on ``backend``'s kernels, from Python (autograd Functions cannot run in TorchScript);
+    ``last``: the stack's last layer."""
     kernel = KINDS[spec.mode].kernel(backend)
-    layer = LayerSpec(spec.mode, kernel, spec.directions, spec.bias, spec.proj, spec.fold_bias, batch_sizes, reverse)
+    layer = LayerSpec(
+        spec.mode, kernel, spec.directions, spec.bias, spec.proj, spec.fold_bias, batch_sizes, reverse, last
+    )
     result = run_layer(layer, rows, state0, params)
     if recording.OPEN:
         recording.capture(layer, rows, state0, params)
@@ -121,7 +124,9 @@ def stack_layers(
         mine = [s[layer * directions : (layer + 1) * directions] for s in state0]
         params = weights[layer * per_layer : (layer + 1) * per_layer]
         if eager_backend != "" and not torch.jit.is_scripting():
-            rows, last = eager_layer(spec, eager_backend, rows, mine, params, batch_sizes, reverse)
+            rows, last = eager_layer(
+                spec, eager_backend, rows, mine, params, batch_sizes, reverse, layer == spec.num_layers - 1
+            )
         else:
             rows, last = layer_forward(spec, rows, mine, params, batch_sizes, reverse)
         for i, state in enumerate(last):

@@ -40,30 +40,58 @@ def layer_param_shapes(
 
 
 @script
+def own_gradients(tensors: List[Tensor]) -> List[Tensor]:
+    """The tensors, each through a product with a one where autograd will differentiate them.
+
+    The product's backward gives each tensor a gradient buffer of its own. Without it, a stack's
+    backward hands every stacked tensor a view of one buffer, and a sum's backward hands both terms
+    the same tensor; autograd keeps such views as ``.grad`` (and torch.func returns them), so two
+    parameters' gradients would share one storage and an in-place edit of one would change both."""
+    if torch.is_grad_enabled() and any([t.requires_grad for t in tensors]):
+        one = torch.ones([], dtype=tensors[0].dtype, device=tensors[0].device)
+        return [t * one for t in tensors]
+    return tensors
+
+
+@script
+def stack_directions(tensors: List[Tensor]) -> Tensor:
+    """One tensor per direction, stacked on a new dim 0: (D, ...), each with its own gradient."""
+    if len(tensors) == 1:
+        return tensors[0].unsqueeze(0)
+    return torch.stack(own_gradients(tensors))
+
+
+@script
 def stack_weights(
     params: List[Tensor], directions: int, bias: bool, proj: bool, fold_bias: bool
 ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], List[Tensor]]:
     """A layer's per-direction parameters stacked on a new dim 0: (w_ih (D, G, I), w_hh (D, G, H),
     b_ih (D, 1, G), b_hh (D, 1, G), [w_hr (D, P, H)] or []). With ``fold_bias`` the input bias is
-    b_ih + b_hh and the hidden one None."""
+    b_ih + b_hh and the hidden one None. The sum is taken per direction, before stacking, so that
+    autograd gives b_ih and b_hh one gradient tensor, which it copies for the second of them; summed
+    after stacking, they would get two views of one buffer."""
     kinds = layer_param_kinds(bias, proj)
     per = len(kinds)
     stacked: Dict[str, Tensor] = {}
     for i, kind in enumerate(kinds):
-        if directions == 1:
-            stacked[kind] = params[i].unsqueeze(0)
-        else:
-            stacked[kind] = torch.stack([params[i], params[per + i]])
+        if fold_bias and kind == "bias_ih":
+            folded = [params[d * per + i] + own_gradients([params[d * per + i + 1]])[0] for d in range(directions)]
+            stacked["bias"] = stack_directions(folded)
+        elif not (fold_bias and kind == "bias_hh"):
+            stacked[kind] = stack_directions([params[d * per + i] for d in range(directions)])
     extra = [stacked["weight_hr"]] if proj else []
     if not bias:
         return stacked["weight_ih"], stacked["weight_hh"], None, None, extra
-    b_ih, b_hh = stacked["bias_ih"].unsqueeze(1), stacked["bias_hh"].unsqueeze(1)
     if fold_bias:
-        return stacked["weight_ih"], stacked["weight_hh"], b_ih + b_hh, None, extra
-    return stacked["weight_ih"], stacked["weight_hh"], b_ih, b_hh, extra
+        return stacked["weight_ih"], stacked["weight_hh"], stacked["bias"].unsqueeze(1), None, extra
+    return stacked["weight_ih"], stacked["weight_hh"], stacked["bias_ih"].unsqueeze(1), stacked["bias_hh"].unsqueeze(1), extra
 
 
 def unstack_grads(grads: Dict[str, Tensor], directions: int, bias: bool, proj: bool) -> List[Tensor]:
-    """Gradients stacked by direction ({kind: (D, ...)}) as one flat list in the layer's parameter order."""
-    per_kind = {kind: grads[kind].unbind(0) for kind in layer_param_kinds(bias, proj)}
-    return [per_kind[kind][d] for d in range(directions) for kind in layer_param_kinds(bias, proj)]
+    """Gradients stacked by direction ({kind: (D, ...)}, one tensor per kind) as one flat list in the
+    layer's parameter order. Each direction's gradient is copied out of the stacked buffer when there
+    are two: autograd would keep the views as ``.grad``, two parameters' gradients on one storage."""
+    kinds = layer_param_kinds(bias, proj)
+    if directions == 1:
+        return [grads[kind][0] for kind in kinds]
+    return [grads[kind][d].clone() for d in range(directions) for kind in kinds]
