@@ -10,6 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+# The files of a run directory: the latest checkpoint, the best one, and the metrics so far.
+LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.json"
+
 
 @contextmanager
 def atomic_file(path: Path) -> Iterator[BinaryIO]:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from experiments import data, plots
-from experiments.files import write_json
+from experiments.files import BEST, write_json
 from experiments.models import N_CLASSES, Recipe, SequenceClassifier, layers_for
 
 GATE = "z"  # the update gate
@@ -110,8 +110,6 @@ def after_training(spec: Any, model: nn.Module, splits: data.Splits, out: Path, 
 
 def for_run(run_dir: Path, data_dir: Path | None = None, device: str = "cpu") -> dict[str, Any]:
     """The figure of a finished (or interrupted) run, from its best checkpoint best.pt."""
-    from experiments.train import BEST  # (train imports this module)
-
     best = torch.load(run_dir / BEST, map_location="cpu", weights_only=True)
     spec = best["spec"]
     recipe = Recipe(**spec["recipe"])

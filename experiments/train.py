@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from experiments import data, gates, plots
-from experiments.files import atomic_write, write_json
+from experiments.files import BEST, LAST, METRICS, atomic_write, write_json
 from experiments.models import N_CLASSES, Recipe, build_model
 
 EVAL_BATCH = 1000  # evaluation batch size: only speed depends on it
@@ -30,7 +30,6 @@ DROPOUT_SEED_OFFSET = 1_000_003  # training randomness must not replay the weigh
 # Rank r of a torchrun job draws augmentations and dropout masks as seed + r * RANK_SEED_STRIDE would:
 # its own, and rank 0's are those of a single-process run.
 RANK_SEED_STRIDE = 1_000_000_007
-LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.json"
 # Settings that may change when resuming; everything else must match the checkpoint.
 RESUMABLE_CHANGES = {"device", "threads", "data_dir"}
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _amp, checks, kernels, recording
+from . import _amp, checks, kernels
 
 class RNNBase(nn.Module):
     """What RNN, GRU and LSTM share: parameters, checks, stacking, directions, dropout, packing."""
@@ -202,8 +202,6 @@ class RNNBase(nn.Module):
         rows, finals = self._stack(data, batch_sizes, state0, weights)
         if unsorted_indices is not None:
             finals = [f.index_select(1, unsorted_indices) for f in finals]
-        if not torch.jit.is_scripting():
-            self._recorded_in_callers_order(unsorted_indices)
         return PackedSequence(rows, input.batch_sizes, input.sorted_indices, input.unsorted_indices), finals
 
     def _state_names(self) -> List[str]:
@@ -288,20 +286,14 @@ class RNNBase(nn.Module):
         (kernels.autograd.needs_plain_ops): TorchScript would fumble the transform's wrapped tensors."""
         spec = self._stack_spec()
         backend = self._backend(rows)
-        if recording.OPEN:  # recurrent.record_gates: each layer from Python, where its gates are captured
-            with recording.layer_call(self, batch_sizes), _amp.disabled(rows.device):
-                return kernels.stack_layers(spec, rows, batch_sizes, state0, weights, backend)
         with _amp.disabled(rows.device):
             tensors = [rows, *state0, *weights]
             needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-            if backend == "torchscript" and not needs_grad and not kernels.autograd.needs_plain_ops(tensors):
+            # With layer observers (gate recording) each layer runs from Python, where they see it.
+            whole_stack = not needs_grad and not kernels.LAYER_OBSERVERS and not kernels.autograd.needs_plain_ops(tensors)
+            if backend == "torchscript" and whole_stack:
                 return kernels.run_stack(spec, rows, batch_sizes, state0, weights, "")
             return kernels.stack_layers(spec, rows, batch_sizes, state0, weights, backend)
-
-    @torch.jit.unused
-    def _recorded_in_callers_order(self, order: Optional[Tensor]) -> None:
-        if recording.OPEN:
-            recording.reorder_last(self, order)
 
     @torch.jit.unused
     def _backend(self, rows: Tensor) -> str:

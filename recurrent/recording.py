@@ -9,29 +9,31 @@ time whatever the layer's ``batch_first``, the batch in the caller's order; for 
 zeros after each sequence's end. The gates, as the step functions in :mod:`recurrent.cells` name them:
 GRU ``r``, ``z``, ``n``; LSTM ``i``, ``f``, ``g``, ``o`` and the cell state ``c``; RNN ``h`` (it has no gates).
 
-How: while a recording is open, a layer call runs its stack from Python (eager mode only; a scripted
-module records nothing) and, after each layer, runs that layer's TorchScript forward kernel once
-more without gradients on the very inputs the layer got (after inter-layer dropout), saving its
-activations. That is one extra forward pass per layer, only while recording; when no recording is
-open the layers check one module-level list, and nothing else changes.
+How: while a recording is open, forward hooks on the model's layers mark each layer call, and an
+observer of the eager stack (:data:`recurrent.kernels.stack.LAYER_OBSERVERS`) sees every layer's
+inputs (after inter-layer dropout); the layer call then runs its stack from Python (eager mode only;
+a scripted module records nothing). After each layer the observer runs that layer's TorchScript
+forward kernel once more without gradients on those inputs, saving its activations: one extra
+forward pass per layer, only while recording. With no recording open nothing changes.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
-from .kernels.autograd import LayerSpec, _layer_forward
+from .kernels.autograd import LayerSpec, layer_forward_saving
 from .kernels.registry import KINDS
+from .kernels.stack import LAYER_OBSERVERS
+from .layers import RNNBase
 
 Gates = Dict[str, Tensor]
-
-# The open recordings: (the model's layers by id -> name, the record). Empty when nothing records.
-OPEN: List[Tuple[Dict[int, str], "GateRecord"]] = []
-# The layer call now running under a recording: (its name, record, its layers' gates so far).
-_current: List[Tuple[str, "GateRecord", List[Gates]]] = []
+# The layer calls running under one recording, innermost last: (per-layer gates, batch sizes).
+Calls = List[Tuple[List[Gates], List[int]]]
 
 
 class GateRecord(Dict[str, List[Gates]]):
@@ -42,56 +44,53 @@ class GateRecord(Dict[str, List[Gates]]):
 def record_gates(model: nn.Module) -> Iterator[GateRecord]:
     """Records the gates of every :class:`recurrent.RNN`, ``GRU`` and ``LSTM`` inside ``model`` (itself
     included) for each forward call made inside the ``with`` block (see the module docstring)."""
-    from .layers import RNNBase  # layers imports this module
-
-    names = {id(m): name for name, m in model.named_modules() if isinstance(m, RNNBase) and m.mode in KINDS}
-    if not names:
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, RNNBase) and m.mode in KINDS}
+    if not layers:
         raise ValueError(f"record_gates: {type(model).__name__} holds no recurrent RNN, GRU or LSTM layer to record")
-    record = GateRecord()
-    entry = (names, record)
-    OPEN.append(entry)
+    record, calls = GateRecord(), []
+    handles = []
+    for name, layer in layers.items():
+        handles.append(layer.register_forward_pre_hook(partial(_call_starts, calls)))
+        handles.append(layer.register_forward_hook(partial(_call_ends, calls, record, name), always_call=True))
+    observer = partial(_capture, calls)
+    LAYER_OBSERVERS.append(observer)
     try:
         yield record
     finally:
-        OPEN.remove(entry)
+        LAYER_OBSERVERS.remove(observer)
+        for handle in handles:
+            handle.remove()
 
 
-def _innermost(layer: nn.Module) -> Optional[Tuple[str, GateRecord]]:
-    """(layer's name, record) of the innermost open recording that holds ``layer``: the one it writes to."""
-    found = [(names[id(layer)], record) for names, record in OPEN if id(layer) in names]
-    return found[-1] if found else None
+def _call_starts(calls: Calls, layer: nn.Module, args: tuple) -> None:
+    calls.append(([], []))
 
 
-@contextmanager
-def layer_call(layer: nn.Module, batch_sizes: List[int]) -> Iterator[None]:
-    """Around one layer module's stack: collects its layers' gates into one entry of the record."""
-    found = _innermost(layer)
-    if found is None:
-        yield
+def _call_ends(calls: Calls, record: GateRecord, name: str, layer: nn.Module, args: tuple, output) -> None:
+    """After a recorded layer call (or its exception): its layers' gates as one entry of the record,
+    batch-major, the batch in the caller's order."""
+    per_layer, batch_sizes = calls.pop()
+    if output is None or not per_layer:
         return
-    name, record = found
-    _current.append((name, record, []))
-    try:
-        yield
-        per_layer = _current[-1][2]
-        record.setdefault(name, []).append(
-            {gate: _batch_major(torch.stack([g[gate] for g in per_layer]), batch_sizes) for gate in per_layer[0]}
-        )
-    finally:
-        _current.pop()
+    gates = {gate: _batch_major(torch.stack([g[gate] for g in per_layer]), batch_sizes) for gate in per_layer[0]}
+    order: Optional[Tensor] = args[0].unsorted_indices if isinstance(args[0], PackedSequence) else None
+    if order is not None:
+        gates = {k: v.index_select(2, order.to(v.device)) for k, v in gates.items()}
+    record.setdefault(name, []).append(gates)
 
 
-def capture(spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: List[Tensor]) -> None:
-    """Called by the eager stack after each layer: that layer's gates, if a layer call is recording."""
-    if not _current:
+def _capture(calls: Calls, spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: List[Tensor]) -> None:
+    """The observer: after each layer of a recorded call, that layer's gates."""
+    if not calls:
         return
-    torchscript = spec._replace(kernel=KINDS[spec.mode].kernel("torchscript"))
     with torch.no_grad():
-        hs, _, saved, _ = _layer_forward(torchscript, rows, state0, params, save=True)
+        hs, saved = layer_forward_saving(spec, rows, state0, params)
     gates = _gates(spec.mode, hs, saved)
     if spec.reverse is not None:  # the second direction ran over its rows reversed in time
         gates = {k: torch.stack([v[0], v[1].index_select(0, spec.reverse)]) for k, v in gates.items()}
-    _current[-1][2].append(gates)
+    per_layer, batch_sizes = calls[-1]
+    per_layer.append(gates)
+    batch_sizes[:] = spec.batch_sizes
 
 
 def _gates(mode: str, hs: Tensor, saved: List[Tensor]) -> Gates:
@@ -114,12 +113,3 @@ def _batch_major(rows: Tensor, batch_sizes: List[int]) -> Tensor:
         out[:, :, t, :size] = rows[:, :, start : start + size]
         start += size
     return out.transpose(2, 3)
-
-
-def reorder_last(layer: nn.Module, order: Optional[Tensor]) -> None:
-    """Puts the batch of ``layer``'s latest recorded call in the caller's order (packed input)."""
-    found = _innermost(layer)
-    if order is None or found is None:
-        return
-    name, record = found
-    record[name][-1] = {k: v.index_select(2, order.to(v.device)) for k, v in record[name][-1].items()}

@@ -102,3 +102,20 @@ def test_a_model_without_our_layers_is_rejected():
     with pytest.raises(ValueError, match="no recurrent RNN, GRU or LSTM"):
         with recurrent.record_gates(nn.Linear(2, 2)):
             pass
+
+
+def test_nested_recordings_and_a_failed_call():
+    """Each open recording records the calls made inside it; a call that raises records nothing and
+    leaves the recording working."""
+    torch.manual_seed(0)
+    model = Model("LSTM")
+    x = torch.randn(3, 5, 3, dtype=torch.float64)
+    with recurrent.record_gates(model) as outer:
+        model(x)
+        with recurrent.record_gates(model.rnn) as inner:
+            with pytest.raises(RuntimeError):
+                model.rnn(torch.randn(3, 5, 7, dtype=torch.float64))  # wrong input size
+            model(x)
+    assert len(outer["rnn"]) == 2 and len(inner[""]) == 1
+    torch.testing.assert_close(inner[""][0]["c"], outer["rnn"][1]["c"])
+    torch.testing.assert_close(outer["rnn"][0]["o"], outer["rnn"][1]["o"])

@@ -11,11 +11,11 @@ from .gru import gru_backward, gru_forward
 from .lstm import lstm_backward, lstm_forward
 from .registry import KINDS, CellKind, Kernel
 from .rnn import rnn_backward, rnn_forward
-from .stack import StackSpec, run_stack, sequence_forward, stack_layers
+from .stack import LAYER_OBSERVERS, StackSpec, run_stack, sequence_forward, stack_layers
 from .weights import layer_param_kinds, layer_param_shapes, stack_directions, stack_weights
 
 __all__ = [
-    "KINDS", "CellKind", "Kernel", "LayerSpec", "StackSpec", "gate_inputs", "gru_backward", "gru_forward",
+    "KINDS", "LAYER_OBSERVERS", "CellKind", "Kernel", "LayerSpec", "StackSpec", "gate_inputs", "gru_backward", "gru_forward",
     "join_directions", "layer_param_kinds", "layer_param_shapes", "lstm_backward", "lstm_forward", "per_direction",
     "reverse_index", "rnn_backward", "rnn_forward", "run_layer", "run_stack", "select_backend", "sequence_forward",
     "stack_directions", "stack_layers", "stack_weights",

@@ -145,6 +145,14 @@ def differentiable_layer(
     return gather_directions(hs, spec.reverse), finals
 
 
+def layer_forward_saving(spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: List[Tensor]):
+    """(hs, saved activations) of one layer on the kind's TorchScript kernel, whatever ``spec.kernel``
+    is: what an observer of the stack (gate recording) reads the gates from."""
+    torchscript = spec._replace(kernel=KINDS[spec.mode].kernel("torchscript"))
+    hs, _, saved, _ = _layer_forward(torchscript, rows, state0, params, save=True)
+    return hs, saved
+
+
 def _autograd_backward(ctx, grad_out: Tensor, grad_finals: Tuple[Tensor, ...]) -> tuple:
     """LayerFunction's gradients by autograd through :func:`differentiable_layer`, recomputed from the
     saved inputs: with a graph when grad mode is on (create_graph=True; through the saved inputs it

@@ -9,13 +9,12 @@ that backend (the hand-written backward when gradients are needed). TorchScript 
 when compiling (``torch.jit.is_scripting()`` is constant there).
 """
 
-from typing import List, NamedTuple, Optional, Tuple  # no postponed annotations: TorchScript reads StackSpec's
+from typing import Callable, List, NamedTuple, Optional, Tuple  # no postponed annotations: TorchScript reads StackSpec's
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .. import recording
 from .._jit import script
 from .autograd import LayerSpec, gate_inputs, run_layer
 from .common import join_directions, per_direction, reverse_index
@@ -24,6 +23,12 @@ from .lstm import lstm_forward
 from .registry import KINDS
 from .rnn import rnn_forward
 from .weights import stack_weights
+
+
+# Called after each layer of a stack run from Python, with the layer's spec and inputs (rows after
+# inter-layer dropout, initial states, parameters). What observes layers from above (gate recording)
+# registers here; while the list is not empty, layer calls run their stacks from Python.
+LAYER_OBSERVERS: List[Callable[[LayerSpec, Tensor, List[Tensor], List[Tensor]], None]] = []
 
 
 class StackSpec(NamedTuple):
@@ -80,8 +85,8 @@ def eager_layer(
         spec.mode, kernel, spec.directions, spec.bias, spec.proj, spec.fold_bias, batch_sizes, reverse, last
     )
     result = run_layer(layer, rows, state0, params)
-    if recording.OPEN:
-        recording.capture(layer, rows, state0, params)
+    for observe in LAYER_OBSERVERS:
+        observe(layer, rows, state0, params)
     return result
 
 
