@@ -88,10 +88,9 @@ class RNNCellBase(nn.Module):
     ) -> None:
         super().__init__()
         checks.check_cell_sizes(input_size=input_size, hidden_size=hidden_size)
-        checks.check_cell_bias(bias)
         self.input_size = input_size
         self.hidden_size = hidden_size
-        self.bias = bias
+        self.bias = bias  # as given: torch.nn's cells take any object and register biases by its truth
         factory = {"device": device, "dtype": dtype}
         self.weight_ih = nn.Parameter(torch.empty(num_chunks * hidden_size, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(num_chunks * hidden_size, hidden_size, **factory))

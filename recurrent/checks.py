@@ -56,14 +56,6 @@ def check_bool(name: str, value: bool) -> None:
         raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
 
 
-def check_cell_bias(bias: bool) -> None:
-    """A cell's bias: a bool, or an int used as one (torch.nn's cells take ``bias=1`` and ``bias=0`` and
-    register biases as the value is true or false). torch.nn's cells take any object there; ours
-    reject what is neither a bool nor an int (None, "yes", 1.0) as torch.nn's layers do."""
-    if not isinstance(bias, numbers.Integral):
-        raise TypeError(f"bias should be of type bool (or an int used as one), got: {type(bias).__name__}")
-
-
 def check_nonlinearity(nonlinearity: str) -> None:
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")

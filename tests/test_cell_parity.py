@@ -1,4 +1,5 @@
 """Property tests: RNNCell, GRUCell and LSTMCell equal torch.nn's cells, values and gradients."""
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -47,3 +48,19 @@ def test_cells_equal_torch(device, o):
     g_expected = grads(expected, inputs + list(reference.parameters()))
     g_actual = grads(actual, inputs + list(ours.parameters()))
     assert_all_close(g_actual, g_expected, dtype, gradient_names(reference, len(states)))
+
+
+@pytest.mark.parametrize("bias", ["relu", "", 0, 1, None, 1.0, []])
+@pytest.mark.parametrize("kind", ["RNNCell", "GRUCell", "LSTMCell"])
+def test_cells_take_any_bias_object_as_torch_nn(kind, bias):
+    """torch.nn's cells take any object as ``bias`` and register biases by its truth (PyTorch's own
+    module tests pass a string there); ours take the same, with the same parameters, repr and numbers."""
+    reference = getattr(nn, kind)(3, 4, bias, dtype=torch.float64)
+    ours = getattr(recurrent, kind)(3, 4, bias, dtype=torch.float64)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in reference.named_parameters()]
+    assert repr(ours) == repr(reference)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, dtype=torch.float64)
+    expected, actual = reference(x), ours(x)
+    for a, e in zip(actual if kind == "LSTMCell" else [actual], expected if kind == "LSTMCell" else [expected]):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9)

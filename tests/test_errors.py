@@ -47,7 +47,6 @@ def assert_rejects_like_torch(
         ("GRUCell", dict(hidden_size=-2), RuntimeError, "hidden_size must be zero or greater, got -2"),
         ("RNNCell", dict(input_size=-1), RuntimeError, "input_size must be zero or greater, got -1"),
         ("GRUCell", dict(hidden_size=2.5), TypeError, "hidden_size should be of type int, got: float"),
-        ("LSTMCell", dict(bias="yes"), TypeError, "bias should be of type bool .*got: str"),
         ("LSTM", dict(proj_size=4), ValueError, "proj_size has to be smaller than hidden_size, got proj_size=4 >= 4"),
         ("LSTM", dict(proj_size=9), ValueError, "proj_size has to be smaller than hidden_size"),
         ("LSTM", dict(proj_size=-1), ValueError, "proj_size should be a positive integer or zero"),
@@ -57,9 +56,9 @@ def assert_rejects_like_torch(
 def test_constructor_rejects(kind, kwargs, error, pattern):
     args = {"input_size": 3, "hidden_size": 4, **kwargs}
     # torch.nn's cells check nothing at construction: a negative size fails in torch.empty (RuntimeError), a float
-    # one too (TypeError), but RNNCell takes nonlinearity="gelu" (its forward raises) and any object as bias.
-    # Ours reject those two at construction, as torch.nn's layers do.
-    torch_nn_accepts = kind.endswith("Cell") and ("nonlinearity" in kwargs or "bias" in kwargs)
+    # one too (TypeError), but RNNCell takes nonlinearity="gelu" (its forward raises); ours rejects it at
+    # construction, as torch.nn's layers do.
+    torch_nn_accepts = kind.endswith("Cell") and "nonlinearity" in kwargs
     theirs = None if torch_nn_accepts else lambda: getattr(nn, kind)(**args)
     assert_rejects_like_torch(lambda: getattr(recurrent, kind)(**args), theirs, error, pattern)
 

@@ -628,12 +628,6 @@ def layer_error_cases(dtype: torch.dtype) -> list[ErrorCase]:
     ]
 
 
-# A documented deliberate difference: recurrent's cells take a bool (or an int used as one) as bias and reject
-# anything else at construction with a TypeError, as torch.nn's layers do (recurrent/checks.py check_cell_bias,
-# tests/test_errors.py::test_constructor_rejects); torch.nn's cells take any object, here the string 'relu'.
-CELL_BIAS_STRINGS = {"third arg 'relu'", "third arg 'tanh'"}
-
-
 def error_case_params():
     params = []
     for kind in KINDS:
@@ -657,11 +651,6 @@ def raise_error_case(kind: str, case: ErrorCase, dtype: torch.dtype) -> None:
 # test/test_modules.py::TestModule::test_errors (module_error_inputs_torch_nn_RNN_GRU_Cell, _LSTMCell, _RNN_GRU)
 @pytest.mark.parametrize("kind,case,dtype", error_case_params())
 def test_modules_errors(kind, case, dtype):
-    if kind in CELLS and case.name in CELL_BIAS_STRINGS:
-        # The documented difference (see CELL_BIAS_STRINGS): ours rejects the string at construction.
-        with pytest.raises(TypeError, match="bias should be of type bool"):
-            getattr(recurrent, kind)(*case.args, **case.kwargs)
-        return
     with pytest.raises(case.error, match=case.regex) as raised:
         raise_error_case(kind, case, dtype)
     assert raised.type is case.error
