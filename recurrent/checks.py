@@ -16,10 +16,10 @@ fails deeper down (tests/test_conformance_inputs.py lists each):
 - torch.nn's unbatched LSTMCell reads any indexable hx as (hx[0], hx[1]); ours rejects a single tensor
   or a 3-tuple there as its batched path does.
 """
-from __future__ import annotations
+# No postponed annotations: TorchScript reads StateSpec's.
 
 import numbers
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 from torch import Tensor
 
@@ -147,6 +147,48 @@ def check_hidden(
             f"{name} must be ({layout}{last})"
         )
     check_like_weight(name, hx, weight)
+
+
+class StateSpec(NamedTuple):
+    """What a layer's initial state must be: its argument name (hx, h0, c0), torch.nn's label for it
+    in messages (hidden, hidden[0], hidden[1]), its leading size (layers*directions), its last size and
+    that size's name."""
+
+    name: str
+    label: str
+    layers: int
+    size: int
+    size_name: str
+
+
+def check_padded_call(
+    input: Tensor, hx: Optional[List[Tensor]], states: List[StateSpec], input_size: int, weight: Tensor,
+    batch_first: bool,
+) -> None:
+    """Every check of a padded (or unbatched) layer call, in torch.nn's order (above)."""
+    check_layer_dim(input)
+    batched = input.dim() == 3
+    if hx is not None:
+        for state, spec in zip(hx, states):
+            check_hidden_dim(spec.name, state, batched)
+    check_layer_features(input, input_size, weight)
+    batch = (input.size(0) if batch_first else input.size(1)) if batched else 1
+    if hx is not None:
+        for state, spec in zip(hx, states):
+            check_hidden(spec.name, spec.label, state, [spec.layers, batch, spec.size], weight, batched, spec.size_name)
+    check_sequence_length(input.size(1) if batched and batch_first else input.size(0), input)
+
+
+def check_packed_call(
+    data: Tensor, batch: int, hx: Optional[List[Tensor]], states: List[StateSpec], input_size: int, weight: Tensor
+) -> None:
+    """Every check of a layer call on a PackedSequence (its data and batch size), in torch.nn's order."""
+    check_packed_input(data, input_size, weight)
+    if hx is not None:
+        for state, spec in zip(hx, states):
+            check_hidden_dim(spec.name, state, True, True)
+        for state, spec in zip(hx, states):
+            check_hidden(spec.name, spec.label, state, [spec.layers, batch, spec.size], weight, True, spec.size_name)
 
 
 def check_sequence_length(steps: int, input: Tensor) -> None:

@@ -12,13 +12,44 @@ differentiates op by op when scripted.
 
 import math
 import warnings
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _amp, checks, kernels
+
+def _check_layer_arguments(
+    input_size: int, hidden_size: int, num_layers: int, bias: bool, batch_first: bool, dropout: float,
+    bidirectional: bool, proj_size: int,
+) -> None:
+    """A layer's constructor arguments, as torch.nn checks them (and its warning for a dropout that
+    cannot act)."""
+    checks.check_sizes(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
+    checks.check_proj_size(proj_size, hidden_size)
+    for name, flag in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
+        checks.check_bool(name, flag)
+    checks.check_dropout(dropout)
+    if dropout > 0 and num_layers == 1:
+        warnings.warn(
+            "dropout acts between recurrent layers, so non-zero dropout expects num_layers greater "
+            f"than 1, but got dropout={dropout} and num_layers={num_layers}",
+            stacklevel=4,
+        )
+
+
+class LayerCall(NamedTuple):
+    """One layer call, read from its arguments and checked: what the stack runs, and the shape of
+    the output to assemble."""
+
+    rows: Tensor  # (T, I), time-major rows (see recurrent.kernels.common)
+    batch_sizes: List[int]  # rows per step
+    state0: List[Tensor]  # (layers*directions, N, size) each, in the rows' batch order
+    weights: List[Tensor]  # in autocast's dtype under autocast
+    steps: int
+    batched: bool
+
 
 class RNNBase(nn.Module):
     """What RNN, GRU and LSTM share: parameters, checks, stacking, directions, dropout, packing."""
@@ -59,17 +90,7 @@ class RNNBase(nn.Module):
         layer-direction, registered after torch.nn's own) are for layers of custom cells
         (:class:`recurrent.CustomRNN`); the built-in kinds take them from their registry entry."""
         super().__init__()
-        checks.check_sizes(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
-        checks.check_proj_size(proj_size, hidden_size)
-        for name, flag in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
-            checks.check_bool(name, flag)
-        checks.check_dropout(dropout)
-        if dropout > 0 and num_layers == 1:
-            warnings.warn(
-                "dropout acts between recurrent layers, so non-zero dropout expects num_layers greater "
-                f"than 1, but got dropout={dropout} and num_layers={num_layers}",
-                stacklevel=3,
-            )
+        _check_layer_arguments(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size)
         self.mode = mode
         # A custom cell gets gi and gh apart, so its b_hh never folds into the input projection.
         self._fold_bias = kernels.KINDS[mode].folds_bias if gates is None else False
@@ -81,28 +102,29 @@ class RNNBase(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
         self.proj_size = proj_size
-
-        directions = 2 if bidirectional else 1
         gate_size = (kernels.KINDS[mode].gates if gates is None else gates) * hidden_size
-        output_size = proj_size or hidden_size
-        factory = {"device": device, "dtype": dtype}
-        self._flat_weights_names: List[str] = []
-        self._all_weights: List[List[str]] = []
-        for layer in range(num_layers):
-            layer_input = input_size if layer == 0 else output_size * directions
-            for direction in range(directions):
-                suffix = "_reverse" if direction == 1 else ""
-                shapes = kernels.layer_param_shapes(bias, gate_size, layer_input, hidden_size, output_size, proj_size)
-                shapes += list(extra_params)
-                names = []
-                for kind, shape in shapes:
-                    name = f"{kind}_l{layer}{suffix}"
-                    setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
-                    names.append(name)
-                self._flat_weights_names.extend(names)
-                self._all_weights.append(names)
+        self._register_parameters(gate_size, list(extra_params), {"device": device, "dtype": dtype})
         self._init_flat_weights()
         self.reset_parameters()
+
+    def _register_parameters(self, gate_size: int, extra_params: List[Tuple[str, Tuple[int, ...]]], factory: dict) -> None:
+        """torch.nn's parameters, per layer and direction in its order, then ``extra_params``."""
+        directions = 2 if self.bidirectional else 1
+        output_size = self.proj_size or self.hidden_size
+        self._flat_weights_names: List[str] = []
+        self._all_weights: List[List[str]] = []
+        for layer in range(self.num_layers):
+            layer_input = self.input_size if layer == 0 else output_size * directions
+            shapes = kernels.layer_param_shapes(
+                self.bias, gate_size, layer_input, self.hidden_size, output_size, self.proj_size
+            ) + extra_params
+            for direction in range(directions):
+                suffix = "_reverse" if direction == 1 else ""
+                names = [f"{kind}_l{layer}{suffix}" for kind, _ in shapes]
+                for name, (_, shape) in zip(names, shapes):
+                    setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
 
     # -- parameters ---------------------------------------------------------------------------
     def _init_flat_weights(self) -> None:
@@ -169,96 +191,94 @@ class RNNBase(nn.Module):
         """The last dimension of each state: [h] for RNN and GRU; LSTM overrides this."""
         return [self.hidden_size]
 
+    # A call goes one way: read its arguments into a LayerCall (checked, all of it, before anything
+    # runs), run the stack on the rows, assemble the output in the caller's layout.
     def _run(self, input: Tensor, hx: Optional[List[Tensor]]) -> Tuple[Tensor, List[Tensor]]:
-        """Padded (or unbatched) input: checks, layout, the stack, and back to the caller's layout."""
-        weights = self._flat_weights
-        if not torch.jit.is_scripting():
-            input, hx, weights = self._eager_arguments(input, hx)
-        x, state0, batched = self._checked(input, hx, weights[0])
-        steps, batch = x.size(0), x.size(1)
-        if batch == 0:
-            output, finals = self._empty_batch(x, state0, weights)
-        else:
-            rows, finals = self._stack(x.reshape(steps * batch, -1), [batch] * steps, state0, weights)
-            output = rows.view(steps, batch, -1)
-        if not batched:
+        """A padded (or unbatched) call."""
+        call = self._read_padded(input, hx)
+        rows, finals = self._run_call(call)
+        output = rows.view(call.steps, call.batch_sizes[0], rows.size(-1))
+        if not call.batched:
             return output.squeeze(1), [f.squeeze(1) for f in finals]
         return (output.transpose(0, 1) if self.batch_first else output), finals
 
     def _run_packed(self, input: PackedSequence, hx: Optional[List[Tensor]]) -> Tuple[PackedSequence, List[Tensor]]:
-        """PackedSequence input: its data are the rows, its batch_sizes the steps (sorted by length)."""
-        data, weights = input.data, self._flat_weights
-        if not torch.jit.is_scripting():
-            data, hx, weights = self._eager_arguments(data, hx)
-        checks.check_packed_input(data, self.input_size, weights[0])  # torch.nn's order: before the states
-        if hx is not None:
-            for state, name in zip(hx, self._state_names()):
-                checks.check_hidden_dim(name, state, True, True)
-        batch_sizes: List[int] = input.batch_sizes.tolist()
-        state0 = self._initial_states(hx, batch_sizes[0], data, weights[0], True)
-        sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices  # locals refine Optional
-        if sorted_indices is not None:
-            state0 = [s.index_select(1, sorted_indices) for s in state0]
-        rows, finals = self._stack(data, batch_sizes, state0, weights)
+        """A call on a PackedSequence: its data are the rows, its batch_sizes the steps (sorted by length)."""
+        call = self._read_packed(input, hx)
+        rows, finals = self._run_call(call)
+        unsorted_indices = input.unsorted_indices  # a local refines Optional
         if unsorted_indices is not None:
             finals = [f.index_select(1, unsorted_indices) for f in finals]
         return PackedSequence(rows, input.batch_sizes, input.sorted_indices, input.unsorted_indices), finals
 
-    def _state_names(self) -> List[str]:
-        return ["hx"] if len(self._state_sizes()) == 1 else ["h0", "c0"]
+    def _arguments(
+        self, input: Tensor, hx: Optional[List[Tensor]]
+    ) -> Tuple[Tensor, Optional[List[Tensor]], List[Tensor]]:
+        """(input, hx, weights) as the call uses them: in autocast's dtype under autocast (eager)."""
+        if torch.jit.is_scripting():
+            return input, hx, self._flat_weights
+        return self._eager_arguments(input, hx)
 
-    def _checked(self, input: Tensor, hx: Optional[List[Tensor]], weight: Tensor) -> Tuple[Tensor, List[Tensor], bool]:
-        """Checks padded or unbatched input and the initial states in torch.nn's order (see
-        :mod:`recurrent.checks`); returns (input time-major with a batch dimension, the initial
-        states (layers*directions, batch, size), whether the input was batched)."""
-        checks.check_layer_dim(input)
+    def _read_padded(self, input: Tensor, hx: Optional[List[Tensor]]) -> LayerCall:
+        input, hx, weights = self._arguments(input, hx)
+        checks.check_padded_call(input, hx, self._state_specs(), self.input_size, weights[0], self.batch_first)
         batched = input.dim() == 3
-        if hx is not None:
-            for state, name in zip(hx, self._state_names()):
-                checks.check_hidden_dim(name, state, batched)
-        checks.check_layer_features(input, self.input_size, weight)
         if not batched:
             x = input.unsqueeze(1)
         elif self.batch_first:
             x = input.transpose(0, 1)
         else:
             x = input
-        state0 = self._initial_states(hx, x.size(1), x, weight, batched)
-        checks.check_sequence_length(x.size(0), input)
-        return x, state0, batched
+        steps, batch = x.size(0), x.size(1)
+        state0 = self._initial_states(hx, batch, x, batched)
+        return LayerCall(x.reshape(steps * batch, x.size(2)), [batch] * steps, state0, weights, steps, batched)
 
-    def _initial_states(
-        self, hx: Optional[List[Tensor]], batch: int, like: Tensor, weight: Tensor, batched: bool
-    ) -> List[Tensor]:
-        """The given states checked (their dimensions were, before), with the batch dimension; or zeros."""
+    def _read_packed(self, input: PackedSequence, hx: Optional[List[Tensor]]) -> LayerCall:
+        data, hx, weights = self._arguments(input.data, hx)
+        batch_sizes: List[int] = input.batch_sizes.tolist()
+        checks.check_packed_call(data, batch_sizes[0], hx, self._state_specs(), self.input_size, weights[0])
+        state0 = self._initial_states(hx, batch_sizes[0], data, True)
+        sorted_indices = input.sorted_indices  # a local refines Optional
+        if sorted_indices is not None:
+            state0 = [s.index_select(1, sorted_indices) for s in state0]
+        return LayerCall(data, batch_sizes, state0, weights, len(batch_sizes), True)
+
+    def _state_specs(self) -> List[checks.StateSpec]:
+        """What each initial state must be (name, torch.nn's label, sizes) for the checks."""
         layers = (2 if self.bidirectional else 1) * self.num_layers
         sizes = self._state_sizes()
-        if hx is None:
-            return [torch.zeros(layers, batch, size, dtype=like.dtype, device=like.device) for size in sizes]
-        names = self._state_names()
         if len(sizes) == 1:
-            labels, lasts = ["hidden"], ["hidden_size"]
-        else:
-            labels, lasts = ["hidden[0]", "hidden[1]"], ["proj_size" if self.proj_size > 0 else "hidden_size", "hidden_size"]
-        states: List[Tensor] = []
-        for i in range(len(sizes)):
-            state = hx[i]
-            checks.check_hidden(names[i], labels[i], state, [layers, batch, sizes[i]], weight, batched, lasts[i])
-            states.append(state if batched else state.unsqueeze(1))
-        return states
+            return [checks.StateSpec("hx", "hidden", layers, sizes[0], "hidden_size")]
+        first = "proj_size" if self.proj_size > 0 else "hidden_size"
+        return [
+            checks.StateSpec("h0", "hidden[0]", layers, sizes[0], first),
+            checks.StateSpec("c0", "hidden[1]", layers, sizes[1], "hidden_size"),
+        ]
 
-    def _empty_batch(self, x: Tensor, state0: List[Tensor], weights: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
-        """An empty batch (x of shape (L, 0, I)): torch.nn returns empty outputs, (L, 0, D*H_out) and
-        states of state0's shapes, whose gradients reach the input and states (empty) and the weights
-        (zeros). Nothing to compute: the kernels are not run on an empty batch; the outputs hang from
-        a zero built from every input so that autograd gives those gradients."""
-        zero = x.sum() * 0
-        for t in state0 + weights:
+    def _initial_states(self, hx: Optional[List[Tensor]], batch: int, like: Tensor, batched: bool) -> List[Tensor]:
+        """The given states (checked) with a batch dimension, or zeros: (layers*directions, batch, size)."""
+        if hx is None:
+            layers = (2 if self.bidirectional else 1) * self.num_layers
+            return [torch.zeros(layers, batch, size, dtype=like.dtype, device=like.device) for size in self._state_sizes()]
+        return [state if batched else state.unsqueeze(1) for state in hx]
+
+    def _run_call(self, call: LayerCall) -> Tuple[Tensor, List[Tensor]]:
+        """(output rows (T, D·H_out), final states) of a read call; an empty batch needs no kernel."""
+        if call.batch_sizes[0] == 0:
+            return self._empty_batch(call)
+        return self._stack(call.rows, call.batch_sizes, call.state0, call.weights)
+
+    def _empty_batch(self, call: LayerCall) -> Tuple[Tensor, List[Tensor]]:
+        """An empty batch: torch.nn returns empty outputs, (L, 0, D*H_out) and states of state0's shapes,
+        whose gradients reach the input and states (empty) and the weights (zeros). Nothing to compute:
+        the outputs hang from a zero built from every input so that autograd gives those gradients."""
+        zero = call.rows.sum() * 0
+        for t in call.state0 + call.weights:
             zero = zero + t.sum() * 0
         directions = 2 if self.bidirectional else 1
         size = self.proj_size if self.proj_size > 0 else self.hidden_size
-        output = x.new_zeros([x.size(0), 0, directions * size]) + zero
-        return output, [s.new_zeros(s.size()) + zero for s in state0]
+        output = call.rows.new_zeros([0, directions * size]) + zero
+        return output, [s.new_zeros(s.size()) + zero for s in call.state0]
 
     def _stack_spec(self) -> kernels.StackSpec:
         return kernels.StackSpec(
@@ -419,8 +439,7 @@ class LSTM(RNNBase):
             return None
         if isinstance(hx, Tensor):
             if input is not None:
-                checked_input, states, weights = self._eager_arguments(input, [hx[0], hx[1]])
-                self._checked(checked_input, states, weights[0])
+                self._read_padded(input, [hx[0], hx[1]])
             raise TypeError(
                 f"{type(self).__name__} takes hx as a tuple (h0, c0) of two tensors, got a single Tensor of shape {list(hx.size())}"
             )

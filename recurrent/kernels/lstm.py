@@ -45,6 +45,34 @@ def lstm_forward(
 
 
 @script
+def gate_factors(saved: List[Tensor], c0: Tensor, batch_sizes: List[int]) -> Tuple[Tensor, Tensor, Tensor]:
+    """The backward's factors that do not depend on the incoming gradients, for all rows: (dgates
+    (D, T, 4, H) holding g i(1 − i), c_prev f(1 − f), i(1 − g²), tanh(c') o(1 − o); du_to_dc =
+    o(1 − tanh²(c')); tanh(c')). Each factor is formed in its own slot with in-place ops (x s(1 − s)
+    as x s − (x s) s), so nothing else is allocated: big temporaries cost page faults on CPU."""
+    i_f, g, o, cs = saved[0], saved[1], saved[2], saved[3]
+    directions, rows, hidden = cs.size(0), cs.size(1), cs.size(2)
+    i = i_f[..., :hidden]
+    f = i_f[..., hidden:]
+    tanh_c = torch.tanh(cs)
+    du_to_dc = tanh_slope(tanh_c).mul_(o)
+    dgates = torch.empty(directions, rows, 4, hidden, dtype=cs.dtype, device=cs.device)
+    slot = torch.mul(g, i, out=dgates[:, :, 0])
+    slot.addcmul_(slot, i, value=-1)
+    start = 0
+    for block in previous_blocks(c0, cs, batch_sizes):  # c_prev f(1 − f), block by block
+        end = start + block.size(1)
+        slot = torch.mul(block, f[:, start:end], out=dgates[:, start:end, 1])
+        slot.addcmul_(slot, f[:, start:end], value=-1)
+        start = end
+    slot = torch.mul(i, g, out=dgates[:, :, 2]).mul_(g)
+    torch.sub(i, slot, out=slot)  # i(1 − g²)
+    slot = torch.mul(tanh_c, o, out=dgates[:, :, 3])
+    slot.addcmul_(slot, o, value=-1)
+    return dgates, du_to_dc, tanh_c
+
+
+@script
 def lstm_backward(
     grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
     saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int],
@@ -57,30 +85,13 @@ def lstm_backward(
         da_i = dc ⊙ g ⊙ i(1 − i)                    da_f = dc ⊙ c ⊙ f(1 − f)
         da_g = dc ⊙ i ⊙ (1 − g²)                    da_o = du ⊙ tanh(c') ⊙ o(1 − o)
         dh   = da W_hh                              dc_prev = dc ⊙ f
-    The factors that do not depend on the incoming gradients are formed for all rows before the loop,
-    in the buffer that the loop turns into dgates in place.
+    The factors that do not depend on the incoming gradients are formed for all rows before the loop
+    (:func:`gate_factors`), in the buffer that the loop turns into dgates in place.
     """
-    i_f, g, o, cs = saved[0], saved[1], saved[2], saved[3]
-    directions, rows, hidden = cs.size(0), cs.size(1), cs.size(2)
-    i = i_f[..., :hidden]
+    i_f, o, cs = saved[0], saved[2], saved[3]
+    rows, hidden = cs.size(1), cs.size(2)
     f = i_f[..., hidden:]
-    tanh_c = torch.tanh(cs)
-    du_to_dc = tanh_slope(tanh_c).mul_(o)
-    dgates = torch.empty(directions, rows, 4, hidden, dtype=cs.dtype, device=cs.device)
-    # Each factor is formed in its own slot with in-place ops (x s(1 − s) as x s − (x s) s), so
-    # nothing else is allocated: big temporaries cost page faults on CPU.
-    slot = torch.mul(g, i, out=dgates[:, :, 0])
-    slot.addcmul_(slot, i, value=-1)
-    start = 0
-    for block in previous_blocks(state0[1], cs, batch_sizes):  # c_prev f(1 − f), block by block
-        end = start + block.size(1)
-        slot = torch.mul(block, f[:, start:end], out=dgates[:, start:end, 1])
-        slot.addcmul_(slot, f[:, start:end], value=-1)
-        start = end
-    slot = torch.mul(i, g, out=dgates[:, :, 2]).mul_(g)
-    torch.sub(i, slot, out=slot)  # i(1 − g²)
-    slot = torch.mul(tanh_c, o, out=dgates[:, :, 3])
-    slot.addcmul_(slot, o, value=-1)
+    dgates, du_to_dc, tanh_c = gate_factors(saved, state0[1], batch_sizes)
     projected = len(extra) > 0
     dh = grad_finals[0]
     dc = grad_finals[1]
