@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test test-triton triton-check reproduce bench
+.PHONY: setup test test-triton triton-check lint docs reproduce bench
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -26,6 +26,14 @@ test-triton: setup
 
 triton-check: setup
 	$(PY) benchmarks/triton_check.py
+
+# ruff's lint and format check (pyproject.toml), and the docs site built with every warning an error.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+docs: setup
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 reproduce: setup
 	$(PY) -m experiments.reproduce

@@ -8,6 +8,7 @@ everything else (elementwise gate math, reductions), and counts the minor page f
 (getrusage, outside the profiler): every fresh multi-megabyte buffer that the allocator has handed
 back to the OS is faulted in again page by page. The shapes are speed.py's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,12 +22,21 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import recurrent  # noqa: E402
 from speed import KINDS, SHAPES, flat, quiet_fd2  # noqa: E402
 
+import recurrent  # noqa: E402
+
 MATMUL = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"}
-COPIES = {"aten::copy_", "aten::cat", "aten::stack", "aten::index_select", "aten::index_copy_", "aten::index_add",
-          "aten::clone", "aten::contiguous"}
+COPIES = {
+    "aten::copy_",
+    "aten::cat",
+    "aten::stack",
+    "aten::index_select",
+    "aten::index_copy_",
+    "aten::index_add",
+    "aten::clone",
+    "aten::contiguous",
+}
 
 
 def breakdown(model: nn.Module, x: torch.Tensor, steps: int) -> dict[str, float]:
@@ -74,7 +84,10 @@ def main() -> None:
     ours.load_state_dict(reference.state_dict())
     x = torch.randn(shape.seq_len, shape.batch, shape.input_size, requires_grad=True)
     rows = {name: breakdown(m, x, args.steps) for name, m in (("torch.nn", reference), ("recurrent", ours))}
-    print(f"{shape.name}, fwd+bwd, ms per step (self CPU time, {torch.get_num_threads()} threads, torch {torch.__version__})")
+    print(
+        f"{shape.name}, fwd+bwd, ms per step "
+        f"(self CPU time, {torch.get_num_threads()} threads, torch {torch.__version__})"
+    )
     kinds = list(rows["torch.nn"])
     print(f"{'':18}" + "".join(f"{k:>18}" for k in kinds))
     for name, totals in rows.items():

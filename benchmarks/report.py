@@ -6,6 +6,7 @@ Without JSON arguments it takes every benchmarks/results/speed-*.json except --q
 The hand-written analysis lives in benchmarks/NOTES.md and is included verbatim at the end, so
 regenerating the file never overwrites it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,24 +24,96 @@ L256 = ["gru-L256-H512", "rnn-L256-H512"]
 # (device, target, shapes (None: every non-tiny shape), modes, contender, versus, metric, limit):
 # met when metric(contender) / metric(versus) <= limit for every listed (shape, mode) measured.
 TARGETS: list[tuple[str, str, Optional[list[str]], list[str], str, str, str, float]] = [
-    ("cpu", "GRU 2-layer, Fashion-MNIST, fwd+bwd ≤ 0.8× torch.nn",
-     ["fmnist-gru2"], ["fwd+bwd"], "recurrent", REFERENCE, "median_ms", 0.8),
-    ("cpu", "bidirectional RNN, Fashion-MNIST, fwd+bwd ≤ 0.8× torch.nn",
-     ["fmnist-birnn"], ["fwd+bwd"], "recurrent", REFERENCE, "median_ms", 0.8),
-    ("cpu", "GRU 2-layer, Fashion-MNIST, inference ≤ 1.0× torch.nn",
-     ["fmnist-gru2"], ["inference"], "recurrent", REFERENCE, "median_ms", 1.0),
-    ("cpu", "bidirectional RNN, Fashion-MNIST, inference ≤ 1.0× torch.nn",
-     ["fmnist-birnn"], ["inference"], "recurrent", REFERENCE, "median_ms", 1.0),
-    ("cpu", "GRU N=64 L=100 H=256, fwd+bwd ≤ 1.0× torch.nn",
-     ["gru-L100-H256"], ["fwd+bwd"], "recurrent", REFERENCE, "median_ms", 1.0),
-    ("cpu", "recurrent ≥ 2× faster than eager cells (time ratio ≤ 0.5), every shape and mode",
-     None, ["inference", "fwd+bwd"], "recurrent", "eager cells", "median_ms", 0.5),
-    ("cpu", "peak memory fwd+bwd ≤ 1.2× torch.nn, every shape",
-     None, ["fwd+bwd"], "recurrent", REFERENCE, "peak_mb", 1.2),
-    ("cuda", "Fashion-MNIST shapes, fwd+bwd ≤ 1.0× cuDNN",
-     FMNIST, ["fwd+bwd"], "recurrent", REFERENCE, "median_ms", 1.0),
-    ("cuda", "N=64 L=256 H=512 (GRU and RNN), fwd+bwd ≤ 1.3× cuDNN",
-     L256, ["fwd+bwd"], "recurrent", REFERENCE, "median_ms", 1.3),
+    (
+        "cpu",
+        "GRU 2-layer, Fashion-MNIST, fwd+bwd ≤ 0.8× torch.nn",
+        ["fmnist-gru2"],
+        ["fwd+bwd"],
+        "recurrent",
+        REFERENCE,
+        "median_ms",
+        0.8,
+    ),
+    (
+        "cpu",
+        "bidirectional RNN, Fashion-MNIST, fwd+bwd ≤ 0.8× torch.nn",
+        ["fmnist-birnn"],
+        ["fwd+bwd"],
+        "recurrent",
+        REFERENCE,
+        "median_ms",
+        0.8,
+    ),
+    (
+        "cpu",
+        "GRU 2-layer, Fashion-MNIST, inference ≤ 1.0× torch.nn",
+        ["fmnist-gru2"],
+        ["inference"],
+        "recurrent",
+        REFERENCE,
+        "median_ms",
+        1.0,
+    ),
+    (
+        "cpu",
+        "bidirectional RNN, Fashion-MNIST, inference ≤ 1.0× torch.nn",
+        ["fmnist-birnn"],
+        ["inference"],
+        "recurrent",
+        REFERENCE,
+        "median_ms",
+        1.0,
+    ),
+    (
+        "cpu",
+        "GRU N=64 L=100 H=256, fwd+bwd ≤ 1.0× torch.nn",
+        ["gru-L100-H256"],
+        ["fwd+bwd"],
+        "recurrent",
+        REFERENCE,
+        "median_ms",
+        1.0,
+    ),
+    (
+        "cpu",
+        "recurrent ≥ 2× faster than eager cells (time ratio ≤ 0.5), every shape and mode",
+        None,
+        ["inference", "fwd+bwd"],
+        "recurrent",
+        "eager cells",
+        "median_ms",
+        0.5,
+    ),
+    (
+        "cpu",
+        "peak memory fwd+bwd ≤ 1.2× torch.nn, every shape",
+        None,
+        ["fwd+bwd"],
+        "recurrent",
+        REFERENCE,
+        "peak_mb",
+        1.2,
+    ),
+    (
+        "cuda",
+        "Fashion-MNIST shapes, fwd+bwd ≤ 1.0× cuDNN",
+        FMNIST,
+        ["fwd+bwd"],
+        "recurrent",
+        REFERENCE,
+        "median_ms",
+        1.0,
+    ),
+    (
+        "cuda",
+        "N=64 L=256 H=512 (GRU and RNN), fwd+bwd ≤ 1.3× cuDNN",
+        L256,
+        ["fwd+bwd"],
+        "recurrent",
+        REFERENCE,
+        "median_ms",
+        1.3,
+    ),
 ]
 
 
@@ -165,9 +238,7 @@ def main() -> int:
     p.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
     p.add_argument("--notes", type=Path, default=HERE / "NOTES.md")
     args = p.parse_args()
-    paths = args.json or [
-        q for q in sorted((HERE / "results").glob("speed-*.json")) if not q.stem.endswith("-quick")
-    ]
+    paths = args.json or [q for q in sorted((HERE / "results").glob("speed-*.json")) if not q.stem.endswith("-quick")]
     if not paths:
         print("no benchmark JSON found; run benchmarks/speed.py first", file=sys.stderr)
         return 1

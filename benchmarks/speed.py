@@ -25,6 +25,7 @@ PackedSequence of a batch whose lengths vary; the cell loop has no packed path.
 Writes DIR/speed-<device>[-quick].json and a .png chart next to it; benchmarks/report.py turns
 them into benchmarks/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,7 +112,17 @@ REFERENCE = "torch.nn"
 TORCHSCRIPT, TRITON = "recurrent (TorchScript)", "recurrent (Triton)"
 # The table order of the contenders.
 CUSTOM, CUSTOM_LOOP = "custom cell", "custom cell, Python loop"
-CONTENDERS = [REFERENCE, "recurrent", TORCHSCRIPT, TRITON, "eager cells", "scripted", "recurrent+graph", CUSTOM, CUSTOM_LOOP]
+CONTENDERS = [
+    REFERENCE,
+    "recurrent",
+    TORCHSCRIPT,
+    TRITON,
+    "eager cells",
+    "scripted",
+    "recurrent+graph",
+    CUSTOM,
+    CUSTOM_LOOP,
+]
 WARMUP = 3
 WARMUP_SCRIPTED = 10  # the profiling executor records shapes on the first calls, then optimises
 # cuDNN's kernels sum in another order than cuBLAS GEMMs + pointwise ops, which drifts over L steps.
@@ -213,7 +224,9 @@ class CustomCellLoop(nn.Module):
             outs = []
             for d in range(dirs):
                 suffix = f"_l{k}" + ("_reverse" if d else "")
-                w_ih, w_hh, b_ih, b_hh = (getattr(layer, n + suffix) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                w_ih, w_hh, b_ih, b_hh = (
+                    getattr(layer, n + suffix) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                )
                 gi = torch.addmm(b_ih, x.flatten(0, 1), w_ih.t()).view(x.size(0), x.size(1), -1)
                 h = x.new_zeros(x.size(1), layer.hidden_size)
                 ys: list[Tensor] = [h] * x.size(0)
@@ -288,7 +301,9 @@ def build(shape: Shape, device: torch.device) -> tuple[dict[str, nn.Module], dic
         return m
 
     models: dict[str, nn.Module] = {
-        REFERENCE: ref, "recurrent": OnBackend(ours(), None), TORCHSCRIPT: OnBackend(ours(), "torchscript")
+        REFERENCE: ref,
+        "recurrent": OnBackend(ours(), None),
+        TORCHSCRIPT: OnBackend(ours(), "torchscript"),
     }
     failed: dict[str, str] = {}
     if device.type == "cuda":
@@ -450,11 +465,7 @@ def peak_cpu_bytes(fn: Callable[[], None]) -> int:
         fn()
     # The raw '[memory]' records (+bytes on allocation, -bytes on free) carry exact timestamps;
     # prof.events() would fold them into the enclosing op and hide peaks inside an op.
-    events = sorted(
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]"
-    )
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     held = peak = 0
     for _, nbytes in events:
         held += nbytes
@@ -535,9 +546,7 @@ def machine(device: torch.device) -> str:
 
 def git_commit() -> Optional[str]:
     try:
-        out = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None

@@ -17,6 +17,7 @@ divisible by 16, and none: the two ends of what a launch can meet), then reads
 
 Exits 1 when any configuration fails to compile, exceeds shared memory or spills.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,7 +74,7 @@ class Result:
         return found
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def targets() -> List[CompileTarget]:
     return list(compile_targets())
 
@@ -106,7 +107,7 @@ def check(index: int, arch: int) -> Result:
             raise RuntimeError("could not parse the resource usage")
         result.registers, result.stack, result.local = map(int, registers.groups())
         result.spill_stores = sum(int(s) for s, _ in spills)
-        result.spill_loads = sum(int(l) for _, l in spills)
+        result.spill_loads = sum(int(loads) for _, loads in spills)
     except Exception as e:  # noqa: BLE001 - reported as this configuration's failure
         first = (str(e).strip().splitlines() or [""])[0]
         result.error = f"{type(e).__name__}: {first}"[:300]

@@ -18,6 +18,7 @@ A candidate is only a measurement: the dispatcher launches nothing that
 the check then covers it). ``--smoke`` runs two tiny shapes and two candidates, for CPU tests
 under ``TRITON_INTERPRET=1``; its times mean nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,7 +80,7 @@ def inputs(case: Case, dtype: torch.dtype, device: str) -> dict:
     kind, d, n, t, h = KINDS[case.mode], case.directions, case.batch, case.steps, case.hidden
     make = lambda *shape, scale=1.0: (torch.randn(*shape, device=device) * scale).to(dtype)  # noqa: E731
     states = [make(d, n, h, scale=0.5) for _ in range(2 if case.mode == "LSTM" else 1)]
-    w_hh = make(d, kind.gates * h, h, scale=h ** -0.5)
+    w_hh = make(d, kind.gates * h, h, scale=h**-0.5)
     b_hh = None if kind.folds_bias else make(d, 1, kind.gates * h, scale=0.1)
     return dict(gi=make(d, t * n, kind.gates * h), states=states, w_hh=w_hh, b_hh=b_hh, batch_sizes=[n] * t)
 
@@ -103,6 +104,7 @@ def passes(case: Case, dtype: torch.dtype, device: str) -> Dict[str, Callable[[]
 
 def with_blocks(config: Optional[Blocks], fn: Callable[[], object]) -> Callable[[], object]:
     """``fn`` run with ``common.blocks`` answering ``config`` (None: the pinned table)."""
+
     def run():
         pinned = common.blocks
         if config is not None:
@@ -111,17 +113,20 @@ def with_blocks(config: Optional[Blocks], fn: Callable[[], object]) -> Callable[
             return fn()
         finally:
             common.blocks = pinned
+
     return run
 
 
 def timer(device: str) -> Callable[[Callable[[], object], int], float]:
     """Microseconds per call over ``reps`` back-to-back calls (CUDA events on a GPU)."""
     if device != "cuda":
+
         def cpu_us(fn, reps):
             start = time.perf_counter()
             for _ in range(reps):
                 fn()
             return (time.perf_counter() - start) * 1e6 / reps
+
         return cpu_us
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
@@ -133,18 +138,22 @@ def timer(device: str) -> Callable[[Callable[[], object], int], float]:
         end.record()
         end.synchronize()
         return start.elapsed_time(end) * 1e3 / reps
+
     return cuda_us
 
 
 def max_difference(result, reference) -> float:
     """The largest absolute difference between two launches' outputs (a candidate must not change them)."""
     flat = lambda r: [t for x in r for t in (x if isinstance(x, list) else [x])]  # noqa: E731
-    return max(((a.float() - b.float()).abs().max().item() for a, b in zip(flat(result), flat(reference)) if a.numel()),
-               default=0.0)
+    return max(
+        ((a.float() - b.float()).abs().max().item() for a, b in zip(flat(result), flat(reference)) if a.numel()),
+        default=0.0,
+    )
 
 
-def tune(case: Case, configs: Dict[str, Optional[Blocks]], dtype: torch.dtype, device: str, reps: int,
-         rounds: int) -> List[dict]:
+def tune(
+    case: Case, configs: Dict[str, Optional[Blocks]], dtype: torch.dtype, device: str, reps: int, rounds: int
+) -> List[dict]:
     calls = passes(case, dtype, device)
     time_us = timer(device)
     runs = {(c, p): with_blocks(cfg, fn) for c, cfg in configs.items() for p, fn in calls.items()}
@@ -155,7 +164,7 @@ def tune(case: Case, configs: Dict[str, Optional[Blocks]], dtype: torch.dtype, d
     samples: Dict[tuple, List[float]] = {key: [] for key in runs}
     keys = list(runs)
     for r in range(rounds):  # interleaved, the order rotated every round
-        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
             samples[key].append(time_us(runs[key], reps) / case.steps)
     rows = []
     for c, cfg in configs.items():
@@ -193,9 +202,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     for case in cases:
         found = tune(case, configs, dtype, device, reps, rounds)
         for r in found:
-            print(f"{r['case']:<16} {r['config']:<22} {r['forward_us_per_step']:8.2f} {r['backward_us_per_step']:8.2f} "
-                  f"{r['forward_vs_pinned']:6.2f} {r['backward_vs_pinned']:6.2f} "
-                  f"{max(r['forward_max_diff'], r['backward_max_diff']):9.1e}", flush=True)
+            print(
+                f"{r['case']:<16} {r['config']:<22} {r['forward_us_per_step']:8.2f} {r['backward_us_per_step']:8.2f} "
+                f"{r['forward_vs_pinned']:6.2f} {r['backward_vs_pinned']:6.2f} "
+                f"{max(r['forward_max_diff'], r['backward_max_diff']):9.1e}",
+                flush=True,
+            )
         rows += found
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -65,7 +65,7 @@ def _md5(path: Path) -> str:
 
 def _how_to_get(data_dir: Path) -> str:
     return (
-        "To get the files (needs internet): python -c \"import torchvision; "
+        'To get the files (needs internet): python -c "import torchvision; '
         f"torchvision.datasets.FashionMNIST('{data_dir}', download=True)\", "
         f"then pass --data-dir {data_dir} or set {ENV_VAR}={data_dir}."
     )
@@ -152,9 +152,12 @@ def load_splits(data_dir: Path, limit: int | None = None, cache_dir: Path = CACH
     if limit is not None:
         train_idx, val_idx, test_idx = train_idx[:limit], val_idx[:limit], test_idx[:limit]
     return Splits(
-        a["train_x"][train_idx], a["train_y"][train_idx],
-        a["train_x"][val_idx], a["train_y"][val_idx],
-        a["test_x"][test_idx], a["test_y"][test_idx],
+        a["train_x"][train_idx],
+        a["train_y"][train_idx],
+        a["train_x"][val_idx],
+        a["train_y"][val_idx],
+        a["test_x"][test_idx],
+        a["test_y"][test_idx],
     )
 
 

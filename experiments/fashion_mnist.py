@@ -38,14 +38,22 @@ def non_negative(text: str) -> int:
 def add_common_args(p: argparse.ArgumentParser) -> None:
     """Options shared with experiments.reproduce."""
     p.add_argument("--epochs", type=positive, help="override the recipe's number of epochs")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--data-dir", type=Path, help=f"folder holding FashionMNIST/raw/*.gz "
-                   f"(default: ${data.ENV_VAR}, else ../shared/data, else <repo>/data)")
-    p.add_argument("--limit", type=positive, help="use only the first N images of train, validation and test "
-                   "(smoke runs)")
-    p.add_argument("--threads", type=positive, default=torch.get_num_threads(),
-                   help="CPU threads for torch (default: %(default)s)")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda or cuda:N (default: cuda if available)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help=f"folder holding FashionMNIST/raw/*.gz (default: ${data.ENV_VAR}, else ../shared/data, else <repo>/data)",
+    )
+    p.add_argument(
+        "--limit", type=positive, help="use only the first N images of train, validation and test (smoke runs)"
+    )
+    p.add_argument(
+        "--threads", type=positive, default=torch.get_num_threads(), help="CPU threads for torch (default: %(default)s)"
+    )
 
 
 def check_device(p: argparse.ArgumentParser, device: str) -> None:
@@ -73,8 +81,10 @@ def process_device(p: argparse.ArgumentParser, device: str, local_rank: int) -> 
     if device != "cuda":
         p.error(f"under torchrun pass --device cuda (each process takes cuda:LOCAL_RANK) or cpu, got {device!r}")
     if local_rank >= torch.cuda.device_count():
-        p.error(f"torchrun started local rank {local_rank} but torch sees {torch.cuda.device_count()} CUDA "
-                f"device(s): start at most that many processes per node, or pass --device cpu")
+        p.error(
+            f"torchrun started local rank {local_rank} but torch sees {torch.cuda.device_count()} CUDA "
+            f"device(s): start at most that many processes per node, or pass --device cpu"
+        )
     return f"cuda:{local_rank}"
 
 
@@ -115,14 +125,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", choices=sorted(RECIPES), required=True)
     p.add_argument("--impl", choices=IMPLS, default="recurrent", help="our layers or torch.nn's")
     p.add_argument("--seed", type=non_negative, default=0)
-    p.add_argument("--out", type=Path,
-                   help="run folder (default: experiments/runs/<model>-<impl>-seed<S>-<device>[-limit<N>])")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint (or start it if there is none)")
-    p.add_argument("--stop-after", type=positive, metavar="EPOCH",
-                   help="stop after this epoch, resumable later with --resume (e.g. to fit a time slot)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe field, e.g. --set lr=0.002 --set augment=false (repeatable)")
+    p.add_argument(
+        "--out", type=Path, help="run folder (default: experiments/runs/<model>-<impl>-seed<S>-<device>[-limit<N>])"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint (or start it if there is none)",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=positive,
+        metavar="EPOCH",
+        help="stop after this epoch, resumable later with --resume (e.g. to fit a time slot)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field, e.g. --set lr=0.002 --set augment=false (repeatable)",
+    )
     add_common_args(p)
     args = p.parse_args(argv)
     check_device(p, args.device)
@@ -135,8 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     data_dir, origin = data_dir_and_origin(args.data_dir)
-    spec = RunSpec(model=args.model, impl=args.impl, seed=args.seed, recipe=recipe, limit=args.limit,
-                   device=device, threads=args.threads, data_dir=str(data_dir), world_size=world_size)
+    spec = RunSpec(
+        model=args.model,
+        impl=args.impl,
+        seed=args.seed,
+        recipe=recipe,
+        limit=args.limit,
+        device=device,
+        threads=args.threads,
+        data_dir=str(data_dir),
+        world_size=world_size,
+    )
     out = args.out or RUNS_DIR / run_name(spec)
     try:
         with process_group(world_size, device):
@@ -148,9 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     if rank != 0:  # rank 0 reports for the whole job
         return 0
     if metrics["complete"]:
-        print(f"{args.model}/{args.impl} seed {args.seed}: best epoch {metrics['best_epoch']}, "
-              f"test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f} "
-              f"({metrics['seconds_per_epoch']:.1f} s/epoch) -> {out}")
+        print(
+            f"{args.model}/{args.impl} seed {args.seed}: best epoch {metrics['best_epoch']}, "
+            f"test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f} "
+            f"({metrics['seconds_per_epoch']:.1f} s/epoch) -> {out}"
+        )
     else:
         print(f"stopped after epoch {metrics['epochs_done']} of {recipe.epochs}; continue with --resume -> {out}")
     return 0

@@ -45,8 +45,15 @@ def recorder_available() -> bool:
 
 
 @torch.no_grad()
-def gate_means(model: nn.Module, x: Tensor, y: Tensor, gate: str = GATE, layer: str = LAYER,
-               n_classes: int = N_CLASSES, batch_size: int = BATCH) -> tuple[Tensor, Tensor]:
+def gate_means(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    gate: str = GATE,
+    layer: str = LAYER,
+    n_classes: int = N_CLASSES,
+    batch_size: int = BATCH,
+) -> tuple[Tensor, Tensor]:
     """Mean activation of `gate` of the recurrent layer `layer` of `model`, over its hidden units and
     over the images of each class: float64 (num_layers, num_directions, n_classes, time), NaN for a
     class without images; and the number of images per class. Runs `model` in eval mode on `x`
@@ -81,10 +88,16 @@ def gate_means(model: nn.Module, x: Tensor, y: Tensor, gate: str = GATE, layer: 
 
 def write(means: Tensor, counts: Tensor, out: Path, title: str, info: dict[str, Any]) -> dict[str, Any]:
     """gates.json and gates.png in `out`; returns what gates.json holds."""
-    record = {"gate": GATE, "layer": LAYER, "split": "test", "classes": list(data.CLASSES),
-              "images_per_class": [int(c) for c in counts.tolist()], **info,
-              # (num_layers, num_directions, classes, time); null where a class had no images
-              "means": [[[[None if v != v else v for v in row] for row in d] for d in lay] for lay in means.tolist()]}
+    record = {
+        "gate": GATE,
+        "layer": LAYER,
+        "split": "test",
+        "classes": list(data.CLASSES),
+        "images_per_class": [int(c) for c in counts.tolist()],
+        **info,
+        # (num_layers, num_directions, classes, time); null where a class had no images
+        "means": [[[[None if v != v else v for v in row] for row in d] for d in lay] for lay in means.tolist()],
+    }
     write_json(record, out / GATES_JSON)
     plots.gates(record["means"], record["classes"], out / GATES_PNG, title, gate=GATE)
     return record
@@ -104,8 +117,13 @@ def after_training(spec: Any, model: nn.Module, splits: data.Splits, out: Path, 
     if not recorder_available():
         print("gate figure skipped: this recurrent has no record_gates", file=sys.stderr)
         return
-    for_model(model, splits, out, title(spec.as_dict(), epoch),
-              {"model": spec.model, "impl": spec.impl, "seed": spec.seed, "epoch": epoch})
+    for_model(
+        model,
+        splits,
+        out,
+        title(spec.as_dict(), epoch),
+        {"model": spec.model, "impl": spec.impl, "seed": spec.seed, "epoch": epoch},
+    )
 
 
 def for_run(run_dir: Path, data_dir: Path | None = None, device: str = "cpu") -> dict[str, Any]:
@@ -114,26 +132,36 @@ def for_run(run_dir: Path, data_dir: Path | None = None, device: str = "cpu") ->
     spec = best["spec"]
     recipe = Recipe(**spec["recipe"])
     if not applies(recipe, spec["impl"]):
-        raise ValueError(f"{run_dir}: the gate figure is for cell gru with impl recurrent, this run has cell "
-                         f"{recipe.cell!r} and impl {spec['impl']!r}")
+        raise ValueError(
+            f"{run_dir}: the gate figure is for cell gru with impl recurrent, this run has cell "
+            f"{recipe.cell!r} and impl {spec['impl']!r}"
+        )
     model = SequenceClassifier(recipe, layers_for(spec["impl"]))
     model.load_state_dict(best["model"], strict=True)
     if data_dir is None:
         saved = Path(spec["data_dir"])
         data_dir = saved if saved.exists() else data.default_data_dir()[0]
     splits = data.load_splits(data_dir, spec["limit"]).to(device)
-    return for_model(model.to(device), splits, run_dir, title(spec, best["epoch"]),
-                     {"model": spec["model"], "impl": spec["impl"], "seed": spec["seed"], "epoch": best["epoch"]})
+    return for_model(
+        model.to(device),
+        splits,
+        run_dir,
+        title(spec, best["epoch"]),
+        {"model": spec["model"], "impl": spec["impl"], "seed": spec["seed"], "epoch": best["epoch"]},
+    )
 
 
 def title(spec: dict[str, Any], epoch: int) -> str:
-    return (f"{spec['model']} ({spec['impl']}), seed {spec['seed']}, epoch {epoch}: "
-            f"mean update gate z per class and image row, test set")
+    return (
+        f"{spec['model']} ({spec['impl']}), seed {spec['seed']}, epoch {epoch}: "
+        f"mean update gate z per class and image row, test set"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.gates", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.gates", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--run", type=Path, required=True, help="a run folder holding best.pt (cell gru, impl recurrent)")
     p.add_argument("--data-dir", type=Path, help="Fashion-MNIST folder (default: the run's, else the usual default)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
@@ -149,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.run / GATES_JSON} and {GATES_PNG} ({sum(record['images_per_class'])} test images)",
-          file=sys.stderr)
+    print(
+        f"wrote {args.run / GATES_JSON} and {GATES_PNG} ({sum(record['images_per_class'])} test images)",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -40,28 +40,46 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     # The report's bidirectional RNN: all 28 steps' outputs (28 x 256) -> fc(512) -> Dropout -> ReLU -> fc2.
-    "rnn": Recipe(cell="rnn", hidden_size=128, num_layers=1, bidirectional=True, readout="flatten",
-                  dropout=0.2, fc_hidden=512),
+    "rnn": Recipe(
+        cell="rnn", hidden_size=128, num_layers=1, bidirectional=True, readout="flatten", dropout=0.2, fc_hidden=512
+    ),
     # The report's 2-layer GRU: last step's output (128) -> Dropout(0.1) -> Linear(128, 10).
     "gru": Recipe(cell="gru", hidden_size=128, num_layers=2, bidirectional=False, readout="last", dropout=0.1),
     # The report's GRU with a layer-normalised recurrent layer (recurrent.variants.LayerNormGRU): gru's
     # recipe and budget, and at the start gru's weights (see build_model), so only the layer norm differs.
-    "lngru": Recipe(cell="lngru", hidden_size=128, num_layers=2, bidirectional=False, readout="last",
-                    dropout=0.1),
+    "lngru": Recipe(cell="lngru", hidden_size=128, num_layers=2, bidirectional=False, readout="last", dropout=0.1),
     # Our stronger configuration, chosen on the validation set only (see experiments/results/summary.md):
     # both directions, mean+max pooling over time, AdamW with a one-cycle schedule, clipping, and
     # row-preserving augmentation (horizontal flips, shifts of up to 1 pixel; 2 pixels did worse),
     # 256 wide (128 did worse), 20 epochs (12 did worse).
-    "bigru": Recipe(cell="gru", hidden_size=256, num_layers=2, bidirectional=True, readout="pool",
-                    dropout=0.3, rnn_dropout=0.1, epochs=20, optimizer="adamw", lr=2e-3, weight_decay=0.05,
-                    schedule="onecycle", clip_grad_norm=1.0, augment=True, shift=1),
+    "bigru": Recipe(
+        cell="gru",
+        hidden_size=256,
+        num_layers=2,
+        bidirectional=True,
+        readout="pool",
+        dropout=0.3,
+        rnn_dropout=0.1,
+        epochs=20,
+        optimizer="adamw",
+        lr=2e-3,
+        weight_decay=0.05,
+        schedule="onecycle",
+        clip_grad_norm=1.0,
+        augment=True,
+        shift=1,
+    ),
 }
 # A model compared with a report model trained with the same recipe: model -> the report model.
 BASELINES = {"lngru": "gru"}
 IMPLS = ("recurrent", "torch")
 CELL_IMPLS = {"rnn": IMPLS, "gru": IMPLS, "lngru": ("recurrent",)}  # torch.nn has no LayerNorm GRU
-CHOICES = {"cell": tuple(CELL_IMPLS), "readout": ("flatten", "last", "pool"), "optimizer": ("adam", "adamw"),
-           "schedule": ("constant", "onecycle")}
+CHOICES = {
+    "cell": tuple(CELL_IMPLS),
+    "readout": ("flatten", "last", "pool"),
+    "optimizer": ("adam", "adamw"),
+    "schedule": ("constant", "onecycle"),
+}
 
 
 def override(recipe: Recipe, settings: list[str]) -> Recipe:
@@ -97,8 +115,10 @@ def check_impl(recipe: Recipe, impl: str, model: str | None = None) -> None:
         raise ValueError(f"unknown impl {impl!r}; choose from {', '.join(IMPLS)}")
     if impl not in impls_for(recipe):
         name = f"model {model!r} (cell {recipe.cell!r})" if model else f"cell {recipe.cell!r}"
-        raise ValueError(f"{name} runs only with --impl {' or '.join(impls_for(recipe))}: torch.nn has no "
-                         "LayerNorm GRU (it is recurrent.variants.LayerNormGRU)")
+        raise ValueError(
+            f"{name} runs only with --impl {' or '.join(impls_for(recipe))}: torch.nn has no "
+            "LayerNorm GRU (it is recurrent.variants.LayerNormGRU)"
+        )
 
 
 def layer_class(cell: str, layers: ModuleType) -> type[nn.Module]:
@@ -118,8 +138,14 @@ class SequenceClassifier(nn.Module):
         r = recipe
         cell = layer_class(r.cell, layers)
         self.readout = r.readout
-        self.rnn = cell(INPUT_SIZE, r.hidden_size, r.num_layers, batch_first=True,
-                        bidirectional=r.bidirectional, dropout=r.rnn_dropout)
+        self.rnn = cell(
+            INPUT_SIZE,
+            r.hidden_size,
+            r.num_layers,
+            batch_first=True,
+            bidirectional=r.bidirectional,
+            dropout=r.rnn_dropout,
+        )
         width = r.hidden_size * (2 if r.bidirectional else 1)
         features = {"flatten": SEQ_LEN * width, "last": width, "pool": 2 * width}[r.readout]
         self.dropout = nn.Dropout(r.dropout)
@@ -163,8 +189,9 @@ def build_model(recipe: Recipe, impl: str, seed: int) -> SequenceClassifier:
         model = SequenceClassifier(recipe, layers_for(impl))
         missing, unexpected = model.load_state_dict(reference.state_dict(), strict=False)
         if unexpected or any(".ln_" not in k for k in missing):  # nothing but the layer norms may differ
-            raise RuntimeError(f"lngru and gru differ in more than the layer norms: missing {missing}, "
-                               f"unexpected {unexpected}")
+            raise RuntimeError(
+                f"lngru and gru differ in more than the layer norms: missing {missing}, unexpected {unexpected}"
+            )
         return model
     reference = SequenceClassifier(recipe, nn)
     if impl == "torch":

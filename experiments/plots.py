@@ -27,8 +27,15 @@ def curves(runs: dict[str, tuple[History, int]], path: Path, title: str) -> None
             ax.plot(epochs, [h[f"train_{metric}"] for h in history], "--", color=color, label=f"{prefix}train")
             ax.plot(epochs, val, "-o", color=color, markersize=3, label=f"{prefix}validation")
             if best:
-                ax.plot([best], [val[epochs.index(best)]], "*", color=color, markersize=14,
-                        markeredgecolor="black", label=f"{prefix}best epoch ({best})")
+                ax.plot(
+                    [best],
+                    [val[epochs.index(best)]],
+                    "*",
+                    color=color,
+                    markersize=14,
+                    markeredgecolor="black",
+                    label=f"{prefix}best epoch ({best})",
+                )
     for ax, name in zip(axes, ("cross-entropy loss", "accuracy")):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -49,8 +56,9 @@ def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Pat
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for i, row in enumerate(matrix):
         for j, count in enumerate(row):
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
-                    color="white" if shares[i][j] > 0.5 else "black")
+            ax.text(
+                j, i, str(count), ha="center", va="center", fontsize=7, color="white" if shares[i][j] > 0.5 else "black"
+            )
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")
@@ -62,18 +70,25 @@ def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Pat
     plt.close(fig)
 
 
-def gates(means: Sequence[Sequence[Sequence[Sequence[float | None]]]], classes: Sequence[str], path: Path,
-          title: str, gate: str = "z") -> None:
+def gates(
+    means: Sequence[Sequence[Sequence[Sequence[float | None]]]],
+    classes: Sequence[str],
+    path: Path,
+    title: str,
+    gate: str = "z",
+) -> None:
     """Heatmaps of a gate's mean activation, `means[layer][direction][class][time step]` (None: no
     images): one panel per layer (and direction), classes down, image rows (time steps) across, one
     colour scale and colour bar for all panels."""
-    panels = [(layer, direction, grid) for layer, per_layer in enumerate(means)
-              for direction, grid in enumerate(per_layer)]
+    panels = [
+        (layer, direction, grid) for layer, per_layer in enumerate(means) for direction, grid in enumerate(per_layer)
+    ]
     directions = len(means[0]) if means else 1
     values = [v for _, _, grid in panels for row in grid for v in row if v is not None]
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.2 + 5.2 * len(panels), 4.6), squeeze=False,
-                             sharey=True, layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(1.2 + 5.2 * len(panels), 4.6), squeeze=False, sharey=True, layout="constrained"
+    )
     image = None
     for ax, (layer, direction, grid) in zip(axes[0], panels):
         shown = [[float("nan") if v is None else v for v in row] for row in grid]

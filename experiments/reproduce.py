@@ -14,7 +14,13 @@ import torch
 
 from experiments import data
 from experiments.fashion_mnist import (
-    RUNS_DIR, add_common_args, check_device, data_dir_and_origin, data_error_message, fail, non_negative,
+    RUNS_DIR,
+    add_common_args,
+    check_device,
+    data_dir_and_origin,
+    data_error_message,
+    fail,
+    non_negative,
 )
 from experiments.models import IMPLS, RECIPES, impls_for, override
 from experiments.summary import RESULTS_DIR, load_finished, same_settings, summarize
@@ -26,17 +32,28 @@ def grid(args: argparse.Namespace, data_dir: Path) -> list[RunSpec]:
     cells = [(m, i, s) for m in args.models for i in args.impls if i in impls_for(RECIPES[m]) for s in args.seeds]
     cells += [(m, "recurrent", s) for m in args.strong for s in args.strong_seeds]
     epochs = [f"epochs={args.epochs}"] if args.epochs else []
-    return [RunSpec(model=m, impl=i, seed=s, recipe=override(RECIPES[m], epochs), limit=args.limit,
-                    device=args.device, threads=args.threads, data_dir=str(data_dir))
-            for m, i, s in cells]
+    return [
+        RunSpec(
+            model=m,
+            impl=i,
+            seed=s,
+            recipe=override(RECIPES[m], epochs),
+            limit=args.limit,
+            device=args.device,
+            threads=args.threads,
+            data_dir=str(data_dir),
+        )
+        for m, i, s in cells
+    ]
 
 
 def run_grid(specs: list[RunSpec], out_root: Path, skip_existing: bool) -> None:
     finished = load_finished(out_root) if skip_existing else []
     for n, spec in enumerate(specs, 1):
         label = f"[{n}/{len(specs)}] {run_name(spec)}"
-        if any(same_settings(m["config"], spec) and m["device_type"] == torch.device(spec.device).type
-               for m in finished):
+        if any(
+            same_settings(m["config"], spec) and m["device_type"] == torch.device(spec.device).type for m in finished
+        ):
             print(f"{label}: finished, reused", file=sys.stderr)
             continue
         print(f"{label}: training", file=sys.stderr)
@@ -46,22 +63,41 @@ def run_grid(specs: list[RunSpec], out_root: Path, skip_existing: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__)
-    p.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=["rnn", "gru", "lngru"],
-                   help="each with each of --impls that it has (lngru: recurrent only)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=sorted(RECIPES),
+        default=["rnn", "gru", "lngru"],
+        help="each with each of --impls that it has (lngru: recurrent only)",
+    )
     p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
     p.add_argument("--seeds", nargs="+", type=non_negative, default=[0, 1, 2])
-    p.add_argument("--strong", nargs="*", choices=sorted(RECIPES), default=["bigru"],
-                   help="stronger configurations, run with impl recurrent only (none: --strong)")
+    p.add_argument(
+        "--strong",
+        nargs="*",
+        choices=sorted(RECIPES),
+        default=["bigru"],
+        help="stronger configurations, run with impl recurrent only (none: --strong)",
+    )
     p.add_argument("--strong-seeds", nargs="+", type=non_negative, default=[0])
     p.add_argument("--out-root", type=Path, default=RUNS_DIR, help="run folders (default: %(default)s)")
     p.add_argument("--results", type=Path, default=RESULTS_DIR, help="summary folder (default: %(default)s)")
-    p.add_argument("--skip-existing", action="store_true",
-                   help="reuse finished runs with the same settings, resume interrupted ones")
-    p.add_argument("--summarize-only", action="store_true",
-                   help="train nothing; summarise the finished runs under --out-root (from any device)")
-    p.add_argument("--fresh", action="store_true",
-                   help="summarise only the run folders under --out-root: drop the records of the previous "
-                   "summary.json whose folders are not there (kept by default)")
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="reuse finished runs with the same settings, resume interrupted ones",
+    )
+    p.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="train nothing; summarise the finished runs under --out-root (from any device)",
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="summarise only the run folders under --out-root: drop the records of the previous "
+        "summary.json whose folders are not there (kept by default)",
+    )
     add_common_args(p)
     args = p.parse_args(argv)
     check_device(p, args.device)

@@ -136,9 +136,14 @@ def epoch_batches(spec: RunSpec, n: int, generator: torch.Generator, epoch: int)
 
 
 def train_epoch(
-    model: nn.Module, splits: data.Splits, batches: tuple[Tensor, ...], r: Recipe,
-    optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
-    generator: torch.Generator, desc: str,
+    model: nn.Module,
+    splits: data.Splits,
+    batches: tuple[Tensor, ...],
+    r: Recipe,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    desc: str,
 ) -> tuple[float, float]:
     """One pass over `batches` of the training set; mean loss and accuracy, measured on the fly (dropout
     on). Under torchrun `model` is the DistributedDataParallel wrapper (its backward averages the
@@ -233,9 +238,15 @@ class Training:
             every_rank: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(every_rank, rng)
             rng = every_rank
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(), "rng": rng,
-                "history": self.history, "best": self.best, "spec": spec.as_dict()}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": rng,
+            "history": self.history,
+            "best": self.best,
+            "spec": spec.as_dict(),
+        }
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -283,8 +294,9 @@ def start(spec: RunSpec, n_train: int) -> Training:
     stream_seed = spec.seed + RANK_SEED_STRIDE * rank
     generator = torch.Generator().manual_seed(stream_seed)
     torch.manual_seed(stream_seed + DROPOUT_SEED_OFFSET)
-    return Training(model, optimizer, schedule, generator, history=[],
-                    best={"epoch": 0, "val_loss": math.inf, "model": None})
+    return Training(
+        model, optimizer, schedule, generator, history=[], best={"epoch": 0, "val_loss": math.inf, "model": None}
+    )
 
 
 def start_or_resume(spec: RunSpec, n_train: int, out: Path, resume: bool) -> Training:
@@ -306,35 +318,49 @@ def fit(spec: RunSpec, splits: data.Splits, training: Training, net: nn.Module, 
     Every rank keeps the same history and best epoch; rank 0 writes the checkpoints, of the bare model."""
     writes = world()[0] == 0
     started = len(training.history)
-    for epoch in tqdm(range(started + 1, last_epoch + 1), desc=f"{spec.model}/{spec.impl}",
-                      disable=progress_off(), initial=started, total=spec.recipe.epochs):
+    for epoch in tqdm(
+        range(started + 1, last_epoch + 1),
+        desc=f"{spec.model}/{spec.impl}",
+        disable=progress_off(),
+        initial=started,
+        total=spec.recipe.epochs,
+    ):
         row = train_and_validate(spec, splits, training, net, epoch)
         training.history.append(row)
         if row["val_loss"] < training.best["val_loss"]:  # early stopping: keep the lowest validation loss
-            training.best = {"epoch": epoch, "val_loss": row["val_loss"],
-                             "model": {k: v.clone() for k, v in training.model.state_dict().items()}}
+            training.best = {
+                "epoch": epoch,
+                "val_loss": row["val_loss"],
+                "model": {k: v.clone() for k, v in training.model.state_dict().items()},
+            }
             if writes:
-                save_checkpoint({"model": training.best["model"], "epoch": epoch, "spec": spec.as_dict()},
-                                out / BEST)
+                save_checkpoint({"model": training.best["model"], "epoch": epoch, "spec": spec.as_dict()}, out / BEST)
         last = training.checkpoint(spec)  # every rank: it gathers their random streams
         if writes:
             save_checkpoint(last, out / LAST)
-            tqdm.write(f"{spec.model}/{spec.impl} seed {spec.seed} epoch {epoch}: train loss {row['train_loss']:.4f} "
-                       f"acc {row['train_acc']:.4f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} "
-                       f"| {row['seconds']:.1f}s", file=sys.stderr)
+            tqdm.write(
+                f"{spec.model}/{spec.impl} seed {spec.seed} epoch {epoch}: train loss {row['train_loss']:.4f} "
+                f"acc {row['train_acc']:.4f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} "
+                f"| {row['seconds']:.1f}s",
+                file=sys.stderr,
+            )
 
 
-def train_and_validate(spec: RunSpec, splits: data.Splits, training: Training, net: nn.Module,
-                       epoch: int) -> dict[str, float]:
+def train_and_validate(
+    spec: RunSpec, splits: data.Splits, training: Training, net: nn.Module, epoch: int
+) -> dict[str, float]:
     """One epoch of training, then the validation set: the epoch's row of the history. Under torchrun
     every rank validates on the whole set: the weights are the same everywhere, and so are the numbers."""
     t0 = time.perf_counter()
     batches = epoch_batches(spec, len(splits.train_y), training.generator, epoch)
-    train_loss, train_acc = train_epoch(net, splits, batches, spec.recipe, training.optimizer, training.schedule,
-                                        training.generator, f"epoch {epoch}")
+    train_loss, train_acc = train_epoch(
+        net, splits, batches, spec.recipe, training.optimizer, training.schedule, training.generator, f"epoch {epoch}"
+    )
     val_losses, val_preds = predict(training.model, splits.val_x, splits.val_y)
     return {
-        "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "train_acc": train_acc,
         "val_loss": val_losses.double().mean().item(),
         "val_acc": (val_preds == splits.val_y).double().mean().item(),
         "seconds": time.perf_counter() - t0,  # training and validation
@@ -351,10 +377,15 @@ def finish(spec: RunSpec, splits: data.Splits, training: Training, out: Path) ->
     if metrics["complete"]:
         training.model.load_state_dict(training.best["model"])
         metrics.update(evaluate_test(training.model, splits))
-        plots.confusion(metrics["confusion_matrix"], data.CLASSES, out / "confusion.png",
-                        f"{spec.model} ({spec.impl}), test set, epoch {best_epoch}")
-    plots.curves({"": (training.history, best_epoch)}, out / "curves.png",
-                 f"{spec.model} ({spec.impl}), seed {spec.seed}")
+        plots.confusion(
+            metrics["confusion_matrix"],
+            data.CLASSES,
+            out / "confusion.png",
+            f"{spec.model} ({spec.impl}), test set, epoch {best_epoch}",
+        )
+    plots.curves(
+        {"": (training.history, best_epoch)}, out / "curves.png", f"{spec.model} ({spec.impl}), seed {spec.seed}"
+    )
     write_json(metrics, out / METRICS)
     if metrics["complete"]:  # cell gru, impl recurrent: the update gates' heatmap, one pass over the test set
         gates.after_training(spec, training.model, splits, out, best_epoch)
@@ -366,12 +397,20 @@ def run_metrics(spec: RunSpec, splits: data.Splits, history: list[dict[str, floa
     device = torch.device(spec.device)
     seconds = [h["seconds"] for h in history]
     return {
-        "model": spec.model, "impl": spec.impl, "seed": spec.seed, "complete": len(history) == spec.recipe.epochs,
-        "epochs_done": len(history), "best_epoch": best_epoch, "history": history,
+        "model": spec.model,
+        "impl": spec.impl,
+        "seed": spec.seed,
+        "complete": len(history) == spec.recipe.epochs,
+        "epochs_done": len(history),
+        "best_epoch": best_epoch,
+        "history": history,
         "sizes": {"train": len(splits.train_y), "val": len(splits.val_y), "test": len(splits.test_y)},
         "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
-        "device": device_name(device), "device_type": device.type, "torch_version": torch.__version__,
-        "threads": torch.get_num_threads(), "config": spec.as_dict(),
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "config": spec.as_dict(),
     }
 
 

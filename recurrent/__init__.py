@@ -1,12 +1,25 @@
 """recurrent: recurrent layers with explicit gate math, torch.nn's API and numbers, and a fast path."""
+
 from .cells import GRUCell, LSTMCell, RNNCell
-from .layers import GRU, LSTM, RNN, backend_for
 from .custom import CustomCell, CustomRNN
+from .layers import GRU, LSTM, RNN, backend_for
 from .recording import record_gates
 from .variants import GRUVariantCell, LayerNormGRU, LayerNormLSTM, LSTMVariantCell
 
 __all__ = [
-    "CustomCell", "CustomRNN", "GRU", "GRUCell", "GRUVariantCell", "LSTM", "LSTMCell", "LSTMVariantCell", "LayerNormGRU",
-    "LayerNormLSTM", "RNN", "RNNCell", "backend_for", "record_gates",
+    "CustomCell",
+    "CustomRNN",
+    "GRU",
+    "GRUCell",
+    "GRUVariantCell",
+    "LSTM",
+    "LSTMCell",
+    "LSTMVariantCell",
+    "LayerNormGRU",
+    "LayerNormLSTM",
+    "RNN",
+    "RNNCell",
+    "backend_for",
+    "record_gates",
 ]
 __version__ = "0.1.0"

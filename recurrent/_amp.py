@@ -1,5 +1,6 @@
 """torch.autocast for our layers and cells: under autocast they run wholly in its dtype (input,
 states and weights cast once, as torch.nn's cuDNN path does), so every kernel sees one dtype."""
+
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext

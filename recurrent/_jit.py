@@ -5,6 +5,7 @@ so they must not see that warning. Set ``RECURRENT_DISABLE_JIT=1`` (or run on a 
 TorchScript) and every function stays plain eager Python: slower, same numbers. Any other failure
 to compile is a bug in this library and raises: a silent fallback would only make it slower.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,9 +16,7 @@ import torch
 
 F = TypeVar("F", bound=Callable)
 
-JIT_ENABLED: bool = os.environ.get("RECURRENT_DISABLE_JIT", "0") in ("", "0") and hasattr(
-    torch.jit, "script"
-)
+JIT_ENABLED: bool = os.environ.get("RECURRENT_DISABLE_JIT", "0") in ("", "0") and hasattr(torch.jit, "script")
 
 
 def script(fn: F) -> F:

@@ -5,6 +5,7 @@ per step, and the sequence kernels in :mod:`recurrent.kernels` call them inside 
 The products are computed by the caller (``gi = W_ih x + b_ih``, ``gh = W_hh h + b_hh``; the Elman
 step takes their sum), so the layers can hoist the input product out of the loop.
 """
+
 from __future__ import annotations
 
 import math
@@ -83,9 +84,7 @@ class RNNCellBase(nn.Module):
 
     __constants__ = ["input_size", "hidden_size", "bias"]
 
-    def __init__(
-        self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, device=None, dtype=None
-    ) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, device=None, dtype=None) -> None:
         super().__init__()
         checks.check_cell_sizes(input_size=input_size, hidden_size=hidden_size)
         self.input_size = input_size
@@ -178,9 +177,7 @@ class RNNCellBase(nn.Module):
             return self._step(gi, gh, states)
 
     @torch.jit.unused
-    def _autocast(
-        self, input: Tensor, states: List[Optional[Tensor]]
-    ) -> Tuple[Tensor, List[Optional[Tensor]], Tensor]:
+    def _autocast(self, input: Tensor, states: List[Optional[Tensor]]) -> Tuple[Tensor, List[Optional[Tensor]], Tensor]:
         """(input, states, a tensor of the dtype and device they must have) for the eager path."""
         dtype = _amp.autocast_dtype(input.device)
         if dtype is None:

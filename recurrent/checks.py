@@ -162,7 +162,11 @@ class StateSpec(NamedTuple):
 
 
 def check_padded_call(
-    input: Tensor, hx: Optional[List[Tensor]], states: List[StateSpec], input_size: int, weight: Tensor,
+    input: Tensor,
+    hx: Optional[List[Tensor]],
+    states: List[StateSpec],
+    input_size: int,
+    weight: Tensor,
     batch_first: bool,
 ) -> None:
     """Every check of a padded (or unbatched) layer call, in torch.nn's order (above)."""

@@ -21,6 +21,7 @@ It returns ``(output, new_state)``: the step's output (D, N, H) and the states a
 the TorchScript loop, or from a hand-written backward when the cell defines ``step_backward``
 (see :class:`CustomCell`).
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,8 @@ from torch import Tensor, nn
 from . import kernels
 from ._jit import JIT_ENABLED, script
 from .kernels.autograd import _batched, needs_plain_ops
-from .kernels.stack import layer_reverse_index
 from .kernels.common import carry_rows, gather_directions, hidden_product, join_directions, per_direction, step_rows
+from .kernels.stack import layer_reverse_index
 from .layers import LSTM, RNNBase
 
 
@@ -89,8 +90,14 @@ class SequenceLoop(nn.Module):
         self.cell = cell
 
     def forward(
-        self, gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], params: List[Tensor],
-        batch_sizes: List[int], save: bool,
+        self,
+        gi: Tensor,
+        state0: List[Tensor],
+        w_hh_t: Tensor,
+        b_hh: Optional[Tensor],
+        params: List[Tensor],
+        batch_sizes: List[int],
+        save: bool,
     ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
         """(outputs (D, T, H), final states, saved); with ``save``, saved = [gh, *states before each row]."""
         state = state0
@@ -120,8 +127,14 @@ class SequenceLoopWithBackward(SequenceLoop):
 
     @torch.jit.export
     def backward(
-        self, grad_outputs: Tensor, grad_finals: List[Tensor], gi: Tensor, saved: List[Tensor], params: List[Tensor],
-        w_hh: Tensor, batch_sizes: List[int],
+        self,
+        grad_outputs: Tensor,
+        grad_finals: List[Tensor],
+        gi: Tensor,
+        saved: List[Tensor],
+        params: List[Tensor],
+        w_hh: Tensor,
+        batch_sizes: List[int],
     ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
         """(dgi, dgh, dstate0, dparams); the weight gradients are products of these over all rows."""
         gh, before = saved[0], saved[1:]
@@ -151,7 +164,9 @@ class HandWrittenBackward(torch.autograd.Function):
     """A layer's custom loop, differentiated by the cell's ``step_backward`` (gi and W_hh in, hs out)."""
 
     @staticmethod
-    def forward(ctx, loop, autograd_loop, batch_sizes: List[int], gi: Tensor, w_hh: Tensor, b_hh, states: int, *tensors):
+    def forward(
+        ctx, loop, autograd_loop, batch_sizes: List[int], gi: Tensor, w_hh: Tensor, b_hh, states: int, *tensors
+    ):
         state0, params = list(tensors[:states]), list(tensors[states:])
         hs, finals, saved = loop(gi, state0, w_hh.transpose(1, 2), b_hh, params, batch_sizes, True)
         ctx.loops, ctx.batch_sizes, ctx.counts = (loop, autograd_loop), batch_sizes, (states, len(params))
@@ -189,7 +204,9 @@ def _recomputed_grads(ctx, inputs: List[Optional[Tensor]], grad_hs: Tensor, grad
         hs, finals, _ = ctx.loops[1](gi, state0, w_hh.transpose(1, 2), b_hh, params, ctx.batch_sizes, False)
         wanted = [a for a, need in zip(args, needs) if need]
         found = iter(
-            torch.autograd.grad([hs, *finals], wanted, [grad_hs, *grad_finals], create_graph=create_graph, allow_unused=True)
+            torch.autograd.grad(
+                [hs, *finals], wanted, [grad_hs, *grad_finals], create_graph=create_graph, allow_unused=True
+            )
         )
     grads = [next(found) if need else None for need in needs]
     return (None, None, None, *grads[:3], None, *grads[3:])
@@ -235,8 +252,19 @@ class CustomRNN(RNNBase):
             raise ValueError(f"{type(cell).__name__}.gates must be a positive int, got {cell.gates!r}")
         own = list(cell.parameter_shapes(hidden_size).items())
         super().__init__(
-            "CUSTOM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype,
-            gates=cell.gates, extra_params=own,
+            "CUSTOM",
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            0,
+            device,
+            dtype,
+            gates=cell.gates,
+            extra_params=own,
         )
         self._own_names = [name for name, _ in own]
         self._num_states = len(cell.state_names)
@@ -313,7 +341,12 @@ class CustomRNN(RNNBase):
 
     @torch.jit.unused
     def _eager_loop(
-        self, gi: Tensor, state0: List[Tensor], w_hh: Tensor, b_hh: Optional[Tensor], params: List[Tensor],
+        self,
+        gi: Tensor,
+        state0: List[Tensor],
+        w_hh: Tensor,
+        b_hh: Optional[Tensor],
+        params: List[Tensor],
         batch_sizes: List[int],
     ) -> Tuple[Tensor, List[Tensor]]:
         """The loop from Python: compiled by TorchScript, differentiated by autograd through it or by
@@ -326,7 +359,9 @@ class CustomRNN(RNNBase):
         loop = self._compiled_loop()
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
         if needs_grad and isinstance(self.loop, SequenceLoopWithBackward):
-            hs, *finals = HandWrittenBackward.apply(loop, self.loop, batch_sizes, gi, w_hh, b_hh, len(state0), *state0, *params)
+            hs, *finals = HandWrittenBackward.apply(
+                loop, self.loop, batch_sizes, gi, w_hh, b_hh, len(state0), *state0, *params
+            )
             return hs, finals
         # With gradients, autograd records the compiled loop op by op: TorchScript's own autodiff graphs
         # gave wrong gradient shapes for chunked gates (a DifferentiableGraphBackward error).
@@ -344,9 +379,7 @@ class CustomRNN(RNNBase):
         module holds copies of the cell's attributes, ``training`` included)."""
         if not JIT_ENABLED:
             return self.loop
-        settings = tuple(
-            (k, v) for k, v in sorted(vars(self.cell).items()) if isinstance(v, (bool, int, float, str))
-        )
+        settings = tuple((k, v) for k, v in sorted(vars(self.cell).items()) if isinstance(v, (bool, int, float, str)))
         key = (self.cell.training, settings)
         cached = self.__dict__.get("_compiled")
         if cached is None or cached[0] != key:

@@ -20,9 +20,16 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import _amp, checks, kernels
 
+
 def _check_layer_arguments(
-    input_size: int, hidden_size: int, num_layers: int, bias: bool, batch_first: bool, dropout: float,
-    bidirectional: bool, proj_size: int,
+    input_size: int,
+    hidden_size: int,
+    num_layers: int,
+    bias: bool,
+    batch_first: bool,
+    dropout: float,
+    bidirectional: bool,
+    proj_size: int,
 ) -> None:
     """A layer's constructor arguments, as torch.nn checks them (and its warning for a dropout that
     cannot act)."""
@@ -55,7 +62,14 @@ class RNNBase(nn.Module):
     """What RNN, GRU and LSTM share: parameters, checks, stacking, directions, dropout, packing."""
 
     __constants__ = [
-        "mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional",
+        "mode",
+        "input_size",
+        "hidden_size",
+        "num_layers",
+        "bias",
+        "batch_first",
+        "dropout",
+        "bidirectional",
         "proj_size",
     ]
     __jit_unused_properties__ = ["all_weights"]
@@ -90,7 +104,9 @@ class RNNBase(nn.Module):
         layer-direction, registered after torch.nn's own) are for layers of custom cells
         (:class:`recurrent.CustomRNN`); the built-in kinds take them from their registry entry."""
         super().__init__()
-        _check_layer_arguments(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size)
+        _check_layer_arguments(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size
+        )
         self.mode = mode
         # A custom cell gets gi and gh apart, so its b_hh never folds into the input projection.
         self._fold_bias = kernels.KINDS[mode].folds_bias if gates is None else False
@@ -107,7 +123,9 @@ class RNNBase(nn.Module):
         self._init_flat_weights()
         self.reset_parameters()
 
-    def _register_parameters(self, gate_size: int, extra_params: List[Tuple[str, Tuple[int, ...]]], factory: dict) -> None:
+    def _register_parameters(
+        self, gate_size: int, extra_params: List[Tuple[str, Tuple[int, ...]]], factory: dict
+    ) -> None:
         """torch.nn's parameters, per layer and direction in its order, then ``extra_params``."""
         directions = 2 if self.bidirectional else 1
         output_size = self.proj_size or self.hidden_size
@@ -115,9 +133,12 @@ class RNNBase(nn.Module):
         self._all_weights: List[List[str]] = []
         for layer in range(self.num_layers):
             layer_input = self.input_size if layer == 0 else output_size * directions
-            shapes = kernels.layer_param_shapes(
-                self.bias, gate_size, layer_input, self.hidden_size, output_size, self.proj_size
-            ) + extra_params
+            shapes = (
+                kernels.layer_param_shapes(
+                    self.bias, gate_size, layer_input, self.hidden_size, output_size, self.proj_size
+                )
+                + extra_params
+            )
             for direction in range(directions):
                 suffix = "_reverse" if direction == 1 else ""
                 names = [f"{kind}_l{layer}{suffix}" for kind, _ in shapes]
@@ -259,7 +280,9 @@ class RNNBase(nn.Module):
         """The given states (checked) with a batch dimension, or zeros: (layers*directions, batch, size)."""
         if hx is None:
             layers = (2 if self.bidirectional else 1) * self.num_layers
-            return [torch.zeros(layers, batch, size, dtype=like.dtype, device=like.device) for size in self._state_sizes()]
+            return [
+                torch.zeros(layers, batch, size, dtype=like.dtype, device=like.device) for size in self._state_sizes()
+            ]
         return [state if batched else state.unsqueeze(1) for state in hx]
 
     def _run_call(self, call: LayerCall) -> Tuple[Tensor, List[Tensor]]:
@@ -282,8 +305,14 @@ class RNNBase(nn.Module):
 
     def _stack_spec(self) -> kernels.StackSpec:
         return kernels.StackSpec(
-            mode=self.mode, num_layers=self.num_layers, directions=2 if self.bidirectional else 1, bias=self.bias,
-            proj=self.proj_size > 0, fold_bias=self._fold_bias, dropout=self.dropout, training=self.training,
+            mode=self.mode,
+            num_layers=self.num_layers,
+            directions=2 if self.bidirectional else 1,
+            bias=self.bias,
+            proj=self.proj_size > 0,
+            fold_bias=self._fold_bias,
+            dropout=self.dropout,
+            training=self.training,
         )
 
     def _stack(
@@ -310,7 +339,9 @@ class RNNBase(nn.Module):
             tensors = [rows, *state0, *weights]
             needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
             # With layer observers (gate recording) each layer runs from Python, where they see it.
-            whole_stack = not needs_grad and not kernels.LAYER_OBSERVERS and not kernels.autograd.needs_plain_ops(tensors)
+            whole_stack = (
+                not needs_grad and not kernels.LAYER_OBSERVERS and not kernels.autograd.needs_plain_ops(tensors)
+            )
             if backend == "torchscript" and whole_stack:
                 return kernels.run_stack(spec, rows, batch_sizes, state0, weights, "")
             return kernels.stack_layers(spec, rows, batch_sizes, state0, weights, backend)
@@ -399,8 +430,17 @@ class LSTM(RNNBase):
         dtype=None,
     ) -> None:
         super().__init__(
-            "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
-            device, dtype,
+            "LSTM",
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            proj_size,
+            device,
+            dtype,
         )
 
     def forward(  # type: ignore[override]
@@ -441,16 +481,18 @@ class LSTM(RNNBase):
             if input is not None:
                 self._read_padded(input, [hx[0], hx[1]])
             raise TypeError(
-                f"{type(self).__name__} takes hx as a tuple (h0, c0) of two tensors, got a single Tensor of shape {list(hx.size())}"
+                f"{type(self).__name__} takes hx as a tuple (h0, c0) of two tensors, "
+                f"got a single Tensor of shape {list(hx.size())}"
             )
         if isinstance(hx, (tuple, list)) and len(hx) != 2:
-            message = f"{type(self).__name__} expects two hidden states (h0, c0), got a {type(hx).__name__} of {len(hx)}"
+            message = (
+                f"{type(self).__name__} expects two hidden states (h0, c0), got a {type(hx).__name__} of {len(hx)}"
+            )
             raise RuntimeError(message) if len(hx) > 2 else IndexError(message)
         return [hx[0], hx[1]]
 
     def _state_sizes(self) -> List[int]:
         return [self.proj_size if self.proj_size > 0 else self.hidden_size, self.hidden_size]
-
 
 
 def backend_for(layer: RNNBase, input: Union[Tensor, PackedSequence]) -> str:

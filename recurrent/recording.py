@@ -16,6 +16,7 @@ a scripted module records nothing). After each layer the observer runs that laye
 forward kernel once more without gradients on those inputs, saving its activations: one extra
 forward pass per layer, only while recording. With no recording open nothing changes.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager

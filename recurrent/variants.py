@@ -22,6 +22,7 @@ The options:
   forward pass and layer, W_hh is ``F.dropout(W_hh, p, training)``: one mask for every step of the
   pass, a new one for the next pass, nothing in evaluation.
 """
+
 from __future__ import annotations
 
 import numbers

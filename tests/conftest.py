@@ -1,4 +1,5 @@
 """Shared test settings: hypothesis profiles and the devices every parity test runs on."""
+
 import os
 
 import pytest

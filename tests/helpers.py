@@ -1,4 +1,5 @@
 """Building a torch.nn reference and our module with the same weights, and comparing them."""
+
 from __future__ import annotations
 
 import os

@@ -1,12 +1,13 @@
 """torch.nn's API: constructors, attributes, parameters, initialisation, state_dict, repr."""
+
 import inspect
 
 import pytest
 import torch
+from helpers import OUTPUT_NAMES, assert_all_close, flat, gradient_names, grads, pair, scripted
 from torch import nn
 
 import recurrent
-from helpers import OUTPUT_NAMES, assert_all_close, flat, gradient_names, grads, pair, scripted
 
 KINDS = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"]
 
@@ -17,11 +18,24 @@ def test_constructor_signature_matches_torch(kind):
     theirs_cls = getattr(nn, kind)
     if kind in ("RNN", "GRU", "LSTM"):
         # torch.nn declares these through @overload; read the documented typed overload.
-        expected = ["input_size", "hidden_size", "num_layers"] + (["nonlinearity"] if kind == "RNN" else []) + [
-            "bias", "batch_first", "dropout", "bidirectional"] + (["proj_size"] if kind == "LSTM" else []) + [
-            "device", "dtype"]
-        defaults = {"num_layers": 1, "nonlinearity": "tanh", "bias": True, "batch_first": False, "dropout": 0.0,
-                    "bidirectional": False, "proj_size": 0, "device": None, "dtype": None}
+        expected = (
+            ["input_size", "hidden_size", "num_layers"]
+            + (["nonlinearity"] if kind == "RNN" else [])
+            + ["bias", "batch_first", "dropout", "bidirectional"]
+            + (["proj_size"] if kind == "LSTM" else [])
+            + ["device", "dtype"]
+        )
+        defaults = {
+            "num_layers": 1,
+            "nonlinearity": "tanh",
+            "bias": True,
+            "batch_first": False,
+            "dropout": 0.0,
+            "bidirectional": False,
+            "proj_size": 0,
+            "device": None,
+            "dtype": None,
+        }
     else:
         theirs = inspect.signature(theirs_cls)
         expected = list(theirs.parameters)
@@ -51,7 +65,17 @@ def test_same_parameters_init_and_state_dict(kind, bias, bidirectional):
         assert ours_sd[key].shape == theirs_sd[key].shape, key
         # Same seed, same registration order, same uniform(±1/sqrt(H)): the very same numbers.
         assert torch.equal(ours_sd[key], theirs_sd[key]), key
-    for attr in ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional", "proj_size", "mode"):
+    for attr in (
+        "input_size",
+        "hidden_size",
+        "num_layers",
+        "bias",
+        "batch_first",
+        "dropout",
+        "bidirectional",
+        "proj_size",
+        "mode",
+    ):
         assert getattr(ours, attr) == getattr(reference, attr), attr
     assert [[p.shape for p in ws] for ws in ours.all_weights] == [[p.shape for p in ws] for ws in reference.all_weights]
     assert repr(ours) == repr(reference)

@@ -1,13 +1,14 @@
 """Under torch.autocast our layers and cells run wholly in autocast's dtype, as torch.nn's cuDNN path
 does, and their gradients reach the fp32 parameters. Compared with torch.nn run in fp32 (on CPU
 torch.nn's own autocast behaviour differs by kind, so it is no reference), to bf16 accuracy."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers import AUTOCAST_DTYPE, grads, pair
 
 import recurrent
-from helpers import AUTOCAST_DTYPE, grads, pair
 
 LAYERS = [("RNN", {}), ("RNN", {"nonlinearity": "relu"}), ("GRU", {}), ("LSTM", {}), ("LSTM", {"proj_size": 3})]
 

@@ -1,4 +1,5 @@
 """The benchmark scripts run end to end on tiny shapes, and their CPU memory probe is exact."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -14,7 +15,15 @@ import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 CUSTOM, CUSTOM_LOOP = "custom cell", "custom cell, Python loop"
-CONTENDERS = {"torch.nn", "recurrent", "recurrent (TorchScript)", "eager cells", "scripted", CUSTOM, CUSTOM_LOOP}  # on CPU
+CONTENDERS = {
+    "torch.nn",
+    "recurrent",
+    "recurrent (TorchScript)",
+    "eager cells",
+    "scripted",
+    CUSTOM,
+    CUSTOM_LOOP,
+}  # on CPU
 MODES = {"inference", "fwd+bwd"}
 NO_PACKED_PATH = "n/a: cell loop has no packed path"
 NOT_GRU = "n/a: the custom cell is timed on GRU shapes"
@@ -130,8 +139,8 @@ def test_cell_loop_matches_layer_gradients(speed, kind: str) -> None:
     ref, mine = speed.flat(layer(x)), speed.flat(loop(x))
     for a, b in zip(ref, mine):
         torch.testing.assert_close(a, b)
-    gx_ref, = torch.autograd.grad(sum(t.sum() for t in ref), x)
-    gx, = torch.autograd.grad(sum(t.sum() for t in mine), x)
+    (gx_ref,) = torch.autograd.grad(sum(t.sum() for t in ref), x)
+    (gx,) = torch.autograd.grad(sum(t.sum() for t in mine), x)
     torch.testing.assert_close(gx_ref, gx)
 
 

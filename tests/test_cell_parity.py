@@ -1,12 +1,13 @@
 """Property tests: RNNCell, GRUCell and LSTMCell equal torch.nn's cells, values and gradients."""
+
 import pytest
 import torch
+from helpers import assert_all_close, gradient_names, grads, scripted
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
 import recurrent
-from helpers import assert_all_close, gradient_names, grads, scripted
 
 cell_options = st.fixed_dictionaries(
     {
@@ -38,7 +39,9 @@ def test_cells_equal_torch(device, o):
     lead = (o["batch"],) if o["batched"] else ()
     x = torch.randn(*lead, o["input_size"], device=device, dtype=dtype, requires_grad=True)
     count = (2 if kind == "LSTMCell" else 1) if o["with_h"] else 0
-    states = [torch.randn(*lead, o["hidden_size"], device=device, dtype=dtype, requires_grad=True) for _ in range(count)]
+    states = [
+        torch.randn(*lead, o["hidden_size"], device=device, dtype=dtype, requires_grad=True) for _ in range(count)
+    ]
     hx = None if not states else states[0] if count == 1 else tuple(states)
     expected, actual = reference(x, hx), run(x, hx)
     expected = list(expected) if isinstance(expected, tuple) else [expected]

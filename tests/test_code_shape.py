@@ -1,4 +1,5 @@
 """Short functions: none in recurrent/ over 50 lines (docstring and comments included)."""
+
 import ast
 from pathlib import Path
 

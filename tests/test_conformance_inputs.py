@@ -2,19 +2,28 @@
 empty batches, zero-length sequences, constructor arguments torch.nn accepts (cells of size 0, an int
 bias) or rejects (proj_size for RNN and GRU), and for a broad set of bad inputs the exception type
 torch.nn raises. Each test runs torch.nn's module on the same input and compares."""
+
 from __future__ import annotations
 
 from typing import Callable, Optional
 
 import pytest
 import torch
+from helpers import (
+    OUTPUT_NAMES,
+    assert_all_close,
+    flat,
+    gradient_names,
+    grads,
+    hidden_arg,
+    initial_states,
+    pair,
+    scripted,
+)
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_sequence
 
 import recurrent
-from helpers import (
-    OUTPUT_NAMES, assert_all_close, flat, gradient_names, grads, hidden_arg, initial_states, pair, scripted,
-)
 
 LAYER_KINDS = ["RNN", "RNN_relu", "GRU", "LSTM", "LSTM_proj"]
 CELL_KINDS = ["RNNCell", "RNNCell_relu", "GRUCell", "LSTMCell"]
@@ -49,7 +58,9 @@ def test_layer_empty_batch_like_torch(kind, batch_first, with_states, device):
     """(L, 0, I) in: outputs (L, 0, D*H_out) and states (layers*D, 0, H), as torch.nn's, eager and scripted;
     the backward runs, with empty gradients for input and states and zero ones (not None) for the weights."""
     dtype = torch.float64
-    reference, ours = layer_pair(kind, num_layers=2, bidirectional=True, batch_first=batch_first, device=device, dtype=dtype)
+    reference, ours = layer_pair(
+        kind, num_layers=2, bidirectional=True, batch_first=batch_first, device=device, dtype=dtype
+    )
     shape = (0, 5, 3) if batch_first else (5, 0, 3)
     x = torch.randn(*shape, dtype=dtype, device=device, requires_grad=True)
     states = initial_states(kind, 4, 2 if kind == "LSTM_proj" else 0, (4, 0), dtype, device) if with_states else []
@@ -64,8 +75,10 @@ def test_layer_empty_batch_like_torch(kind, batch_first, with_states, device):
         assert all(a.requires_grad for a in actual)
         g_actual = grads(actual, [x, *states, *ours.parameters()])
         assert_all_close(g_actual, g_expected, dtype, names)
-        weight_grads = g_actual[1 + len(states):]
-        assert all(g is not None and g.shape == p.shape and not g.any() for g, p in zip(weight_grads, ours.parameters()))
+        weight_grads = g_actual[1 + len(states) :]
+        assert all(
+            g is not None and g.shape == p.shape and not g.any() for g, p in zip(weight_grads, ours.parameters())
+        )
 
 
 @pytest.mark.parametrize("kind", LAYER_KINDS)
@@ -110,8 +123,14 @@ def test_zero_length_sequence_raises_like_torch(kind, batch_first, what):
 @pytest.mark.parametrize(
     "sizes,lead",
     [((3, 4), (0,)), ((3, 0), (2,)), ((3, 0), ()), ((3, 0), (0,)), ((0, 4), (2,)), ((0, 4), ())],
-    ids=["batch 0", "hidden_size 0", "hidden_size 0 unbatched", "hidden_size 0 batch 0", "input_size 0",
-         "input_size 0 unbatched"],
+    ids=[
+        "batch 0",
+        "hidden_size 0",
+        "hidden_size 0 unbatched",
+        "hidden_size 0 batch 0",
+        "input_size 0",
+        "input_size 0 unbatched",
+    ],
 )
 @pytest.mark.parametrize("kind", CELL_KINDS)
 def test_cell_empty_sizes_like_torch(kind, sizes, lead, with_states, device):
@@ -181,7 +200,9 @@ def test_layer_int_bias_rejected_like_torch(kind, bias):
 @pytest.mark.parametrize("kind", ["RNN", "GRU"])
 def test_proj_size_rejected_by_rnn_and_gru_like_torch(kind, proj_size):
     for module in (nn, recurrent):
-        with pytest.raises(ValueError, match="^proj_size argument is only supported for LSTM, not RNN or GRU$") as raised:
+        with pytest.raises(
+            ValueError, match="^proj_size argument is only supported for LSTM, not RNN or GRU$"
+        ) as raised:
             getattr(module, kind)(3, 4, proj_size=proj_size)
         assert raised.type is ValueError
     # Other keywords and positional arguments are untouched, and LSTM takes proj_size.
@@ -210,12 +231,16 @@ def result_tensors(result) -> list[Tensor]:
     return [t for item in result for t in result_tensors(item)]
 
 
-def assert_same_outcome(ours: Callable[[], object], theirs: Callable[[], object], divergence: Optional[tuple[str, str]]):
+def assert_same_outcome(
+    ours: Callable[[], object], theirs: Callable[[], object], divergence: Optional[tuple[str, str]]
+):
     """Both raise the same exception type, or both return the same tensors. Where ``divergence`` is
     (ours, torch.nn's), a documented deliberate difference, each raises (or returns: "ok") that instead."""
     (ours_kind, ours_value), (their_kind, their_value) = outcome(ours), outcome(theirs)
     if divergence is not None:
-        assert (ours_kind, their_kind) == divergence, f"ours: {ours_kind}: {ours_value}; torch.nn: {their_kind}: {their_value}"
+        assert (ours_kind, their_kind) == divergence, (
+            f"ours: {ours_kind}: {ours_value}; torch.nn: {their_kind}: {their_value}"
+        )
         return
     assert ours_kind == their_kind, f"ours: {ours_kind}: {ours_value}; torch.nn: {their_kind}: {their_value}"
     if ours_kind == "ok":
@@ -267,7 +292,12 @@ def layer_bad_inputs(kind: str, batch_first: bool) -> dict[str, tuple[object, ob
         "h0 wrong size": (x(5, 2), hidden((4, 2), h_size=5)),
         "h0 broadcastable": (x(5, 2), hidden((4, 1))),
         "h0 dtype": (x(5, 2), hidden((4, 2), dtype=torch.float64)),
-        "h0 integer": (x(5, 2), (torch.ones(4, 2, hs, dtype=torch.long), torch.ones(4, 2, 4, dtype=torch.long)) if lstm else torch.ones(4, 2, hs, dtype=torch.long)),
+        "h0 integer": (
+            x(5, 2),
+            (torch.ones(4, 2, hs, dtype=torch.long), torch.ones(4, 2, 4, dtype=torch.long))
+            if lstm
+            else torch.ones(4, 2, hs, dtype=torch.long),
+        ),
         "states 2-D, input batched": (x(5, 2), hidden((4,))),
         "states 4-D": (x(5, 2), hidden((4, 2, 1))),
         "states 3-D, input unbatched": (r(5, 3), hidden((4, 1))),
@@ -286,19 +316,21 @@ def layer_bad_inputs(kind: str, batch_first: bool) -> dict[str, tuple[object, ob
         "packed unsorted, h0 wrong batch": (packed(3, sorted=False), hidden((4, 1))),
     }
     if lstm:
-        cases.update({
-            "c0 wrong size": (x(5, 2), hidden((4, 2), c_size=5)),
-            "c0 2-D": (x(5, 2), (r(4, 2, hs), r(4, 4))),
-            "hx a single tensor": (x(5, 2), r(4, 2, hs)),
-            "hx a stacked tensor": (x(5, 2), r(2, 4, 2, 4)),
-            "hx a 1-tuple": (x(5, 2), (r(4, 2, hs),)),
-            "hx an empty tuple": (x(5, 2), ()),
-            "hx a 3-tuple": (x(5, 2), (r(4, 2, hs), r(4, 2, 4), r(4, 2, 4))),
-            "hx a 3-tuple, empty batch": (x(5, 0), (r(4, 0, hs), r(4, 0, 4), r(4, 0, 4))),
-            "hx (h0, None)": (x(5, 2), (r(4, 2, hs), None)),
-            "packed, hx a single tensor": (packed(3), r(4, 2, hs)),
-            "packed, hx a 3-tuple": (packed(3), (r(4, 2, hs), r(4, 2, 4), r(4, 2, 4))),
-        })
+        cases.update(
+            {
+                "c0 wrong size": (x(5, 2), hidden((4, 2), c_size=5)),
+                "c0 2-D": (x(5, 2), (r(4, 2, hs), r(4, 4))),
+                "hx a single tensor": (x(5, 2), r(4, 2, hs)),
+                "hx a stacked tensor": (x(5, 2), r(2, 4, 2, 4)),
+                "hx a 1-tuple": (x(5, 2), (r(4, 2, hs),)),
+                "hx an empty tuple": (x(5, 2), ()),
+                "hx a 3-tuple": (x(5, 2), (r(4, 2, hs), r(4, 2, 4), r(4, 2, 4))),
+                "hx a 3-tuple, empty batch": (x(5, 0), (r(4, 0, hs), r(4, 0, 4), r(4, 0, 4))),
+                "hx (h0, None)": (x(5, 2), (r(4, 2, hs), None)),
+                "packed, hx a single tensor": (packed(3), r(4, 2, hs)),
+                "packed, hx a 3-tuple": (packed(3), (r(4, 2, hs), r(4, 2, 4), r(4, 2, 4))),
+            }
+        )
     else:
         cases["hx a tuple"] = (x(5, 2), (r(4, 2, hs),))
     return cases
@@ -323,7 +355,9 @@ def layer_case_ids() -> list[tuple[str, bool, str]]:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("kind,batch_first,what", layer_case_ids(), ids=[f"{k}-{'bf' if b else 'tm'}-{n}" for k, b, n in layer_case_ids()])
+@pytest.mark.parametrize(
+    "kind,batch_first,what", layer_case_ids(), ids=[f"{k}-{'bf' if b else 'tm'}-{n}" for k, b, n in layer_case_ids()]
+)
 def test_layer_input_like_torch(kind, batch_first, what):
     reference, ours = layer_pair(kind, num_layers=2, bidirectional=True, batch_first=batch_first)
     x, hx = layer_bad_inputs(kind, batch_first)[what]
@@ -368,20 +402,22 @@ def cell_bad_inputs(kind: str) -> dict[str, tuple[object, object]]:
         "h a tuple" if not lstm else "hx a 1-tuple": (r(2, 3), (r(2, 4),)),
     }
     if lstm:
-        cases.update({
-            "c wrong batch": (r(2, 3), (r(2, 4), r(3, 4))),
-            "c wrong size": (r(2, 3), (r(2, 4), r(2, 5))),
-            "c 3-D": (r(2, 3), (r(2, 4), r(1, 2, 4))),
-            "c 1-D": (r(2, 3), (r(2, 4), r(4))),
-            "hx a single tensor": (r(2, 3), r(2, 4)),
-            "hx a stacked tensor": (r(2, 3), r(2, 2, 4)),
-            "hx a 1-D tensor": (r(2, 3), r(4)),
-            "hx a 3-tuple": (r(2, 3), (r(2, 4), r(2, 4), r(2, 4))),
-            "hx a 1-tuple, unbatched": (r(3), (r(4),)),
-            "hx (h, None)": (r(2, 3), (r(2, 4), None)),
-            "hx a stacked tensor, unbatched": (r(3), r(2, 4)),
-            "hx a 3-tuple, unbatched": (r(3), (r(4), r(4), r(4))),
-        })
+        cases.update(
+            {
+                "c wrong batch": (r(2, 3), (r(2, 4), r(3, 4))),
+                "c wrong size": (r(2, 3), (r(2, 4), r(2, 5))),
+                "c 3-D": (r(2, 3), (r(2, 4), r(1, 2, 4))),
+                "c 1-D": (r(2, 3), (r(2, 4), r(4))),
+                "hx a single tensor": (r(2, 3), r(2, 4)),
+                "hx a stacked tensor": (r(2, 3), r(2, 2, 4)),
+                "hx a 1-D tensor": (r(2, 3), r(4)),
+                "hx a 3-tuple": (r(2, 3), (r(2, 4), r(2, 4), r(2, 4))),
+                "hx a 1-tuple, unbatched": (r(3), (r(4),)),
+                "hx (h, None)": (r(2, 3), (r(2, 4), None)),
+                "hx a stacked tensor, unbatched": (r(3), r(2, 4)),
+                "hx a 3-tuple, unbatched": (r(3), (r(4), r(4), r(4))),
+            }
+        )
     return cases
 
 
@@ -412,17 +448,37 @@ def test_cell_input_like_torch(kind, what):
 KEY_WORDS = [
     # (module, input, hx, torch.nn's words that ours keep)
     ("GRU", lambda: (torch.randn(5, 2, 3), torch.randn(4, 3, 4)), "Expected hidden size"),
-    ("LSTM", lambda: (torch.randn(5, 2, 3), (torch.randn(4, 3, 4), torch.randn(4, 2, 4))), r"Expected hidden\[0\] size"),
-    ("LSTM", lambda: (torch.randn(5, 2, 3), (torch.randn(4, 2, 4), torch.randn(4, 3, 4))), r"Expected hidden\[1\] size"),
+    (
+        "LSTM",
+        lambda: (torch.randn(5, 2, 3), (torch.randn(4, 3, 4), torch.randn(4, 2, 4))),
+        r"Expected hidden\[0\] size",
+    ),
+    (
+        "LSTM",
+        lambda: (torch.randn(5, 2, 3), (torch.randn(4, 2, 4), torch.randn(4, 3, 4))),
+        r"Expected hidden\[1\] size",
+    ),
     ("RNN", lambda: (torch.randn(5, 2, 7), None), r"input.size\(-1\) must be equal to input_size"),
     ("RNN", lambda: (torch.randn(5, 2, 3), torch.randn(4, 4)), "For batched 3-D input, hx should also be 3-D"),
     ("GRU", lambda: (torch.randn(5, 3), torch.randn(4, 1, 4)), "For unbatched 2-D input, hx should also be 2-D"),
     ("GRU", lambda: (torch.randn(0, 2, 3), None), "Expected sequence length to be larger than 0"),
     ("GRUCell", lambda: (torch.randn(2, 7), None), "input has inconsistent input_size"),
-    ("RNNCell", lambda: (torch.randn(2, 3), torch.randn(3, 4)), "Input batch size 2 doesn't match hidden0 batch size 3"),
-    ("LSTMCell", lambda: (torch.randn(2, 3), (torch.randn(2, 4), torch.randn(2, 5))), "hidden1 has inconsistent hidden_size"),
+    (
+        "RNNCell",
+        lambda: (torch.randn(2, 3), torch.randn(3, 4)),
+        "Input batch size 2 doesn't match hidden0 batch size 3",
+    ),
+    (
+        "LSTMCell",
+        lambda: (torch.randn(2, 3), (torch.randn(2, 4), torch.randn(2, 5))),
+        "hidden1 has inconsistent hidden_size",
+    ),
     ("GRUCell", lambda: (torch.randn(2, 3), torch.randn(1, 2, 4)), "to be 1D or 2D, got 3D"),
-    ("LSTMCell", lambda: (torch.randn(2, 3), (torch.randn(2, 4), torch.randn(2, 4), torch.randn(2, 4))), "expects two hidden states"),
+    (
+        "LSTMCell",
+        lambda: (torch.randn(2, 3), (torch.randn(2, 4), torch.randn(2, 4), torch.randn(2, 4))),
+        "expects two hidden states",
+    ),
 ]
 
 

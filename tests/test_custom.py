@@ -1,5 +1,6 @@
 """The custom cell API: torch.nn's GRU and LSTM written as CustomCells give torch.nn's numbers through
 every layer feature, by autograd and by a hand-written step_backward; the API's hooks do what they say."""
+
 import copy
 import io
 import warnings
@@ -7,12 +8,12 @@ from typing import List, Tuple
 
 import pytest
 import torch
+from helpers import assert_all_close, flat, grads, hidden_arg, scripted
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from helpers import assert_all_close, flat, grads, hidden_arg, scripted
 from recurrent import CustomCell, CustomRNN
 
 
@@ -36,7 +37,12 @@ class GRUMathWithBackward(GRUMath):
     """The same step with its hand-written backward."""
 
     def step_backward(
-        self, gi: Tensor, gh: Tensor, state: List[Tensor], params: List[Tensor], grad_output: Tensor,
+        self,
+        gi: Tensor,
+        gh: Tensor,
+        state: List[Tensor],
+        params: List[Tensor],
+        grad_output: Tensor,
         grad_state: List[Tensor],
     ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
         h = state[0]
@@ -67,7 +73,12 @@ class LSTMMath(CustomCell):
 
 class LSTMMathWithBackward(LSTMMath):
     def step_backward(
-        self, gi: Tensor, gh: Tensor, state: List[Tensor], params: List[Tensor], grad_output: Tensor,
+        self,
+        gi: Tensor,
+        gh: Tensor,
+        state: List[Tensor],
+        params: List[Tensor],
+        grad_output: Tensor,
         grad_state: List[Tensor],
     ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
         i, f, g, o = (gi + gh).chunk(4, -1)
@@ -76,7 +87,9 @@ class LSTMMathWithBackward(LSTMMath):
         tc = torch.tanh(c)
         dh = grad_output + grad_state[0]
         dc = grad_state[1] + dh * o * (1 - tc * tc)
-        da = torch.cat([dc * g * i * (1 - i), dc * state[1] * f * (1 - f), dc * i * (1 - g * g), dh * tc * o * (1 - o)], -1)
+        da = torch.cat(
+            [dc * g * i * (1 - i), dc * state[1] * f * (1 - f), dc * i * (1 - g * g), dh * tc * o * (1 - o)], -1
+        )
         return da, da, [torch.zeros_like(dh), dc * f], []
 
 
@@ -113,10 +126,14 @@ def inputs(o: dict):
     """(input for both modules, tensors whose gradients are compared, initial states)."""
     steps, batch, layers = 5, 3, o["num_layers"] * (2 if o["bidirectional"] else 1)
     lead = (layers,) if o["layout"] == "unbatched" else (layers, batch)
-    states = [
-        torch.randn(*lead, o["hidden_size"], dtype=torch.float64, requires_grad=True)
-        for _ in range(2 if o["kind"] == "LSTM" else 1)
-    ] if o["with_h0"] else []
+    states = (
+        [
+            torch.randn(*lead, o["hidden_size"], dtype=torch.float64, requires_grad=True)
+            for _ in range(2 if o["kind"] == "LSTM" else 1)
+        ]
+        if o["with_h0"]
+        else []
+    )
     if o["layout"] == "unbatched":
         x = torch.randn(steps, o["input_size"], dtype=torch.float64, requires_grad=True)
         return x, [x, *states], states
@@ -144,8 +161,10 @@ def test_torch_nn_kinds_as_custom_cells_equal_torch_nn(o):
     assert_all_close(actual, expected, torch.float64, names)
     wrt_names = ["input", "h0", "c0"][: len(leaves)] + [n for n, _ in reference.named_parameters()]
     assert_all_close(
-        grads(actual, [*leaves, *ours.parameters()]), grads(expected, [*leaves, *reference.parameters()]),
-        torch.float64, [f"grad of {n}" for n in wrt_names],
+        grads(actual, [*leaves, *ours.parameters()]),
+        grads(expected, [*leaves, *reference.parameters()]),
+        torch.float64,
+        [f"grad of {n}" for n in wrt_names],
     )
 
 
@@ -153,8 +172,17 @@ def test_torch_nn_kinds_as_custom_cells_equal_torch_nn(o):
 @pytest.mark.parametrize("hand_written", [False, True])
 def test_scripted_custom_layer_equals_eager(kind, hand_written):
     """torch.jit.script over the layer (and over a model holding it), padded and packed input."""
-    o = dict(kind=kind, hand_written=hand_written, input_size=3, hidden_size=4, num_layers=2, bias=True,
-             batch_first=True, bidirectional=True, seed=0)
+    o = dict(
+        kind=kind,
+        hand_written=hand_written,
+        input_size=3,
+        hidden_size=4,
+        num_layers=2,
+        bias=True,
+        batch_first=True,
+        bidirectional=True,
+        seed=0,
+    )
     _, ours = build(o)
     script = scripted(ours)
     x = torch.randn(3, 5, 3, dtype=torch.float64)
@@ -214,7 +242,9 @@ def test_own_parameters_registered_initialised_and_trained():
     names = [n for n, _ in layer.named_parameters()]
     assert names[:5] == ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0", "gain_l0"]
     assert {"gain_l0_reverse", "gain_l1", "gain_l1_reverse"} <= set(names)
-    assert all(torch.equal(getattr(layer, n), torch.ones(4, dtype=torch.float64)) for n in names if n.startswith("gain"))
+    assert all(
+        torch.equal(getattr(layer, n), torch.ones(4, dtype=torch.float64)) for n in names if n.startswith("gain")
+    )
     one = CustomRNN(ScaledTanh(), 3, 4, dtype=torch.float64)
     with torch.no_grad():
         one.gain_l0.uniform_(0.5, 1.5)
@@ -344,9 +374,12 @@ def test_torch_func_and_forward_ad_through_a_custom_layer(cell):
     torch.testing.assert_close(torch.func.grad(lambda d: loss(ours, d))(packed.data), expected)
     xs = torch.randn(2, 5, 3, dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(torch.func.vmap(lambda s: ours(s)[0])(xs), torch.stack([reference(s)[0] for s in xs]))
+        torch.testing.assert_close(
+            torch.func.vmap(lambda s: ours(s)[0])(xs), torch.stack([reference(s)[0] for s in xs])
+        )
     tangent = torch.randn_like(x)
     import torch.autograd.forward_ad as fwAD
+
     with fwAD.dual_level():
         expected_t = fwAD.unpack_dual(reference(fwAD.make_dual(x, tangent))[0]).tangent
         actual_t = fwAD.unpack_dual(ours(fwAD.make_dual(x, tangent))[0]).tangent

@@ -1,5 +1,6 @@
 """DistributedDataParallel over our layers: 2 CPU processes (gloo) take one step on halves of a global
 batch, and must hold the gradients and parameters of one process taking that step on the whole batch."""
+
 from __future__ import annotations
 
 import time
@@ -25,8 +26,9 @@ TIMEOUT_S = 300
 COLLECTIVE_TIMEOUT = timedelta(seconds=120)
 CASES = ("packed", "padded")
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
+)
 
 
 class Net(nn.Module):
@@ -78,16 +80,18 @@ def step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, lengths:
 def worker(rank: int, store: str, results: str) -> None:
     """One rank: its local (unsynchronised) gradients on its half, then a DDP step; saved for the test."""
     torch.set_num_threads(1)  # 2 processes on a 2-core CI machine, maybe next to another xdist worker
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD_SIZE,
-                            timeout=COLLECTIVE_TIMEOUT)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD_SIZE, timeout=COLLECTIVE_TIMEOUT
+    )
     try:
         x, lengths, y = global_batch()
         mine = slice(rank * GLOBAL_BATCH // WORLD_SIZE, (rank + 1) * GLOBAL_BATCH // WORLD_SIZE)
         out = {}
         for case in CASES:
             model, optimizer = make(case)
-            local = torch.autograd.grad(F.cross_entropy(model(x[mine], lengths[mine]), y[mine]),
-                                        list(model.parameters()))
+            local = torch.autograd.grad(
+                F.cross_entropy(model(x[mine], lengths[mine]), y[mine]), list(model.parameters())
+            )
             ddp = DistributedDataParallel(model)
             out[case] = step(ddp, optimizer, x[mine], lengths[mine], y[mine])
             out[case]["local"] = dict(zip((n for n, _ in model.named_parameters()), local))
@@ -103,8 +107,9 @@ def spawn(store: Path, results: Path) -> dict[str, dict]:
     """mp.spawn with a deadline: a rank that hangs is killed and the test fails instead of stalling CI.
     The single-process reference is computed here while the ranks start up: it overlaps their imports."""
     deadline = time.monotonic() + TIMEOUT_S
-    context = mp.start_processes(worker, args=(str(store), str(results)), nprocs=WORLD_SIZE, join=False,
-                                 start_method="spawn")
+    context = mp.start_processes(
+        worker, args=(str(store), str(results)), nprocs=WORLD_SIZE, join=False, start_method="spawn"
+    )
     try:
         x, lengths, y = global_batch()
         references = {case: step(*make(case), x, lengths, y) for case in CASES}
@@ -131,7 +136,9 @@ def test_ddp_step_equals_one_process_on_the_global_batch(tmp_path: Path) -> None
             # Both ranks hold the same averaged gradient (a + b == b + a exactly) and so the same step.
             assert torch.equal(zero["grads"][n], other["grads"][n]), (case, n)
             assert torch.equal(zero["params"][n], other["params"][n]), (case, n)
-            torch.testing.assert_close(zero["grads"][n], reference["grads"][n], rtol=1e-10, atol=1e-10,
-                                       msg=f"{case}: gradient of {n}")
-            torch.testing.assert_close(zero["params"][n], reference["params"][n], rtol=1e-10, atol=1e-10,
-                                       msg=f"{case}: {n} after the step")
+            torch.testing.assert_close(
+                zero["grads"][n], reference["grads"][n], rtol=1e-10, atol=1e-10, msg=f"{case}: gradient of {n}"
+            )
+            torch.testing.assert_close(
+                zero["params"][n], reference["params"][n], rtol=1e-10, atol=1e-10, msg=f"{case}: {n} after the step"
+            )

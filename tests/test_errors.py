@@ -1,17 +1,21 @@
 """Bad input: a clear exception naming what was expected and what was given, never a silent broadcast."""
+
 import re
 from typing import Callable, Optional
 
 import pytest
 import torch
+from helpers import scripted
 from torch import nn
 
 import recurrent
-from helpers import scripted
 
 
 def assert_rejects_like_torch(
-    ours: Callable[[], object], theirs: Optional[Callable[[], object]], error: type[Exception], pattern: str,
+    ours: Callable[[], object],
+    theirs: Optional[Callable[[], object]],
+    error: type[Exception],
+    pattern: str,
     theirs_error: Optional[type[Exception]] = None,
 ) -> None:
     """Ours raises exactly `error`, with a message matching `pattern`; torch.nn's call `theirs` (if given) raises
@@ -38,7 +42,12 @@ def assert_rejects_like_torch(
         ("GRU", dict(dropout=1.5), ValueError, r"dropout should be a number in range \[0, 1\].*got 1.5"),
         ("GRU", dict(dropout=-0.1), ValueError, r"range \[0, 1\]"),
         ("GRU", dict(dropout=True), ValueError, r"range \[0, 1\]"),
-        ("RNN", dict(nonlinearity="sigmoid"), ValueError, "Unknown nonlinearity 'sigmoid'. Select from 'tanh' or 'relu'"),
+        (
+            "RNN",
+            dict(nonlinearity="sigmoid"),
+            ValueError,
+            "Unknown nonlinearity 'sigmoid'. Select from 'tanh' or 'relu'",
+        ),
         ("RNN", dict(bias=1), TypeError, "bias should be of type bool, got: int"),
         ("GRU", dict(batch_first="yes"), TypeError, "batch_first should be of type bool, got: str"),
         ("RNN", dict(proj_size=2), ValueError, "proj_size argument is only supported for LSTM, not RNN or GRU"),
@@ -69,15 +78,63 @@ BAD_LAYER_CALLS = [
     ("wrong feature size", lambda: (torch.randn(5, 2, 7), None), RuntimeError, "input_size. Expected 3, got 7"),
     ("1-d input", lambda: (torch.randn(5), None), ValueError, "2D .*or 3D.*got 1D"),
     ("4-d input", lambda: (torch.randn(5, 2, 3, 1), None), ValueError, "got 4D"),
-    ("zero-length sequence", lambda: (torch.randn(0, 2, 3), None), RuntimeError, re.escape("Expected sequence length to be larger than 0 in RNN, got input of shape [0, 2, 3]")),
-    ("h0 wrong batch", lambda: (torch.randn(5, 2, 3), torch.randn(4, 3, 4)), RuntimeError, re.escape("Expected hidden size (4, 2, 4), got [4, 3, 4]: hx must be (num_layers * num_directions, batch, hidden_size)")),
-    ("h0 wrong layer count", lambda: (torch.randn(5, 2, 3), torch.randn(2, 2, 4)), RuntimeError, re.escape("Expected hidden size (4, 2, 4), got [2, 2, 4]")),
-    ("h0 wrong hidden size", lambda: (torch.randn(5, 2, 3), torch.randn(4, 2, 5)), RuntimeError, re.escape("got [4, 2, 5]")),
-    ("h0 broadcastable", lambda: (torch.randn(5, 2, 3), torch.randn(4, 1, 4)), RuntimeError, re.escape("Expected hidden size (4, 2, 4), got [4, 1, 4]")),
-    ("batched h0, unbatched input", lambda: (torch.randn(5, 3), torch.randn(4, 1, 4)), RuntimeError, "unbatched 2-D input, hx should also be 2-D but got 3-D"),
-    ("unbatched h0, batched input", lambda: (torch.randn(5, 2, 3), torch.randn(4, 4)), RuntimeError, "batched 3-D input, hx should also be 3-D but got 2-D"),
-    ("input dtype", lambda: (torch.randn(5, 2, 3, dtype=torch.float64), None), ValueError, r"input dtype \(torch.float64\) does not match weight dtype \(torch.float32\)"),
-    ("h0 dtype", lambda: (torch.randn(5, 2, 3), torch.randn(4, 2, 4, dtype=torch.float64)), ValueError, r"hx dtype \(torch.float64\)"),
+    (
+        "zero-length sequence",
+        lambda: (torch.randn(0, 2, 3), None),
+        RuntimeError,
+        re.escape("Expected sequence length to be larger than 0 in RNN, got input of shape [0, 2, 3]"),
+    ),
+    (
+        "h0 wrong batch",
+        lambda: (torch.randn(5, 2, 3), torch.randn(4, 3, 4)),
+        RuntimeError,
+        re.escape(
+            "Expected hidden size (4, 2, 4), got [4, 3, 4]: "
+            "hx must be (num_layers * num_directions, batch, hidden_size)"
+        ),
+    ),
+    (
+        "h0 wrong layer count",
+        lambda: (torch.randn(5, 2, 3), torch.randn(2, 2, 4)),
+        RuntimeError,
+        re.escape("Expected hidden size (4, 2, 4), got [2, 2, 4]"),
+    ),
+    (
+        "h0 wrong hidden size",
+        lambda: (torch.randn(5, 2, 3), torch.randn(4, 2, 5)),
+        RuntimeError,
+        re.escape("got [4, 2, 5]"),
+    ),
+    (
+        "h0 broadcastable",
+        lambda: (torch.randn(5, 2, 3), torch.randn(4, 1, 4)),
+        RuntimeError,
+        re.escape("Expected hidden size (4, 2, 4), got [4, 1, 4]"),
+    ),
+    (
+        "batched h0, unbatched input",
+        lambda: (torch.randn(5, 3), torch.randn(4, 1, 4)),
+        RuntimeError,
+        "unbatched 2-D input, hx should also be 2-D but got 3-D",
+    ),
+    (
+        "unbatched h0, batched input",
+        lambda: (torch.randn(5, 2, 3), torch.randn(4, 4)),
+        RuntimeError,
+        "batched 3-D input, hx should also be 3-D but got 2-D",
+    ),
+    (
+        "input dtype",
+        lambda: (torch.randn(5, 2, 3, dtype=torch.float64), None),
+        ValueError,
+        r"input dtype \(torch.float64\) does not match weight dtype \(torch.float32\)",
+    ),
+    (
+        "h0 dtype",
+        lambda: (torch.randn(5, 2, 3), torch.randn(4, 2, 4, dtype=torch.float64)),
+        ValueError,
+        r"hx dtype \(torch.float64\)",
+    ),
     ("input integer", lambda: (torch.ones(5, 2, 3, dtype=torch.long), None), ValueError, "torch.int64"),
 ]
 # The one deliberate divergence: torch.nn does not check h0's dtype, and fails inside a matmul with a RuntimeError;
@@ -118,13 +175,33 @@ def test_layer_rejects_input_on_other_device_meta():
 
 
 BAD_CELL_CALLS = [
-    ("wrong feature size", lambda: (torch.randn(2, 5), None), RuntimeError, "Expected 3, got 5 .input has inconsistent input_size"),
+    (
+        "wrong feature size",
+        lambda: (torch.randn(2, 5), None),
+        RuntimeError,
+        "Expected 3, got 5 .input has inconsistent input_size",
+    ),
     ("3-d input", lambda: (torch.randn(2, 2, 3), None), ValueError, "1D or 2D, got 3D"),
     ("3-d h", lambda: (torch.randn(2, 3), torch.randn(1, 2, 4)), ValueError, "Expected hidden to be 1D or 2D, got 3D"),
-    ("h wrong batch", lambda: (torch.randn(2, 3), torch.randn(3, 4)), RuntimeError, re.escape("Expected hx of size [2, 4], got [3, 4]: Input batch size 2 doesn't match hidden0 batch size 3")),
+    (
+        "h wrong batch",
+        lambda: (torch.randn(2, 3), torch.randn(3, 4)),
+        RuntimeError,
+        re.escape("Expected hx of size [2, 4], got [3, 4]: Input batch size 2 doesn't match hidden0 batch size 3"),
+    ),
     ("h broadcastable", lambda: (torch.randn(2, 3), torch.randn(1, 4)), RuntimeError, re.escape("got [1, 4]")),
-    ("h wrong size", lambda: (torch.randn(3), torch.randn(5)), RuntimeError, re.escape("Expected hx of size [4], got [5]: hidden0 has inconsistent hidden_size")),
-    ("batched h, unbatched input", lambda: (torch.randn(3), torch.randn(1, 4)), RuntimeError, "hx to be 1D like the input, got 2D"),
+    (
+        "h wrong size",
+        lambda: (torch.randn(3), torch.randn(5)),
+        RuntimeError,
+        re.escape("Expected hx of size [4], got [5]: hidden0 has inconsistent hidden_size"),
+    ),
+    (
+        "batched h, unbatched input",
+        lambda: (torch.randn(3), torch.randn(1, 4)),
+        RuntimeError,
+        "hx to be 1D like the input, got 2D",
+    ),
     ("input dtype", lambda: (torch.randn(2, 3, dtype=torch.float64), None), ValueError, "input dtype"),
 ]
 # The deliberate divergence of the cells: torch.nn's cells do not check the input's (or a state's) dtype, and a
@@ -144,10 +221,32 @@ def test_cell_rejects(kind, what, make, error, pattern):
 LSTM_ARGS = dict(input_size=3, hidden_size=4, num_layers=2, proj_size=2)  # h0 (2, N, 2), c0 (2, N, 4)
 
 BAD_LSTM_STATES = [
-    ("h0 of hidden_size, not proj_size", (torch.randn(2, 5, 4), torch.randn(2, 5, 4)), re.escape("Expected hidden[0] size (2, 5, 2), got [2, 5, 4]: h0 must be (num_layers * num_directions, batch, proj_size)")),
-    ("c0 of proj_size", (torch.randn(2, 5, 2), torch.randn(2, 5, 2)), re.escape("Expected hidden[1] size (2, 5, 4), got [2, 5, 2]: c0 must be (num_layers * num_directions, batch, hidden_size)")),
-    ("c0 wrong batch", (torch.randn(2, 5, 2), torch.randn(2, 1, 4)), re.escape("Expected hidden[1] size (2, 5, 4), got [2, 1, 4]")),
-    ("h0 wrong layers", (torch.randn(1, 5, 2), torch.randn(2, 5, 4)), re.escape("Expected hidden[0] size (2, 5, 2), got [1, 5, 2]")),
+    (
+        "h0 of hidden_size, not proj_size",
+        (torch.randn(2, 5, 4), torch.randn(2, 5, 4)),
+        re.escape(
+            "Expected hidden[0] size (2, 5, 2), got [2, 5, 4]: "
+            "h0 must be (num_layers * num_directions, batch, proj_size)"
+        ),
+    ),
+    (
+        "c0 of proj_size",
+        (torch.randn(2, 5, 2), torch.randn(2, 5, 2)),
+        re.escape(
+            "Expected hidden[1] size (2, 5, 4), got [2, 5, 2]: "
+            "c0 must be (num_layers * num_directions, batch, hidden_size)"
+        ),
+    ),
+    (
+        "c0 wrong batch",
+        (torch.randn(2, 5, 2), torch.randn(2, 1, 4)),
+        re.escape("Expected hidden[1] size (2, 5, 4), got [2, 1, 4]"),
+    ),
+    (
+        "h0 wrong layers",
+        (torch.randn(1, 5, 2), torch.randn(2, 5, 4)),
+        re.escape("Expected hidden[0] size (2, 5, 2), got [1, 5, 2]"),
+    ),
     ("c0 2-D", (torch.randn(2, 5, 2), torch.randn(2, 4)), "c0 should also be 3-D but got 2-D"),
 ]
 

@@ -1,4 +1,5 @@
 """The Fashion-MNIST harness: data loading and checks, models, training, resume, CLI and grid."""
+
 from __future__ import annotations
 
 import gzip
@@ -19,7 +20,7 @@ from torchvision.datasets import FashionMNIST
 
 from experiments import data, fashion_mnist, reproduce
 from experiments.models import RECIPES, SequenceClassifier, build_model, impls_for, layers_for, override
-from experiments.train import BEST, LAST, METRICS, ResumeError, RunSpec, atomic_write, augment, run, evaluate_test
+from experiments.train import BEST, LAST, METRICS, ResumeError, RunSpec, atomic_write, augment, evaluate_test, run
 
 REAL_DIR, _ = data.default_data_dir()
 needs_data = pytest.mark.skipif(
@@ -59,8 +60,9 @@ def synthetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 @pytest.mark.parametrize("layout", ["root", "FashionMNIST", "raw"])
 def test_loader_reads_synthetic_idx_files(synthetic: dict, layout: str) -> None:
-    data_dir = {"root": synthetic["root"], "FashionMNIST": synthetic["root"] / "FashionMNIST",
-                "raw": synthetic["raw"]}[layout]
+    data_dir = {"root": synthetic["root"], "FashionMNIST": synthetic["root"] / "FashionMNIST", "raw": synthetic["raw"]}[
+        layout
+    ]
     a = data.load_arrays(data_dir, synthetic["cache"])
     images = torch.from_numpy(synthetic["arrays"]["train-images-idx3-ubyte.gz"].astype(np.float32))
     torch.testing.assert_close(a["train_x"], (images / 255 - 0.5) / 0.497)
@@ -69,7 +71,8 @@ def test_loader_reads_synthetic_idx_files(synthetic: dict, layout: str) -> None:
     assert a["train_y"].dtype == torch.int64
     # Extracted into the cache, never next to the source files.
     assert sorted(p.name for p in (synthetic["cache"] / "FashionMNIST" / "raw").iterdir()) == sorted(
-        n.removesuffix(".gz") for n in data.FILES)
+        n.removesuffix(".gz") for n in data.FILES
+    )
     assert sorted(p.name for p in synthetic["raw"].iterdir()) == sorted(data.FILES)
 
 
@@ -159,8 +162,12 @@ def test_augment_flips_and_shifts_rows_only() -> None:
     s, background = r.shift, (0 - data.MEAN) / data.STD
     padded = torch.nn.functional.pad(torch.stack((x, x.flip(2)), 1), (s, s, s, s), value=background)
     for i in range(len(x)):
-        candidates = [padded[i, f, dy:dy + 28, dx:dx + 28] for f in range(2)
-                      for dy in range(2 * s + 1) for dx in range(2 * s + 1)]
+        candidates = [
+            padded[i, f, dy : dy + 28, dx : dx + 28]
+            for f in range(2)
+            for dy in range(2 * s + 1)
+            for dx in range(2 * s + 1)
+        ]
         assert any(torch.equal(out[i], c) for c in candidates)
     assert not torch.equal(out, x)
 
@@ -195,8 +202,16 @@ def test_override_parses_types_and_rejects_unknown_keys() -> None:
 
 
 def spec(model: str = "rnn", impl: str = "recurrent", limit: int = 256, sets: tuple[str, ...] = ()) -> RunSpec:
-    return RunSpec(model=model, impl=impl, seed=0, recipe=override(RECIPES[model], list(sets)), limit=limit,
-                   device="cpu", threads=1, data_dir=str(REAL_DIR))
+    return RunSpec(
+        model=model,
+        impl=impl,
+        seed=0,
+        recipe=override(RECIPES[model], list(sets)),
+        limit=limit,
+        device="cpu",
+        threads=1,
+        data_dir=str(REAL_DIR),
+    )
 
 
 def curves(metrics: dict) -> list[dict]:
@@ -221,7 +236,8 @@ def test_resume_with_schedule_and_augmentation_equals_uninterrupted(tmp_path: Pa
     parts = run(s, tmp_path / "parts", resume=True)
     assert curves(parts) == curves(whole)
     assert [parts[k] for k in ("best_epoch", "test_accuracy", "test_loss")] == [
-        whole[k] for k in ("best_epoch", "test_accuracy", "test_loss")]
+        whole[k] for k in ("best_epoch", "test_accuracy", "test_loss")
+    ]
 
 
 @needs_data
@@ -267,12 +283,15 @@ def test_atomic_write_replaces_whole_files(tmp_path: Path) -> None:
     assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--model", "gru", "--limit", "0"], "--limit: must be a positive integer"),
-    (["--model", "lstm"], "invalid choice: 'lstm'"),
-    (["--model", "gru", "--set", "colour=red"], "KEY one of"),
-    (["--model", "gru", "--device", "tpu"], "--device"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "gru", "--limit", "0"], "--limit: must be a positive integer"),
+        (["--model", "lstm"], "invalid choice: 'lstm'"),
+        (["--model", "gru", "--set", "colour=red"], "KEY one of"),
+        (["--model", "gru", "--device", "tpu"], "--device"),
+    ],
+)
 def test_cli_rejects_bad_arguments(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as info:
         fashion_mnist.main(argv)
@@ -288,12 +307,40 @@ def test_cli_reports_missing_data(tmp_path: Path, capsys: pytest.CaptureFixture)
 def test_cli_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "run"
     done = subprocess.run(
-        [sys.executable, "-m", "experiments.fashion_mnist", "--model", "gru", "--impl", "recurrent", "--limit", "512",
-         "--epochs", "1", "--threads", "1", "--device", "cpu", "--out", str(out)],
-        cwd=data.REPO, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "experiments.fashion_mnist",
+            "--model",
+            "gru",
+            "--impl",
+            "recurrent",
+            "--limit",
+            "512",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        cwd=data.REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
-    assert {p.name for p in out.iterdir()} == {"best.pt", "last.pt", "metrics.json", "curves.png", "confusion.png",
-                                               "gates.json", "gates.png"}  # gates: cell gru, impl recurrent
+    assert {p.name for p in out.iterdir()} == {
+        "best.pt",
+        "last.pt",
+        "metrics.json",
+        "curves.png",
+        "confusion.png",
+        "gates.json",
+        "gates.png",
+    }  # gates: cell gru, impl recurrent
     m = json.loads((out / METRICS).read_text())
     assert m["complete"] and m["best_epoch"] == 1 and m["sizes"]["train"] == 512
     assert set(m["history"][0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}
@@ -305,8 +352,25 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
 
 @needs_data
 def test_grid_summarizes_and_skips_finished_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    argv = ["--models", "rnn", "--seeds", "0", "--strong", "--epochs", "1", "--limit", "128", "--threads", "1",
-            "--device", "cpu", "--out-root", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+    argv = [
+        "--models",
+        "rnn",
+        "--seeds",
+        "0",
+        "--strong",
+        "--epochs",
+        "1",
+        "--limit",
+        "128",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--out-root",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "results"),
+    ]
     assert reproduce.main(argv) == 0
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())
     assert sorted((r["model"], r["impl"]) for r in summary["runs"]) == [("rnn", "recurrent"), ("rnn", "torch")]
@@ -329,12 +393,42 @@ def test_grid_summarizes_and_skips_finished_runs(tmp_path: Path, capsys: pytest.
 @needs_data
 def test_torchrun_job_trains_one_model_and_rank_0_writes_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out, limit, batch_size = tmp_path / "run", 256, 32
-    args = ["--model", "gru", "--impl", "recurrent", "--epochs", "1", "--limit", str(limit), "--set",
-            f"batch_size={batch_size}", "--threads", "1", "--device", "cpu", "--data-dir", str(REAL_DIR)]
+    args = [
+        "--model",
+        "gru",
+        "--impl",
+        "recurrent",
+        "--epochs",
+        "1",
+        "--limit",
+        str(limit),
+        "--set",
+        f"batch_size={batch_size}",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(REAL_DIR),
+    ]
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-         "-m", "experiments.fashion_mnist", *args, "--out", str(out)],
-        cwd=data.REPO, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--standalone",
+            "-m",
+            "experiments.fashion_mnist",
+            *args,
+            "--out",
+            str(out),
+        ],
+        cwd=data.REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("test accuracy") == 1  # rank 0 reports, once
     assert {p.name for p in out.iterdir()} >= {"best.pt", "last.pt", "metrics.json", "curves.png", "confusion.png"}

@@ -3,6 +3,7 @@ previous summary.json's runs. No real dataset: data.load_splits is replaced by s
 
 A plain loop kept here records the GRU's gates from the layer's parameters (the stand-in):
 recurrent.record_gates is tested against it, and the gate figure is tested with both."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,11 +21,15 @@ from torch import Tensor, nn
 import recurrent
 from experiments import data, fashion_mnist, gates, plots, reproduce, summary
 from experiments.models import (
-    N_CLASSES, RECIPES, SequenceClassifier, build_model, check_impl, impls_for, layers_for, override,
+    N_CLASSES,
+    RECIPES,
+    SequenceClassifier,
+    build_model,
+    check_impl,
+    impls_for,
+    override,
 )
 from experiments.train import RunSpec, run, run_name
-
-
 
 # run() sets the thread count and seeds torch: keep that from leaking into other tests.
 pytestmark = pytest.mark.usefixtures("isolated_torch_state")
@@ -52,7 +57,7 @@ def plain_gru(layer: nn.Module, x: Tensor, hx: Tensor | None = None) -> tuple[di
             b_hh = getattr(layer, f"bias_hh_l{k}{suffix}") if layer.bias else torch.zeros(3 * size)
             h = x.new_zeros(batch, size) if hx is None else hx[k * directions + d]
             ys = x.new_empty(batch, steps, size)
-            for t in (range(steps) if d == 0 else reversed(range(steps))):
+            for t in range(steps) if d == 0 else reversed(range(steps)):
                 i_r, i_z, i_n = (inputs[:, t] @ w_ih.T + b_ih).chunk(3, 1)
                 h_r, h_z, h_n = (h @ w_hh.T + b_hh).chunk(3, 1)
                 r = torch.sigmoid(i_r + h_r)
@@ -119,8 +124,9 @@ def test_stand_in_recomputes_the_layers_output() -> None:
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_record_gates_equals_the_plain_loop(batch_first: bool, bidirectional: bool) -> None:
     torch.manual_seed(1)
-    model = nn.ModuleDict({"rnn": recurrent.GRU(5, 4, num_layers=2, batch_first=batch_first,
-                                                bidirectional=bidirectional)}).eval()
+    model = nn.ModuleDict(
+        {"rnn": recurrent.GRU(5, 4, num_layers=2, batch_first=batch_first, bidirectional=bidirectional)}
+    ).eval()
     x = torch.randn(3, 7, 5) if batch_first else torch.randn(7, 3, 5)
     with torch.no_grad():
         with recurrent.record_gates(model) as record:
@@ -202,12 +208,21 @@ def fake_data(monkeypatch: pytest.MonkeyPatch) -> data.Splits:
 
 
 def tiny_spec(model: str = "gru", impl: str = "recurrent", seed: int = 0) -> RunSpec:
-    return RunSpec(model=model, impl=impl, seed=seed, recipe=override(RECIPES[model], ["hidden_size=8", "epochs=1"]),
-                   limit=64, device="cpu", threads=1, data_dir="/nonexistent")
+    return RunSpec(
+        model=model,
+        impl=impl,
+        seed=seed,
+        recipe=override(RECIPES[model], ["hidden_size=8", "epochs=1"]),
+        limit=64,
+        device="cpu",
+        threads=1,
+        data_dir="/nonexistent",
+    )
 
 
 def test_a_gru_run_ends_with_the_gate_figure_and_the_cli_remakes_it(
-        tmp_path: Path, fake_data: data.Splits, capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path, fake_data: data.Splits, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "run"
     run(tiny_spec(), out)
     made = json.loads((out / gates.GATES_JSON).read_text())
@@ -244,8 +259,10 @@ def test_lngru_is_grus_recipe_with_a_layer_norm_gru() -> None:
     shared = [k for k in state if ".ln_" not in k]
     assert set(shared) == set(gru) and all(torch.equal(state[k], gru[k]) for k in shared)
     norms = [k for k in state if ".ln_" in k]
-    assert len(norms) == 8 and all(torch.equal(state[k], torch.ones_like(state[k]) if ".ln_weight" in k
-                                               else torch.zeros_like(state[k])) for k in norms)
+    assert len(norms) == 8 and all(
+        torch.equal(state[k], torch.ones_like(state[k]) if ".ln_weight" in k else torch.zeros_like(state[k]))
+        for k in norms
+    )
     assert not torch.equal(build_model(RECIPES["lngru"], "recurrent", 4).fc.weight, model.fc.weight)
 
 
@@ -280,15 +297,30 @@ def test_lngru_with_torch_is_a_clear_error(capsys: pytest.CaptureFixture) -> Non
 
 
 def grid_args(**changes: object) -> argparse.Namespace:
-    defaults = dict(models=["gru", "lngru"], impls=["recurrent", "torch"], seeds=[0, 1], strong=[], strong_seeds=[0],
-                    epochs=None, limit=None, device="cpu", threads=1)
+    defaults = dict(
+        models=["gru", "lngru"],
+        impls=["recurrent", "torch"],
+        seeds=[0, 1],
+        strong=[],
+        strong_seeds=[0],
+        epochs=None,
+        limit=None,
+        device="cpu",
+        threads=1,
+    )
     return argparse.Namespace(**(defaults | changes))
 
 
 def test_grid_runs_lngru_with_recurrent_only() -> None:
     cells = [(s.model, s.impl, s.seed) for s in reproduce.grid(grid_args(), Path("/nonexistent"))]
-    assert cells == [("gru", "recurrent", 0), ("gru", "recurrent", 1), ("gru", "torch", 0), ("gru", "torch", 1),
-                     ("lngru", "recurrent", 0), ("lngru", "recurrent", 1)]
+    assert cells == [
+        ("gru", "recurrent", 0),
+        ("gru", "recurrent", 1),
+        ("gru", "torch", 0),
+        ("gru", "torch", 1),
+        ("lngru", "recurrent", 0),
+        ("lngru", "recurrent", 1),
+    ]
     assert [s.model for s in reproduce.grid(grid_args(impls=["torch"]), Path("/nonexistent"))] == ["gru", "gru"]
 
 
@@ -296,7 +328,8 @@ def test_grid_runs_lngru_with_recurrent_only() -> None:
 
 
 def test_summary_shows_lngru_beside_gru_and_keeps_previous_runs(
-        tmp_path: Path, fake_data: data.Splits, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, fake_data: data.Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Figures as placeholder files (drawing them is tested above, and takes most of the time).
     for name, where in (("curves", 1), ("confusion", 2), ("gates", 2)):  # the path's position
         monkeypatch.setattr(plots, name, lambda *args, where=where, **kwargs: args[where].write_bytes(b"figure"))
@@ -305,8 +338,11 @@ def test_summary_shows_lngru_beside_gru_and_keeps_previous_runs(
     for s in specs:
         run(s, runs / run_name(s))
     made = summary.summarize(specs, runs, results, "cmd")
-    assert [(r["model"], r["impl"]) for r in made["runs"]] == [("gru", "recurrent"), ("gru", "torch"),
-                                                              ("lngru", "recurrent")]
+    assert [(r["model"], r["impl"]) for r in made["runs"]] == [
+        ("gru", "recurrent"),
+        ("gru", "torch"),
+        ("lngru", "recurrent"),
+    ]
     md = (results / "summary.md").read_text()
     assert "| lngru | recurrent | cpu | 1 |" in md and "## lngru vs gru" in md
     assert "stronger configuration" not in md  # lngru is compared with gru, not a stronger configuration
@@ -325,11 +361,17 @@ def test_summary_shows_lngru_beside_gru_and_keeps_previous_runs(
     assert [strip(r) for r in again["runs"]] == [strip(r) for r in made["runs"]]
     assert all(r["carried_over"] for r in again["runs"])
     rebuilt = (results / "summary.md").read_text()
-    assert ("3 of the 3 runs (gru/recurrent, gru/torch.nn, lngru/recurrent) come from the previous summary.json"
-            in rebuilt)
+    assert (
+        "3 of the 3 runs (gru/recurrent, gru/torch.nn, lngru/recurrent) come from the previous summary.json" in rebuilt
+    )
     assert rebuilt.replace(summary.carried_note(again), "") == md
     assert {p.name for p in (results / "figures").iterdir()} == {
-        "gru-curves.png", "gru-confusion.png", "gru-gates.png", "lngru-curves.png", "lngru-confusion.png"}
+        "gru-curves.png",
+        "gru-confusion.png",
+        "gru-gates.png",
+        "lngru-curves.png",
+        "lngru-confusion.png",
+    }
 
     # A run folder here replaces its old record; the others are still kept.
     shutil.move(elsewhere / run_name(specs[2]), runs / run_name(specs[2]))

@@ -1,12 +1,13 @@
 """torch.autograd.gradcheck on the hand-written backward, over the layer options."""
+
 import itertools
 
 import pytest
 import torch
+from helpers import constructor_extras, flat, hidden_arg, initial_states, scripted, triton_forced
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import recurrent
-from helpers import constructor_extras, flat, hidden_arg, initial_states, scripted, triton_forced
 from recurrent import _jit
 
 KINDS = [("RNN_tanh", 0), ("RNN_relu", 0), ("GRU", 0), ("LSTM", 0), ("LSTM", 2)]  # (kind, proj_size)

@@ -10,19 +10,28 @@ the checks here also check that the two agree; that run (Triton's interpreter, s
 bidirectional packed configuration of each kind with one layer, and skips the element-by-element
 gradgradcheck.
 """
+
 import itertools
 
 import pytest
 import torch
+from helpers import (
+    assert_all_close,
+    assert_close,
+    constructor_extras,
+    flat,
+    gradient_names,
+    grads,
+    hidden_arg,
+    initial_states,
+    pair,
+    triton_forced,
+)
 from torch.autograd import forward_ad
 from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import recurrent
-from helpers import (
-    assert_all_close, assert_close, constructor_extras, flat, gradient_names, grads, hidden_arg, initial_states, pair,
-    triton_forced,
-)
 from recurrent.kernels import autograd as layer_autograd
 
 KINDS = [("RNN_tanh", 0), ("RNN_relu", 0), ("GRU", 0), ("LSTM", 0), ("LSTM", 2)]  # (kind, proj_size)
@@ -39,8 +48,9 @@ INPUT, HIDDEN, LAYERS, STEPS, BATCH = 2, 3, 1 if triton_forced() else 2, 3, 2
 LENGTHS = torch.tensor([2, 3])  # unsorted: packing permutes the batch
 
 
-def make_layer(kind: str, proj_size: int, bidirectional: bool, layers: int = LAYERS, input_size: int = INPUT,
-               hidden: int = HIDDEN) -> torch.nn.Module:
+def make_layer(
+    kind: str, proj_size: int, bidirectional: bool, layers: int = LAYERS, input_size: int = INPUT, hidden: int = HIDDEN
+) -> torch.nn.Module:
     torch.manual_seed(0)
     return getattr(recurrent, kind.partition("_")[0])(
         input_size, hidden, layers, bidirectional=bidirectional, dtype=DTYPE, **constructor_extras(kind, proj_size)
@@ -181,8 +191,15 @@ QUIET_JVP = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:
 def reference_pair(kind: str, proj_size: int) -> tuple:
     """(torch.nn's bidirectional layer, ours) with the same weights."""
     torch.manual_seed(0)
-    return pair(kind.partition("_")[0], INPUT, HIDDEN, LAYERS, bidirectional=True, dtype=DTYPE,
-                **constructor_extras(kind, proj_size))
+    return pair(
+        kind.partition("_")[0],
+        INPUT,
+        HIDDEN,
+        LAYERS,
+        bidirectional=True,
+        dtype=DTYPE,
+        **constructor_extras(kind, proj_size),
+    )
 
 
 def packed_batch() -> PackedSequence:
@@ -196,8 +213,11 @@ def data_function(layer: torch.nn.Module, packed: PackedSequence | None = None):
     differentiable under torch.func.grad, so transforms take the packed data."""
 
     def run(params, data, *states):
-        inputs = data if packed is None else PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
-                                                            packed.unsorted_indices)
+        inputs = (
+            data
+            if packed is None
+            else PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+        )
         out, finals = functional_call(layer, params, (inputs, hidden_arg(states)))
         return tuple(flat((out if packed is None else out.data, finals)))
 
@@ -233,8 +253,10 @@ def test_func_over_packed_bidirectional(kind, proj_size):
         params, data, *states
     )
     inputs = [t.clone().requires_grad_() for t in [data, *states]]
-    expected = grads(data_function(reference, packed)(dict(reference.named_parameters()), *inputs),
-                     [*inputs, *reference.parameters()])
+    expected = grads(
+        data_function(reference, packed)(dict(reference.named_parameters()), *inputs),
+        [*inputs, *reference.parameters()],
+    )
     assert_all_close([*got, *got_params.values()], expected, DTYPE, gradient_names(reference, len(states)))
 
     def outputs(layer):
@@ -244,8 +266,11 @@ def test_func_over_packed_bidirectional(kind, proj_size):
         )
 
     x = torch.randn(STEPS, BATCH, INPUT, dtype=DTYPE)
-    for got, want, name in zip(torch.func.jacrev(outputs(ours))(x),
-                               torch.autograd.functional.jacobian(outputs(reference), x), ["output", "h_n", "c_n"]):
+    for got, want, name in zip(
+        torch.func.jacrev(outputs(ours))(x),
+        torch.autograd.functional.jacobian(outputs(reference), x),
+        ["output", "h_n", "c_n"],
+    ):
         assert_close(got, want, DTYPE, f"jacrev of {name}")
 
 
@@ -259,7 +284,9 @@ def test_vmap_without_grad(kind, proj_size, packed):
         run = data_function(ours, batch)
         got = torch.func.vmap(lambda *a: run(dict(ours.named_parameters()), *a))(data, *states)
         for i in range(len(data)):
-            expected = data_function(reference, batch)(dict(reference.named_parameters()), data[i], *[s[i] for s in states])
+            expected = data_function(reference, batch)(
+                dict(reference.named_parameters()), data[i], *[s[i] for s in states]
+            )
             for g, e, name in zip(got, expected, ["output", "h_n", "c_n"]):
                 assert_close(g[i], e, DTYPE, f"sample {i}, {name}")
 
@@ -296,8 +323,9 @@ def test_forward_ad(kind, proj_size, packed, which):
     reference, ours = reference_pair(kind, proj_size)
     batch, data, states = ad_arguments(kind, proj_size, packed)
     tangents = random_tangents([dict(ours.named_parameters()), data, *states], which)
-    expected = forward_ad_jvp(data_function(reference, batch), [dict(reference.named_parameters()), data, *states],
-                              tangents)
+    expected = forward_ad_jvp(
+        data_function(reference, batch), [dict(reference.named_parameters()), data, *states], tangents
+    )
     for grad_mode in (True, False):
         with torch.set_grad_enabled(grad_mode):
             got = forward_ad_jvp(data_function(ours, batch), [dict(ours.named_parameters()), data, *states], tangents)
@@ -317,8 +345,9 @@ def test_func_jvp(kind, proj_size, packed):
     batch, data, states = ad_arguments(kind, proj_size, packed)
     params = {n: p.detach() for n, p in ours.named_parameters()}
     tangents = random_tangents([params, data, *states], "all")
-    expected = forward_ad_jvp(data_function(reference, batch), [dict(reference.named_parameters()), data, *states],
-                              tangents)
+    expected = forward_ad_jvp(
+        data_function(reference, batch), [dict(reference.named_parameters()), data, *states], tangents
+    )
     for grad_mode in (True, False):
         with torch.set_grad_enabled(grad_mode):
             got = torch.func.jvp(data_function(ours, batch), (params, data, *states), tuple(tangents))

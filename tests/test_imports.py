@@ -1,6 +1,7 @@
 """Imports point one way: no cycle among the modules of recurrent/ and experiments/ (imports inside
 functions included), and recurrent's layers sit in order: user-level features (layers, custom cells,
 recording) above the kernels, the kernels above the cells, the cells above the checks."""
+
 from __future__ import annotations
 
 import ast

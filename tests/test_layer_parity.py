@@ -1,13 +1,22 @@
 """Property tests: RNN, GRU and LSTM equal torch.nn's outputs, final states and every gradient."""
+
 import pytest
 import torch
+from helpers import (
+    OUTPUT_NAMES,
+    assert_all_close,
+    assert_close,
+    constructor_extras,
+    flat,
+    gradient_names,
+    grads,
+    hidden_arg,
+    initial_states,
+    pair,
+    scripted,
+)
 from hypothesis import given
 from hypothesis import strategies as st
-
-from helpers import (
-    OUTPUT_NAMES, assert_all_close, assert_close, constructor_extras, flat, gradient_names, grads, hidden_arg,
-    initial_states, pair, scripted,
-)
 
 layer_options = st.fixed_dictionaries(
     {
@@ -38,8 +47,16 @@ def build(o: dict, dtype: torch.dtype, device: str):
     extra = constructor_extras(o["kind"], proj_size(o))
     torch.manual_seed(o["seed"])
     reference, ours = pair(
-        kind, o["input_size"], o["hidden_size"], o["num_layers"], bias=o["bias"], batch_first=o["batch_first"],
-        bidirectional=o["bidirectional"], dtype=dtype, device=device, **extra,
+        kind,
+        o["input_size"],
+        o["hidden_size"],
+        o["num_layers"],
+        bias=o["bias"],
+        batch_first=o["batch_first"],
+        bidirectional=o["bidirectional"],
+        dtype=dtype,
+        device=device,
+        **extra,
     )
     directions = 2 if o["bidirectional"] else 1
     if o["batched"]:
@@ -125,5 +142,5 @@ def test_dropout_scales_kept_units():
         out_eval = ours.eval()(x)[0]
     dropped = (out_train == 0) & (out_eval != 0)
     assert 0.2 < dropped.sum() / (out_eval != 0).sum() < 0.3
-    kept = (out_train != 0)
+    kept = out_train != 0
     torch.testing.assert_close(out_train[kept], out_eval[kept] / 0.75)

@@ -1,14 +1,22 @@
 """Property tests: PackedSequence input on RNN, GRU and LSTM equals torch.nn, values and gradients."""
+
 import pytest
 import torch
+from helpers import (
+    OUTPUT_NAMES,
+    assert_all_close,
+    constructor_extras,
+    flat,
+    gradient_names,
+    grads,
+    hidden_arg,
+    initial_states,
+    pair,
+    scripted,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence
-
-from helpers import (
-    OUTPUT_NAMES, assert_all_close, constructor_extras, flat, gradient_names, grads, hidden_arg,
-    initial_states, pair, scripted,
-)
 
 packed_options = st.fixed_dictionaries(
     {
@@ -50,8 +58,16 @@ def test_packed_equals_torch(device, o):
     extras = constructor_extras(o["kind"], proj_size)
     torch.manual_seed(o["seed"])
     reference, ours = pair(
-        kind, o["input_size"], o["hidden_size"], o["num_layers"], bias=o["bias"], batch_first=o["batch_first"],
-        bidirectional=o["bidirectional"], dtype=torch.float64, device=device, **extras,
+        kind,
+        o["input_size"],
+        o["hidden_size"],
+        o["num_layers"],
+        bias=o["bias"],
+        batch_first=o["batch_first"],
+        bidirectional=o["bidirectional"],
+        dtype=torch.float64,
+        device=device,
+        **extras,
     )
     packed, padded = pack(o, torch.float64, device)
     directions = 2 if o["bidirectional"] else 1

@@ -1,5 +1,6 @@
 """Gate recording: recurrent.record_gates gives every gate at every step, equal to a plain loop over
 the layer's own weights (float64), for padded, batch_first and packed (unsorted) input."""
+
 from typing import Dict, List
 
 import pytest
@@ -40,10 +41,10 @@ def plain_gates(layer: nn.Module, kind: str, x: Tensor, lengths: List[int]) -> D
     batch, steps, H = x.size(0), x.size(1), layer.hidden_size
     out: Dict[str, Tensor] = {}
     inputs = x
-    for l in range(layer.num_layers):
+    for index in range(layer.num_layers):
         outputs = x.new_zeros(batch, steps, directions * H)
         for d in range(directions):
-            suffix = f"_l{l}" + ("_reverse" if d else "")
+            suffix = f"_l{index}" + ("_reverse" if d else "")
             w = {k: getattr(layer, k + suffix) for k in ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]}
             for n in range(batch):
                 h, c = x.new_zeros(H), x.new_zeros(H)
@@ -51,7 +52,9 @@ def plain_gates(layer: nn.Module, kind: str, x: Tensor, lengths: List[int]) -> D
                 for t in order:
                     gates = step_gates(kind, inputs[n, t], h, c, w)
                     for name, value in gates.items():
-                        out.setdefault(name, x.new_zeros(layer.num_layers, directions, batch, steps, H))[l, d, n, t] = value
+                        out.setdefault(name, x.new_zeros(layer.num_layers, directions, batch, steps, H))[
+                            index, d, n, t
+                        ] = value
                     h, c = next_state(kind, gates, h)
                     outputs[n, t, d * H : (d + 1) * H] = h
         inputs = outputs

@@ -1,4 +1,5 @@
 """The cell-kind registry, the parameter order, backend selection and the TorchScript wrapper."""
+
 import pytest
 import torch
 from torch import nn
@@ -6,8 +7,12 @@ from torch import nn
 import recurrent
 from recurrent import _jit, kernels
 
-TORCH_LAYERS = {"RNN_TANH": (nn.RNN, {}), "RNN_RELU": (nn.RNN, {"nonlinearity": "relu"}), "GRU": (nn.GRU, {}),
-                "LSTM": (nn.LSTM, {})}
+TORCH_LAYERS = {
+    "RNN_TANH": (nn.RNN, {}),
+    "RNN_RELU": (nn.RNN, {"nonlinearity": "relu"}),
+    "GRU": (nn.GRU, {}),
+    "LSTM": (nn.LSTM, {}),
+}
 
 
 def test_registry_covers_exactly_the_layer_modes():
@@ -45,7 +50,9 @@ def test_every_kind_has_a_scripted_forward_branch(mode):
 
 def test_an_unknown_mode_names_the_missing_branch():
     with pytest.raises(Exception, match="no branch for mode NEW"):
-        kernels.sequence_forward("NEW", torch.zeros(1, 1, 1), [torch.zeros(1, 1, 1)], torch.zeros(1, 1, 1), None, [], [1])
+        kernels.sequence_forward(
+            "NEW", torch.zeros(1, 1, 1), [torch.zeros(1, 1, 1)], torch.zeros(1, 1, 1), None, [], [1]
+        )
 
 
 @pytest.mark.skipif(not _jit.JIT_ENABLED, reason="TorchScript switched off")
@@ -57,8 +64,10 @@ def test_a_compile_error_raises_rather_than_running_eager():
         _jit.script(not_scriptable)
 
 
-@pytest.mark.parametrize("value,expected", [("", "torchscript"), ("default", "torchscript"),
-                                            ("torchscript", "torchscript"), ("auto", "torchscript")])
+@pytest.mark.parametrize(
+    "value,expected",
+    [("", "torchscript"), ("default", "torchscript"), ("torchscript", "torchscript"), ("auto", "torchscript")],
+)
 def test_cpu_layers_run_torchscript(monkeypatch, value, expected):
     monkeypatch.setenv("RECURRENT_BACKEND", value)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

@@ -1,22 +1,27 @@
 """TorchScript: every module scripts, saves and loads; a user model holding our layers scripts too."""
+
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from helpers import assert_close, scripted
 from torch import nn
 
 import recurrent
-from helpers import assert_close, scripted
 from recurrent import _jit, kernels
 
 
 @pytest.mark.skipif(not _jit.JIT_ENABLED, reason="TorchScript switched off")
 def test_kernels_are_compiled():
     kernel_functions = (
-        kernels.gru_forward, kernels.gru_backward, kernels.rnn_forward, kernels.rnn_backward,
-        kernels.lstm_forward, kernels.lstm_backward,
+        kernels.gru_forward,
+        kernels.gru_backward,
+        kernels.rnn_forward,
+        kernels.rnn_backward,
+        kernels.lstm_forward,
+        kernels.lstm_backward,
     )
     for fn in kernel_functions:
         assert isinstance(fn, torch.jit.ScriptFunction), fn
@@ -101,8 +106,22 @@ def test_scripted_module_follows_dtype_and_state_dict_changes():
 def _run_clean(code: str, **env) -> subprocess.CompletedProcess:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return subprocess.run(
-        [sys.executable, "-W", "error::FutureWarning", "-W", "error::DeprecationWarning", "-W", "error::RuntimeWarning", "-c", code],
-        capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": root, **env}, timeout=300,
+        [
+            sys.executable,
+            "-W",
+            "error::FutureWarning",
+            "-W",
+            "error::DeprecationWarning",
+            "-W",
+            "error::RuntimeWarning",
+            "-c",
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": root, **env},
+        timeout=300,
     )
 
 

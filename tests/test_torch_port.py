@@ -61,6 +61,7 @@ Left out, one line each:
 None of the ported tests needs torch.func over packed bidirectional input or torch.autograd.forward_ad
 (upstream's module gradchecks leave forward AD off and use unbatched, unpacked samples).
 """
+
 from __future__ import annotations
 
 import copy
@@ -72,11 +73,11 @@ from typing import Callable, Iterator, Optional
 
 import pytest
 import torch
+from helpers import TOLERANCE, pair
 from torch import Tensor, nn
 from torch.nn.utils import rnn as rnn_utils
 
 import recurrent
-from helpers import TOLERANCE, pair
 
 CELLS = ["RNNCell", "GRUCell", "LSTMCell"]
 LAYERS = ["RNN", "GRU", "LSTM"]
@@ -173,7 +174,10 @@ def cell_samples(kind: str) -> list[Sample]:
     lstm = kind == "LSTMCell"
     forward = ((5,), ((10,), (10,))) if lstm else ((5,), (10,))
     reference = "lstmcell" if lstm else "cell"
-    samples = [Sample("5-10", (5, 10), {}, forward, reference), Sample("5-10-bias", (5, 10), {"bias": True}, forward, reference)]
+    samples = [
+        Sample("5-10", (5, 10), {}, forward, reference),
+        Sample("5-10-bias", (5, 10), {"bias": True}, forward, reference),
+    ]
     if kind == "RNNCell":
         samples.append(Sample("5-10-bias-relu", (5, 10), {"bias": True, "nonlinearity": "relu"}, forward, reference))
     return samples
@@ -187,23 +191,35 @@ def layer_samples(kind: str) -> list[Sample]:
     if kind == "LSTM":
         for bias, batch_first, bidirectional, proj_size in itertools.product((False, True), repeat=3 + 1):
             proj_size = 2 if proj_size else 0
-            kwargs = dict(input_size=2, hidden_size=3, num_layers=2, proj_size=proj_size, batch_first=batch_first,
-                          bias=bias, bidirectional=bidirectional)
+            kwargs = dict(
+                input_size=2,
+                hidden_size=3,
+                num_layers=2,
+                proj_size=proj_size,
+                batch_first=batch_first,
+                bias=bias,
+                bidirectional=bidirectional,
+            )
             name = f"b{int(bias)}-bf{int(batch_first)}-bi{int(bidirectional)}-p{proj_size}"
             states = 4 if bidirectional else 2
             samples.append(Sample(name, (), kwargs, ((2, 2),), "lstm"))
             hidden = ((states, proj_size or 3), (states, 3))
             samples.append(Sample(name + "-hx", (), kwargs, ((3, 2), hidden), "lstm"))
         return samples
-    for nonlinearity in (("relu", "tanh") if kind == "RNN" else (None,)):
+    for nonlinearity in ("relu", "tanh") if kind == "RNN" else (None,):
         for bias, batch_first, bidirectional in itertools.product((False, True), repeat=3):
             common = dict(input_size=2, num_layers=2, batch_first=batch_first, bias=bias, bidirectional=bidirectional)
             if nonlinearity:
                 common["nonlinearity"] = nonlinearity
-            name = f"{nonlinearity + '-' if nonlinearity else ''}b{int(bias)}-bf{int(batch_first)}-bi{int(bidirectional)}"
+            name = (
+                f"{nonlinearity + '-' if nonlinearity else ''}b{int(bias)}-bf{int(batch_first)}-bi{int(bidirectional)}"
+            )
             samples.append(Sample(name, (), dict(common, hidden_size=2), ((3, 2),), "rnn_gru"))
-            samples.append(Sample(name + "-hx", (), dict(common, hidden_size=3),
-                                  ((3, 2), (4 if bidirectional else 2, 3)), "rnn_gru"))
+            samples.append(
+                Sample(
+                    name + "-hx", (), dict(common, hidden_size=3), ((3, 2), (4 if bidirectional else 2, 3)), "rnn_gru"
+                )
+            )
     return samples
 
 
@@ -250,8 +266,11 @@ def covering_samples(kind: str) -> list[Sample]:
     if kind in CELLS:
         return SAMPLES[kind]
     by_name = {s.name: s for s in SAMPLES[kind]}
-    return [by_name[sample_name(kind, bits) + suffix] for bits in PAIRWISE[3 if kind == "GRU" else 4]
-            for suffix in ("", "-hx")]
+    return [
+        by_name[sample_name(kind, bits) + suffix]
+        for bits in PAIRWISE[3 if kind == "GRU" else 4]
+        for suffix in ("", "-hx")
+    ]
 
 
 def samples_for(kind: str, dtype: torch.dtype, training: bool) -> list[Sample]:
@@ -331,8 +350,9 @@ def test_modules_factory_kwargs(kind, dtype, factory_device):
         module = getattr(recurrent, kind)(*sample.args, **sample.kwargs, device=factory_device, dtype=dtype)
         assert_parameters_are(module, factory_device, dtype)
         reference = getattr(nn, kind)(*sample.args, **sample.kwargs, device=factory_device, dtype=dtype)
-        assert [(n, p.shape, p.dtype) for n, p in module.named_parameters()] == \
-            [(n, p.shape, p.dtype) for n, p in reference.named_parameters()]
+        assert [(n, p.shape, p.dtype) for n, p in module.named_parameters()] == [
+            (n, p.shape, p.dtype) for n, p in reference.named_parameters()
+        ]
 
 
 # test/test_modules.py::TestModule::test_multiple_device_transfer (onlyAccelerator upstream: here the dtype
@@ -439,9 +459,17 @@ def test_modules_non_contiguous_tensors(kind, training, dtype):
             out = ours(*inputs)
             backward_all(out, grads)
             assert_tree_close(out, default_output, dtype, f"{sample.name} output")
-            assert_tree_close([t.grad for t in leaves(inputs)], default_input_grads, dtype, f"{sample.name} input grads",
-                              atol=1e-4, rtol=0)
-            assert_tree_close([p.grad for p in ours.parameters()], default_param_grads, dtype, f"{sample.name} param grads")
+            assert_tree_close(
+                [t.grad for t in leaves(inputs)],
+                default_input_grads,
+                dtype,
+                f"{sample.name} input grads",
+                atol=1e-4,
+                rtol=0,
+            )
+            assert_tree_close(
+                [p.grad for p in ours.parameters()], default_param_grads, dtype, f"{sample.name} param grads"
+            )
 
 
 def check_gradients(check: Callable, module: nn.Module, args: tuple, per_parameter: bool = True) -> None:
@@ -492,8 +520,12 @@ def gradient_cases(second_order: bool) -> list:
         else:
             cases += [(kind, sample, True, sample.name == fullest(kind)) for sample in covering_samples(kind)]
             cases.append((kind, by_name[fullest(kind)], False, False))
-    return [pytest.param(*case, id=f"{case[0]}-{case[1].name}-{'train' if case[2] else 'eval'}"
-                                   f"{'-per-parameter' if case[3] else ''}") for case in cases]
+    return [
+        pytest.param(
+            *case, id=f"{case[0]}-{case[1].name}-{'train' if case[2] else 'eval'}{'-per-parameter' if case[3] else ''}"
+        )
+        for case in cases
+    ]
 
 
 # test/test_modules.py::TestModule::test_grad (float64 only, as upstream)
@@ -575,30 +607,90 @@ def cell_error_cases(kind: str) -> list[ErrorCase]:
     """module_error_inputs_torch_nn_RNN_GRU_Cell (RNNCell, GRUCell) and module_error_inputs_torch_nn_LSTMCell."""
     if kind == "LSTMCell":
         return [
-            ErrorCase("input_size 11", (10, 20), {}, ((3, 11), ((3, 20), (3, 20))), RuntimeError,
-                      "input has inconsistent input_size: got 11 expected 10"),
-            ErrorCase("hidden_size 21", (10, 20), {}, ((3, 10), ((3, 21), (3, 21))), RuntimeError,
-                      "hidden0 has inconsistent hidden_size: got 21, expected 20"),
-            ErrorCase("hidden batch 5", (10, 20), {}, ((3, 10), ((5, 20), (5, 20))), RuntimeError,
-                      "Input batch size 3 doesn't match hidden0 batch size 5"),
-            ErrorCase("hx 4-D", (10, 20), {}, ((3, 10), ((3, 1, 1, 20), (3, 1, 1, 20))), ValueError,
-                      r"Expected hx\[0\] to be 1D or 2D, got 4D instead"),
+            ErrorCase(
+                "input_size 11",
+                (10, 20),
+                {},
+                ((3, 11), ((3, 20), (3, 20))),
+                RuntimeError,
+                "input has inconsistent input_size: got 11 expected 10",
+            ),
+            ErrorCase(
+                "hidden_size 21",
+                (10, 20),
+                {},
+                ((3, 10), ((3, 21), (3, 21))),
+                RuntimeError,
+                "hidden0 has inconsistent hidden_size: got 21, expected 20",
+            ),
+            ErrorCase(
+                "hidden batch 5",
+                (10, 20),
+                {},
+                ((3, 10), ((5, 20), (5, 20))),
+                RuntimeError,
+                "Input batch size 3 doesn't match hidden0 batch size 5",
+            ),
+            ErrorCase(
+                "hx 4-D",
+                (10, 20),
+                {},
+                ((3, 10), ((3, 1, 1, 20), (3, 1, 1, 20))),
+                ValueError,
+                r"Expected hx\[0\] to be 1D or 2D, got 4D instead",
+            ),
         ]
     return [
-        ErrorCase("input_size 11", (10, 20), {}, ((3, 11), (3, 20)), RuntimeError,
-                  "input has inconsistent input_size: got 11 expected 10"),
-        ErrorCase("hidden_size 21", (10, 20), {}, ((3, 10), (3, 21)), RuntimeError,
-                  "hidden0 has inconsistent hidden_size: got 21, expected 20"),
-        ErrorCase("hidden batch 5", (10, 20), {}, ((3, 10), (5, 20)), RuntimeError,
-                  "Input batch size 3 doesn't match hidden0 batch size 5"),
-        ErrorCase("hx 4-D", (10, 20), {}, ((3, 10), (3, 1, 1, 20)), ValueError,
-                  "Expected hidden to be 1D or 2D, got 4D instead"),
+        ErrorCase(
+            "input_size 11",
+            (10, 20),
+            {},
+            ((3, 11), (3, 20)),
+            RuntimeError,
+            "input has inconsistent input_size: got 11 expected 10",
+        ),
+        ErrorCase(
+            "hidden_size 21",
+            (10, 20),
+            {},
+            ((3, 10), (3, 21)),
+            RuntimeError,
+            "hidden0 has inconsistent hidden_size: got 21, expected 20",
+        ),
+        ErrorCase(
+            "hidden batch 5",
+            (10, 20),
+            {},
+            ((3, 10), (5, 20)),
+            RuntimeError,
+            "Input batch size 3 doesn't match hidden0 batch size 5",
+        ),
+        ErrorCase(
+            "hx 4-D",
+            (10, 20),
+            {},
+            ((3, 10), (3, 1, 1, 20)),
+            ValueError,
+            "Expected hidden to be 1D or 2D, got 4D instead",
+        ),
         # Upstream's third positional argument is the cell's bias (a truthy string for torch.nn), not its
         # nonlinearity; torch.nn then fails in the forward on the hidden size.
-        ErrorCase("third arg 'relu'", (10, 20, "relu"), {}, ((3, 10), (3, 21)), RuntimeError,
-                  "hidden0 has inconsistent hidden_size: got 21, expected 20"),
-        ErrorCase("third arg 'tanh'", (10, 20, "tanh"), {}, ((3, 10), (3, 21)), RuntimeError,
-                  "hidden0 has inconsistent hidden_size: got 21, expected 20"),
+        ErrorCase(
+            "third arg 'relu'",
+            (10, 20, "relu"),
+            {},
+            ((3, 10), (3, 21)),
+            RuntimeError,
+            "hidden0 has inconsistent hidden_size: got 21, expected 20",
+        ),
+        ErrorCase(
+            "third arg 'tanh'",
+            (10, 20, "tanh"),
+            {},
+            ((3, 10), (3, 21)),
+            RuntimeError,
+            "hidden0 has inconsistent hidden_size: got 21, expected 20",
+        ),
     ]
 
 
@@ -608,18 +700,33 @@ def layer_error_cases(dtype: torch.dtype) -> list[ErrorCase]:
     return [
         ErrorCase("hidden_size 0", (10, 0, 1), {}, None, ValueError, "hidden_size must be greater than zero"),
         ErrorCase("num_layers 0", (10, 10, 0), {}, None, ValueError, "num_layers must be greater than zero"),
-        ErrorCase("input dtype", (3, 5), {"dtype": dtype}, ((2, 4, 3),), ValueError,
-                  r"RNN input dtype .* does not match weight dtype .* "
-                  r"Convert input: input\.to\(.*\), or convert model: model\.to\(.*\)", forward_dtype=other),
+        ErrorCase(
+            "input dtype",
+            (3, 5),
+            {"dtype": dtype},
+            ((2, 4, 3),),
+            ValueError,
+            r"RNN input dtype .* does not match weight dtype .* "
+            r"Convert input: input\.to\(.*\), or convert model: model\.to\(.*\)",
+            forward_dtype=other,
+        ),
         ErrorCase("bias 0", (3, 5), {"bias": 0}, None, TypeError, "bias should be of type bool, got: int"),
         ErrorCase("bias 1", (3, 5), {"bias": 1}, None, TypeError, "bias should be of type bool, got: int"),
         ErrorCase("bias 'True'", (3, 5), {"bias": "True"}, None, TypeError, "bias should be of type bool, got: str"),
-        ErrorCase("batch_first 0", (3, 5), {"batch_first": 0}, None, TypeError,
-                  "batch_first should be of type bool, got: int"),
-        ErrorCase("batch_first 1", (3, 5), {"batch_first": 1}, None, TypeError,
-                  "batch_first should be of type bool, got: int"),
-        ErrorCase("batch_first 'False'", (3, 5), {"batch_first": "False"}, None, TypeError,
-                  "batch_first should be of type bool, got: str"),
+        ErrorCase(
+            "batch_first 0", (3, 5), {"batch_first": 0}, None, TypeError, "batch_first should be of type bool, got: int"
+        ),
+        ErrorCase(
+            "batch_first 1", (3, 5), {"batch_first": 1}, None, TypeError, "batch_first should be of type bool, got: int"
+        ),
+        ErrorCase(
+            "batch_first 'False'",
+            (3, 5),
+            {"batch_first": "False"},
+            None,
+            TypeError,
+            "batch_first should be of type bool, got: str",
+        ),
         ErrorCase("input_size 3.0", (3.0, 5), {}, None, TypeError, "input_size should be of type int, got: float"),
         ErrorCase("input_size '10'", ("10", 5), {}, None, TypeError, "input_size should be of type int, got: str"),
         ErrorCase("input_size 0", (0, 5), {}, None, ValueError, "input_size must be greater than zero"),
@@ -634,8 +741,11 @@ def error_case_params():
         for dtype in (torch.float32, torch.float64):
             cases = cell_error_cases(kind) if kind in CELLS else layer_error_cases(dtype)
             for case in cases:
-                params.append(pytest.param(kind, case, dtype,
-                                           id=f"{kind}-{case.name}-{'float32' if dtype == torch.float32 else 'float64'}"))
+                params.append(
+                    pytest.param(
+                        kind, case, dtype, id=f"{kind}-{case.name}-{'float32' if dtype == torch.float32 else 'float64'}"
+                    )
+                )
     return params
 
 
@@ -726,7 +836,9 @@ def test_modules_to(kind, swap, set_grad):
                         assert [p.grad._cdata for p in ours.parameters()] == grad_cdatas
                 reference = twin(ours)
                 args = build(sample.forward, dtype_, device=device_)
-                assert_tree_close(ours(*args), reference(*args), dtype_, f"{sample.name} after .to({device_}, {dtype_})")
+                assert_tree_close(
+                    ours(*args), reference(*args), dtype_, f"{sample.name} after .to({device_}, {dtype_})"
+                )
 
 
 # test/test_modules.py::TestModule::test_to_empty (float32)
@@ -768,8 +880,12 @@ def test_modules_device_ctx_init(kind):
         for (name, p_meta), (_, p_cpu) in pairs:
             assert p_meta.is_meta, name
             assert type(p_meta) is type(p_cpu), name
-            assert (p_meta.shape, p_meta.dtype, p_meta.stride(), p_meta.requires_grad) == \
-                (p_cpu.shape, p_cpu.dtype, p_cpu.stride(), p_cpu.requires_grad), name
+            assert (p_meta.shape, p_meta.dtype, p_meta.stride(), p_meta.requires_grad) == (
+                p_cpu.shape,
+                p_cpu.dtype,
+                p_cpu.stride(),
+                p_cpu.requires_grad,
+            ), name
 
 
 # ================================================================================================================
@@ -806,8 +922,11 @@ def test_nn_RNN_cell(kind, bias):
 # test/test_nn.py::TestNN::test_RNN_cell_forward_zero_hidden_size
 def test_nn_RNN_cell_forward_zero_hidden_size():
     x, hx = torch.randn(3, 10), torch.randn(3, 0)
-    for cell in (recurrent.RNNCell(10, 0, nonlinearity="relu"), recurrent.RNNCell(10, 0, nonlinearity="tanh"),
-                 recurrent.GRUCell(10, 0)):
+    for cell in (
+        recurrent.RNNCell(10, 0, nonlinearity="relu"),
+        recurrent.RNNCell(10, 0, nonlinearity="tanh"),
+        recurrent.GRUCell(10, 0),
+    ):
         assert cell(x, hx).shape == torch.Size([3, 0])
 
 
@@ -821,8 +940,10 @@ def test_nn_RNN_cell_no_broadcasting(what):
     if what == "input size":
         x = torch.randn(3, 1)
     calls = [
-        (recurrent.RNNCell(10, 20), bad), (recurrent.GRUCell(10, 20), bad),
-        (recurrent.LSTMCell(10, 20), (bad, good)), (recurrent.LSTMCell(10, 20), (good, bad)),
+        (recurrent.RNNCell(10, 20), bad),
+        (recurrent.GRUCell(10, 20), bad),
+        (recurrent.LSTMCell(10, 20), (bad, good)),
+        (recurrent.LSTMCell(10, 20), (good, bad)),
     ]
     for cell, hx in calls:
         with pytest.raises(RuntimeError) as raised:
@@ -982,8 +1103,15 @@ def pairwise_six(with_complements: bool) -> list[tuple[bool, ...]]:
     return rows + [tuple(not v for v in row) for row in rows] if with_complements else rows
 
 
-def forward_backward(rnn: nn.Module, input_val, grad_output: Tensor, hx_val: Tensor, grad_hy: Tensor,
-                     cx_val: Optional[Tensor] = None, grad_cy: Optional[Tensor] = None) -> dict:
+def forward_backward(
+    rnn: nn.Module,
+    input_val,
+    grad_output: Tensor,
+    hx_val: Tensor,
+    grad_hy: Tensor,
+    cx_val: Optional[Tensor] = None,
+    grad_cy: Optional[Tensor] = None,
+) -> dict:
     """_test_RNN_cpu_vs_cudnn's forward_backward: a forward from fresh leaf copies of the input and states, a
     backward with the given output gradients; the outputs and every gradient."""
     lstm = isinstance(rnn, (nn.LSTM, recurrent.LSTM))
@@ -1007,8 +1135,12 @@ def forward_backward(rnn: nn.Module, input_val, grad_output: Tensor, hx_val: Ten
     else:
         torch.autograd.backward([output, hy], [grad_output, grad_hy])
     return {
-        "output": output.detach(), "hy": (hy[0] if lstm else hy).detach(), "cy": hy[1].detach() if lstm else None,
-        "grad_input": x_leaf.grad, "grad_hx": (hx[0] if lstm else hx).grad, "grad_cx": hx[1].grad if lstm else None,
+        "output": output.detach(),
+        "hy": (hy[0] if lstm else hy).detach(),
+        "cy": hy[1].detach() if lstm else None,
+        "grad_input": x_leaf.grad,
+        "grad_hx": (hx[0] if lstm else hx).grad,
+        "grad_cx": hx[1].grad if lstm else None,
         "weight_grads": [p.grad for p in rnn.parameters()],
     }
 
@@ -1031,8 +1163,10 @@ def test_nn_RNN_cpu_vs_torch_nn(module, dropout):
     else:
         kind = module.partition("_")[0]
         extra = {"proj_size": proj_size} if module == "LSTM_proj" else {}
-        grid = [(kind, dict(bias=b, **extra), bi, bf, contig, var, as_tensor)
-                for b, bi, bf, contig, var, as_tensor in pairwise_six(with_complements=dropout == 0)]
+        grid = [
+            (kind, dict(bias=b, **extra), bi, bf, contig, var, as_tensor)
+            for b, bi, bf, contig, var, as_tensor in pairwise_six(with_complements=dropout == 0)
+        ]
     torch.manual_seed(0)
     for kind, kwargs, bidirectional, batch_first, contig, variable_len, lens_as_tensor in grid:
         directions = 2 if bidirectional else 1
@@ -1056,12 +1190,23 @@ def test_nn_RNN_cpu_vs_torch_nn(module, dropout):
                 lengths = torch.tensor(lengths, dtype=torch.long)
             input_val = rnn_utils.pack_padded_sequence(input_val, lengths, batch_first=batch_first)
             grad_output = rnn_utils.pack_padded_sequence(grad_output, lengths, batch_first=batch_first).data
-        reference, ours = pair(kind, input_size, hidden_size, num_layers, dropout=dropout, bidirectional=bidirectional,
-                               batch_first=batch_first, dtype=dtype, **kwargs)
+        reference, ours = pair(
+            kind,
+            input_size,
+            hidden_size,
+            num_layers,
+            dropout=dropout,
+            bidirectional=bidirectional,
+            batch_first=batch_first,
+            dtype=dtype,
+            **kwargs,
+        )
         expected = forward_backward(reference, input_val, grad_output, hx_val, grad_hy, cx_val, grad_cy)
         actual = forward_backward(ours, input_val, grad_output, hx_val, grad_hy, cx_val, grad_cy)
-        what = f"{kind} {kwargs} bidirectional={bidirectional} batch_first={batch_first} contig={contig} " \
-               f"variable_len={variable_len}"
+        what = (
+            f"{kind} {kwargs} bidirectional={bidirectional} batch_first={batch_first} contig={contig} "
+            f"variable_len={variable_len}"
+        )
         for key in expected:
             assert_tree_close(actual[key], expected[key], dtype, f"{what}: {key}")
 
@@ -1185,8 +1330,11 @@ def test_nn_RNN_change_dropout(train):
 
 
 # test/test_nn.py::TestNN::test_rnn_weight_norm
-@pytest.mark.parametrize("name,kwargs,count", [("weight_ih_l0", {}, 4), ("weight_hr_l0", {"proj_size": 16}, 5)],
-                         ids=["weight_ih_l0", "weight_hr_l0"])
+@pytest.mark.parametrize(
+    "name,kwargs,count",
+    [("weight_ih_l0", {}, 4), ("weight_hr_l0", {"proj_size": 16}, 5)],
+    ids=["weight_ih_l0", "weight_hr_l0"],
+)
 def test_nn_rnn_weight_norm(name, kwargs, count):
     """weight_norm on one weight turns it into a plain tensor in _flat_weights (one Parameter fewer) and
     remove_weight_norm restores the Parameter, with no _g/_v left; meanwhile the module computes what torch.nn
@@ -1237,7 +1385,9 @@ def test_nn_rnn_retain_variables(mode):
         rnn.zero_grad()
         x.grad.zero_()
         output[0].sum().backward(retain_graph=True)
-        assert_tree_close([x.grad] + [p.grad for p in rnn.parameters()], grads, torch.float64, "retained", rtol=0, atol=0)
+        assert_tree_close(
+            [x.grad] + [p.grad for p in rnn.parameters()], grads, torch.float64, "retained", rtol=0, atol=0
+        )
     x_ref = x.detach().clone().requires_grad_(True)
     reference(x_ref)[0].sum().backward()
     assert_tree_close(grads, [x_ref.grad] + [p.grad for p in reference.parameters()], torch.float64, "vs torch.nn")
@@ -1248,8 +1398,13 @@ def test_nn_rnn_retain_variables(mode):
 @pytest.mark.parametrize("default_hiddens", [True, False], ids=["no hx", "hx"])
 @pytest.mark.parametrize(
     "enforce_sorted,lengths",
-    [(True, [5]), (False, [5]), (True, [10, 10, 6, 2, 2, 1, 1]), (False, [10, 10, 6, 2, 2, 1, 1]),
-     (False, [2, 1, 3, 2, 10, 5, 3])],
+    [
+        (True, [5]),
+        (False, [5]),
+        (True, [10, 10, 6, 2, 2, 1, 1]),
+        (False, [10, 10, 6, 2, 2, 1, 1]),
+        (False, [2, 1, 3, 2, 10, 5, 3]),
+    ],
     ids=["one sorted", "one unsorted", "sorted", "sorted, enforce_sorted=False", "unsorted"],
 )
 def test_nn_variable_sequence(enforce_sorted, lengths, default_hiddens, proj_size):
@@ -1258,19 +1413,23 @@ def test_nn_variable_sequence(enforce_sorted, lengths, default_hiddens, proj_siz
     dtype = torch.float64
     input_size, hidden_size, layers, directions = 3, 4, 2, 2
     torch.manual_seed(0)
-    reference, lstm = pair("LSTM", input_size, hidden_size, layers, bidirectional=True, proj_size=proj_size, dtype=dtype)
+    reference, lstm = pair(
+        "LSTM", input_size, hidden_size, layers, bidirectional=True, proj_size=proj_size, dtype=dtype
+    )
     lstm2 = copy.deepcopy(lstm)
     max_length = max(lengths)
     x = torch.randn(max_length, len(lengths), input_size, dtype=dtype, requires_grad=True)
     hidden0 = None
     if not default_hiddens:
-        hidden0 = (torch.randn(directions * layers, len(lengths), proj_size or hidden_size, dtype=dtype),
-                   torch.randn(directions * layers, len(lengths), hidden_size, dtype=dtype))
+        hidden0 = (
+            torch.randn(directions * layers, len(lengths), proj_size or hidden_size, dtype=dtype),
+            torch.randn(directions * layers, len(lengths), hidden_size, dtype=dtype),
+        )
 
     seq_outs, seq_hiddens = [], []
     for i, n in enumerate(lengths):
-        hidden_i = None if hidden0 is None else tuple(h[:, i:i + 1].contiguous() for h in hidden0)
-        out, hid = lstm2(x[:n, i:i + 1], hidden_i)
+        hidden_i = None if hidden0 is None else tuple(h[:, i : i + 1].contiguous() for h in hidden0)
+        out, hid = lstm2(x[:n, i : i + 1], hidden_i)
         seq_outs.append(torch.cat([out, out.new_zeros(max_length - n, *out.shape[1:])]))
         seq_hiddens.append(hid)
     seq_out = torch.cat(seq_outs, 1)
@@ -1335,8 +1494,9 @@ def test_nn_LSTM_differentiable_backward_like_torch():
     for module in (reference, ours):
         x1 = x.clone().requires_grad_(True)
         out, _ = module(x1)
-        der_out = torch.autograd.grad(out, x1, grad_outputs=torch.ones_like(out), retain_graph=True,
-                                      create_graph=True)[0]
+        der_out = torch.autograd.grad(out, x1, grad_outputs=torch.ones_like(out), retain_graph=True, create_graph=True)[
+            0
+        ]
         der_out.sum().backward(retain_graph=True)
         results.append((der_out, x1.grad))
     assert_tree_close(results[1], results[0], torch.float32, "(d out/d x, d^2)", rtol=1e-5, atol=1e-6)

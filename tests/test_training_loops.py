@@ -3,17 +3,18 @@ gradient accumulation, clipping, in-place edits of ``.grad``, GradScaler, a grap
 backward calls, in-place ops on the outputs, and the word-language-model loop. Single-backward parity
 on a fresh module cannot see a gradient that shares memory with another one; these loops do.
 Plus: no two gradients (parameters, input, initial states) share a storage, on every path."""
+
 from __future__ import annotations
 
 from typing import Callable, Dict, List
 
 import pytest
 import torch
+from helpers import flat, hidden_arg, pair, scripted, triton_forced
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import recurrent
-from helpers import flat, hidden_arg, pair, scripted, triton_forced
 
 DTYPE = torch.float64
 TOL = dict(rtol=1e-9, atol=1e-10)
@@ -112,7 +113,9 @@ def test_optimizer_steps_equal_torch(kind, layers, bidirectional, bias, clip, se
     recorded: List[List[Tensor]] = []
 
     def record(_: str) -> None:
-        recorded.append([p.detach().clone() for p in reference.parameters()] + [p.grad.clone() for p in reference.parameters()])
+        recorded.append(
+            [p.detach().clone() for p in reference.parameters()] + [p.grad.clone() for p in reference.parameters()]
+        )
 
     train_steps(reference, optimizers[0], batches, clip, set_to_none, record)
     checks = iter(recorded)
@@ -121,7 +124,9 @@ def test_optimizer_steps_equal_torch(kind, layers, bidirectional, bias, clip, se
         expected = next(checks)
         params = list(ours.parameters())
         for actual, wanted, name in zip(
-            [p.detach() for p in params] + [p.grad for p in params], expected, [n for n, _ in ours.named_parameters()] * 2
+            [p.detach() for p in params] + [p.grad for p in params],
+            expected,
+            [n for n, _ in ours.named_parameters()] * 2,
         ):
             torch.testing.assert_close(actual, wanted, **TOL, msg=lambda m: f"{what}, {name}: {m}")
 
@@ -274,7 +279,9 @@ def test_word_language_model_losses_equal_torch(kind):
     # loss differences of 4e-16 at batch 3, 2e-9 at batch 20); a shared bias gradient gave 1e-3 at batch 2.
     torch.testing.assert_close(torch.tensor(losses["ours"]), torch.tensor(losses["torch.nn"]), rtol=1e-7, atol=0)
     for (name, expected), actual in zip(reference.named_parameters(), ours.parameters()):
-        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=lambda m: f"after 20 batches, {name}: {m}")
+        torch.testing.assert_close(
+            actual, expected, rtol=1e-5, atol=1e-6, msg=lambda m: f"after 20 batches, {name}: {m}"
+        )
 
 
 # -- no two gradients on one storage, on every path ---------------------------------------------
@@ -345,10 +352,16 @@ def test_torch_func_gradients_own_their_storage(kind, bidirectional):
 def _cell_grads(name: str) -> Dict[str, Tensor]:
     cell = getattr(recurrent, name)(INPUT, HIDDEN, dtype=DTYPE)
     x = torch.randn(BATCH, INPUT, dtype=DTYPE, requires_grad=True)
-    states = [torch.randn(BATCH, HIDDEN, dtype=DTYPE, requires_grad=True) for _ in range(2 if name == "LSTMCell" else 1)]
+    states = [
+        torch.randn(BATCH, HIDDEN, dtype=DTYPE, requires_grad=True) for _ in range(2 if name == "LSTMCell" else 1)
+    ]
     out = cell(x, hidden_arg(states))
     weighted_loss(list(out) if isinstance(out, tuple) else [out]).backward()
-    return {**{n: p.grad for n, p in cell.named_parameters()}, "input": x.grad, **{f"s{i}": s.grad for i, s in enumerate(states)}}
+    return {
+        **{n: p.grad for n, p in cell.named_parameters()},
+        "input": x.grad,
+        **{f"s{i}": s.grad for i, s in enumerate(states)},
+    }
 
 
 @pytest.mark.parametrize("name", ["RNNCell", "GRUCell", "LSTMCell"])
@@ -405,4 +418,3 @@ def test_outputs_do_not_share_storage(kind, grad_mode):
     with torch.set_grad_enabled(grad_mode):
         output, finals = run_layout(ours, "time_major", torch.randn(STEPS, BATCH, INPUT, dtype=DTYPE), [])
     assert shared_storages({"output": output, **{f"final{i}": f for i, f in enumerate(finals)}}) == []
-

@@ -4,13 +4,14 @@ Runs where the kernels can: under Triton's interpreter (``TRITON_INTERPRET=1``, 
 run of ``.ci/run``) or on a GPU; the layer-level parity against torch.nn is the whole parity suite
 run again with ``RECURRENT_BACKEND=triton``.
 """
+
 import os
 
 import pytest
 import torch
+from helpers import triton_forced
 
 import recurrent
-from helpers import triton_forced
 from recurrent.kernels import KINDS
 from recurrent.kernels.common import previous_blocks
 
@@ -64,7 +65,9 @@ def test_kernels_equal_torchscript_kernels(mode, projected, layout, dtype):
     # The TorchScript kernels are the reference in float64: 16-bit runs compare with them in float64.
     ref_in = [gi.double(), [s.double() for s in states], w_hh.double(), None if b_hh is None else b_hh.double()]
     ref_extra = [e.double() for e in extra]
-    hs, finals, saved = reference.forward(ref_in[0], ref_in[1], ref_in[2].transpose(1, 2), ref_in[3], ref_extra, batch_sizes, True)
+    hs, finals, saved = reference.forward(
+        ref_in[0], ref_in[1], ref_in[2].transpose(1, 2), ref_in[3], ref_extra, batch_sizes, True
+    )
     t_hs, t_finals, t_saved = triton.forward(gi, states, w_hh.transpose(1, 2), b_hh, extra, batch_sizes, True)
     assert_same([t_hs, *t_finals, *t_saved], [hs, *finals, *saved], dtype, f"{mode} forward")
     plain = triton.forward(gi, states, w_hh.transpose(1, 2), b_hh, extra, batch_sizes, False)
@@ -73,17 +76,35 @@ def test_kernels_equal_torchscript_kernels(mode, projected, layout, dtype):
     grad_hs = torch.randn_like(hs)
     grad_finals = [torch.randn_like(f) for f in finals]
     expected = reference.backward(
-        grad_hs, grad_finals, ref_in[1], hs, previous_blocks(ref_in[1][0], hs, batch_sizes), saved, ref_in[2], ref_extra,
+        grad_hs,
+        grad_finals,
+        ref_in[1],
+        hs,
+        previous_blocks(ref_in[1][0], hs, batch_sizes),
+        saved,
+        ref_in[2],
+        ref_extra,
         batch_sizes,
     )
     # The backward gets the forward's own activations, so 16-bit rounding of the forward does not count twice.
     t_in = [t.to(dtype) for t in (grad_hs, hs)]
     actual = triton.backward(
-        t_in[0], [g.to(dtype) for g in grad_finals], states, t_in[1], previous_blocks(states[0], t_in[1], batch_sizes),
-        [s.to(dtype) for s in saved], w_hh, extra, batch_sizes,
+        t_in[0],
+        [g.to(dtype) for g in grad_finals],
+        states,
+        t_in[1],
+        previous_blocks(states[0], t_in[1], batch_sizes),
+        [s.to(dtype) for s in saved],
+        w_hh,
+        extra,
+        batch_sizes,
     )
-    assert_same([actual[0], actual[1], *actual[2], *actual[3]], [expected[0], expected[1], *expected[2], *expected[3]],
-                dtype, f"{mode} backward")
+    assert_same(
+        [actual[0], actual[1], *actual[2], *actual[3]],
+        [expected[0], expected[1], *expected[2], *expected[3]],
+        dtype,
+        f"{mode} backward",
+    )
 
 
 @pytest.mark.parametrize("mode,projected", MODES, ids=lambda m: str(m))
@@ -111,8 +132,17 @@ def test_kernels_get_weights_with_the_compiled_unit_stride(mode, projected, monk
     for layout in (lambda w: w, swapped):
         w, ex = layout(w_hh), [layout(e) for e in extra]
         hs, finals, saved = triton.forward(gi, states, w.transpose(1, 2), b_hh, ex, [4, 4, 3], True)
-        grads = triton.backward(torch.ones_like(hs), [torch.ones_like(f) for f in finals], states, hs,
-                                previous_blocks(states[0], hs, [4, 4, 3]), saved, w, ex, [4, 4, 3])
+        grads = triton.backward(
+            torch.ones_like(hs),
+            [torch.ones_like(f) for f in finals],
+            states,
+            hs,
+            previous_blocks(states[0], hs, [4, 4, 3]),
+            saved,
+            w,
+            ex,
+            [4, 4, 3],
+        )
         runs.append([hs, *finals, grads[0], *grads[2], *grads[3]])
     assert [f for f, _, _ in launches] == [True, False, True, False]
     for forward, w_strides, hr_stride in launches:

@@ -4,6 +4,7 @@ The reference runs every sequence on its own, step by step, per layer and per di
 torch ops and nn.functional.layer_norm only. Training-mode randomness is reproduced by drawing the
 masks the layer draws, in its documented order, from the same seed (:func:`draw_masks`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -14,13 +15,13 @@ from typing import Callable, List, Optional
 
 import pytest
 import torch
+from helpers import scripted
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from helpers import scripted
 from recurrent.custom import CustomRNN
 from recurrent.variants import GRUVariantCell, LayerNormGRU, LayerNormLSTM, LSTMVariantCell
 
@@ -52,8 +53,14 @@ def isolated():
 
 
 # -- the reference ------------------------------------------------------------------------------
-def reference_step(kind: str, x: Tensor, state: List[Tensor], p: Callable[[str], Optional[Tensor]],
-                   drop: Optional[Tensor], layer_norm: bool) -> List[Tensor]:
+def reference_step(
+    kind: str,
+    x: Tensor,
+    state: List[Tensor],
+    p: Callable[[str], Optional[Tensor]],
+    drop: Optional[Tensor],
+    layer_norm: bool,
+) -> List[Tensor]:
     """One step of one sequence in one direction, before zoneout: x (I,), states (H,), p(name) the
     parameter of this layer-direction (None if absent), drop the weight-drop scale of W_hh or None."""
     h = state[0]
@@ -95,22 +102,40 @@ class Masks:
     zone: List[Optional[List[List[Tensor]]]]
 
 
-def draw_masks(kind: str, layers: int, directions: int, hidden: int, batch_sizes: List[int],
-               zoneout: float, weight_drop: float) -> Masks:
+def draw_masks(
+    kind: str, layers: int, directions: int, hidden: int, batch_sizes: List[int], zoneout: float, weight_drop: float
+) -> Masks:
     """The layer's draws in its documented order (per layer: weight drop, then per step h's and c's mask)."""
     masks = Masks([], [])
     for _ in range(layers):
         ones = torch.ones(directions, GATES[kind] * hidden, hidden, dtype=DTYPE)
         masks.weight.append(F.dropout(ones, weight_drop, True) if weight_drop > 0 else None)
-        per_step = [[torch.rand(directions, n, hidden, dtype=DTYPE) < zoneout for _ in range(STATES[kind])]
-                    for n in batch_sizes] if zoneout > 0 else None
+        per_step = (
+            [
+                [torch.rand(directions, n, hidden, dtype=DTYPE) < zoneout for _ in range(STATES[kind])]
+                for n in batch_sizes
+            ]
+            if zoneout > 0
+            else None
+        )
         masks.zone.append(per_step)
     return masks
 
 
-def reference(kind: str, params: dict, sequences: List[Tensor], states0: List[Tensor], *, layers: int,
-              directions: int, layer_norm: bool, zoneout: float, training: bool, masks: Optional[Masks],
-              rows: List[int]) -> tuple[List[Tensor], List[Tensor]]:
+def reference(
+    kind: str,
+    params: dict,
+    sequences: List[Tensor],
+    states0: List[Tensor],
+    *,
+    layers: int,
+    directions: int,
+    layer_norm: bool,
+    zoneout: float,
+    training: bool,
+    masks: Optional[Masks],
+    rows: List[int],
+) -> tuple[List[Tensor], List[Tensor]]:
     """The stack over each sequence (T_b, I) alone, from states0 [(layers·D, B, H)]; ``rows[b]`` is
     sequence b's row among those running at a step (its rank in a PackedSequence). Returns the
     outputs (T_b, D·H) and the final states (layers·D, B, H)."""
@@ -208,8 +233,15 @@ def compare(kind: str, options: dict, sizes: dict, form: str, with_h0: bool, tra
     torch.manual_seed(seed + 1)
     masks = None
     if training:
-        masks = draw_masks(kind, sizes["num_layers"], directions, hidden, batch_sizes,
-                           options.get("zoneout", 0.0), options.get("weight_drop", 0.0))
+        masks = draw_masks(
+            kind,
+            sizes["num_layers"],
+            directions,
+            hidden,
+            batch_sizes,
+            options.get("zoneout", 0.0),
+            options.get("weight_drop", 0.0),
+        )
     torch.manual_seed(seed + 1)  # ours draws the same masks
     if form == "packed":
         output, finals = layer(packed, hx)
@@ -227,9 +259,17 @@ def compare(kind: str, options: dict, sizes: dict, form: str, with_h0: bool, tra
 
     params = dict(layer.named_parameters())
     expected, expected_finals = reference(
-        kind, params, sequences, states_used, layers=sizes["num_layers"], directions=directions,
-        layer_norm=bool(options.get("layer_norm")), zoneout=options.get("zoneout", 0.0), training=training,
-        masks=masks, rows=rows,
+        kind,
+        params,
+        sequences,
+        states_used,
+        layers=sizes["num_layers"],
+        directions=directions,
+        layer_norm=bool(options.get("layer_norm")),
+        zoneout=options.get("zoneout", 0.0),
+        training=training,
+        masks=masks,
+        rows=rows,
     )
     names = [f"output of sequence {b}" for b in range(len(ours))] + ["h_n", "c_n"][: len(finals)]
     for a, e, name in zip(ours + finals, expected + expected_finals, names):
@@ -265,8 +305,12 @@ def layer_sizes() -> st.SearchStrategy:
 @pytest.mark.parametrize("kind", ["GRU", "LSTM"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @settings(max_examples=EXAMPLES)
-@given(sizes=layer_sizes(), form=st.sampled_from(["padded", "packed", "unbatched"]), with_h0=st.booleans(),
-       seed=st.integers(0, 2**16))
+@given(
+    sizes=layer_sizes(),
+    form=st.sampled_from(["padded", "packed", "unbatched"]),
+    with_h0=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_matches_reference(kind, option, training, sizes, form, with_h0, seed):
     compare(kind, OPTIONS[option], sizes, form, with_h0, training, seed)
 
@@ -275,8 +319,16 @@ def test_matches_reference(kind, option, training, sizes, form, with_h0, seed):
 @pytest.mark.parametrize("kind", ["GRU", "LSTM"])
 def test_matches_reference_every_feature_at_once(kind, form):
     """Two layers, both directions, h0 given, batch_first: every option, in training (fixed example)."""
-    sizes = dict(steps=4, lengths=[2, 4, 1], input_size=3, hidden_size=3, num_layers=2, bias=True,
-                 batch_first=True, bidirectional=True)
+    sizes = dict(
+        steps=4,
+        lengths=[2, 4, 1],
+        input_size=3,
+        hidden_size=3,
+        num_layers=2,
+        bias=True,
+        batch_first=True,
+        bidirectional=True,
+    )
     compare(kind, OPTIONS["all"], sizes, form, with_h0=True, training=True, seed=7)
 
 
@@ -321,7 +373,9 @@ def test_gradcheck(kind, option, training):
         hx = tensors[0] if kind == "GRU" else (tensors[0], tensors[1])
         with torch.random.fork_rng():  # the same masks every evaluation; gradcheck's own draws untouched
             torch.manual_seed(3)
-            return tuple(tensors_of(torch.func.functional_call(layer, dict(zip(names, tensors[len(states):])), (x, hx))))
+            return tuple(
+                tensors_of(torch.func.functional_call(layer, dict(zip(names, tensors[len(states) :])), (x, hx)))
+            )
 
     assert torch.autograd.gradcheck(run, (x, *states, *params), fast_mode=True)
 
@@ -374,10 +428,15 @@ def test_weight_drop_one_mask_per_forward_pass(kind):
 
 
 # -- construction and module behaviour ----------------------------------------------------------------
-@pytest.mark.parametrize("make", [
-    lambda **o: GRUVariantCell(**o), lambda **o: LSTMVariantCell(**o),
-    lambda **o: LayerNormGRU(2, 3, **o), lambda **o: LayerNormLSTM(2, 3, **o),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **o: GRUVariantCell(**o),
+        lambda **o: LSTMVariantCell(**o),
+        lambda **o: LayerNormGRU(2, 3, **o),
+        lambda **o: LayerNormLSTM(2, 3, **o),
+    ],
+)
 @pytest.mark.parametrize("option", ["zoneout", "weight_drop"])
 @pytest.mark.parametrize("value", [1.0, 1, -0.1, 1.5, math.nan, "0.1", True, None])
 def test_probabilities_checked(make, option, value):

@@ -4,6 +4,7 @@ The kinds and their kernels are registered in :mod:`.registry` (what to add for 
 said there); :mod:`.dispatch` picks the backend of a layer call; :mod:`.stack` is the one stack
 loop; :mod:`.autograd` wires a kernel pair into autograd; :mod:`.weights` owns the parameter order.
 """
+
 from .autograd import LayerSpec, gate_inputs, run_layer
 from .common import join_directions, per_direction, reverse_index
 from .dispatch import select_backend
@@ -15,8 +16,29 @@ from .stack import LAYER_OBSERVERS, StackSpec, run_stack, sequence_forward, stac
 from .weights import layer_param_kinds, layer_param_shapes, stack_directions, stack_weights
 
 __all__ = [
-    "KINDS", "LAYER_OBSERVERS", "CellKind", "Kernel", "LayerSpec", "StackSpec", "gate_inputs", "gru_backward", "gru_forward",
-    "join_directions", "layer_param_kinds", "layer_param_shapes", "lstm_backward", "lstm_forward", "per_direction",
-    "reverse_index", "rnn_backward", "rnn_forward", "run_layer", "run_stack", "select_backend", "sequence_forward",
-    "stack_directions", "stack_layers", "stack_weights",
+    "KINDS",
+    "LAYER_OBSERVERS",
+    "CellKind",
+    "Kernel",
+    "LayerSpec",
+    "StackSpec",
+    "gate_inputs",
+    "gru_backward",
+    "gru_forward",
+    "join_directions",
+    "layer_param_kinds",
+    "layer_param_shapes",
+    "lstm_backward",
+    "lstm_forward",
+    "per_direction",
+    "reverse_index",
+    "rnn_backward",
+    "rnn_forward",
+    "run_layer",
+    "run_stack",
+    "select_backend",
+    "sequence_forward",
+    "stack_directions",
+    "stack_layers",
+    "stack_weights",
 ]

@@ -34,6 +34,7 @@ A plain first-order backward runs the hand-written kernels exactly as before; al
 is the layer's inputs among the saved tensors and a few flag checks (grad mode, batched gradients,
 an active torch.func transform, an open forward-AD dual level).
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -43,7 +44,15 @@ import torch
 from torch import Tensor
 
 from .._jit import JIT_ENABLED, script
-from .common import blocks_product, gather_directions, join_directions, per_direction, previous_blocks, split_directions, sum_directions
+from .common import (
+    blocks_product,
+    gather_directions,
+    join_directions,
+    per_direction,
+    previous_blocks,
+    split_directions,
+    sum_directions,
+)
 from .registry import KINDS, Kernel
 from .weights import stack_weights, unstack_grads
 

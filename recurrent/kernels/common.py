@@ -12,6 +12,7 @@ their own rows. Shapes: gi (D, T, G), state (D, N, H), w_ih (D, G, I), w_hh (D, 
 hs (D, T, H), with T the number of rows and G the gate width (H for RNN, 3H for GRU, 4H for LSTM;
 an LSTM's state and hs have the projection size P in place of H when it has one).
 """
+
 from __future__ import annotations
 
 from typing import List, Optional

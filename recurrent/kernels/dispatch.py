@@ -12,6 +12,7 @@
 
 The scripted path (``torch.jit.script(model)``) is always the TorchScript loop.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,5 +53,7 @@ def select_backend(mode: str, device: torch.device, dtype: torch.dtype, hidden_s
         return "torchscript" if triton_refusal(mode, device, dtype, hidden_size) else "triton"
     refusal = triton_refusal(mode, device, dtype, hidden_size)
     if refusal:
-        raise RuntimeError(f"recurrent: RECURRENT_BACKEND=triton, but the Triton kernels cannot run this {mode} layer: {refusal}")
+        raise RuntimeError(
+            f"recurrent: RECURRENT_BACKEND=triton, but the Triton kernels cannot run this {mode} layer: {refusal}"
+        )
     return "triton"

@@ -1,4 +1,5 @@
 """GRU over a whole sequence: forward loop and hand-written backward."""
+
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
@@ -15,7 +16,7 @@ from .common import carry_rows, hidden_product, step_rows, tanh_slope
 def gru_forward(
     gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
     batch_sizes: List[int], save: bool,
-) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
+) -> Tuple[Tensor, List[Tensor], List[Tensor]]:  # fmt: skip
     """Returns (hs, [h_n], saved); with ``save``, saved = [rz, n, W_hn h + b_hn] for every row."""
     h = state0[0]
     hidden = h.size(-1)
@@ -43,7 +44,7 @@ def gru_forward(
 def gru_backward(
     grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
     saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int],
-) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
+) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:  # fmt: skip
     """Returns (dgi, dgh, [dh0], []), with a_* the gate pre-activations and ghn = W_hn h + b_hn:
 
         da_n = dh' ⊙ (1 − z) ⊙ (1 − n²)        dgi_n = da_n,   dgh_n = da_n ⊙ r

@@ -1,4 +1,5 @@
 """LSTM (optionally projected) over a whole sequence: forward loop and hand-written backward."""
+
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
@@ -13,8 +14,13 @@ from .common import carry_rows, hidden_product, previous_blocks, step_rows, tanh
 
 @script
 def lstm_forward(
-    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
-    batch_sizes: List[int], save: bool,
+    gi: Tensor,
+    state0: List[Tensor],
+    w_hh_t: Tensor,
+    b_hh: Optional[Tensor],
+    extra: List[Tensor],
+    batch_sizes: List[int],
+    save: bool,
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """Returns (hs, [h_n, c_n], saved); with ``save``, saved = [if, g, o, c] for every row.
     ``extra`` is [w_hr] for a projected LSTM: the state and output h is then W_hr (o ⊙ tanh(c))."""
@@ -74,8 +80,15 @@ def gate_factors(saved: List[Tensor], c0: Tensor, batch_sizes: List[int]) -> Tup
 
 @script
 def lstm_backward(
-    grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
-    saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int],
+    grad_hs: Tensor,
+    grad_finals: List[Tensor],
+    state0: List[Tensor],
+    hs: Tensor,
+    h_prev: List[Tensor],
+    saved: List[Tensor],
+    w_hh: Tensor,
+    extra: List[Tensor],
+    batch_sizes: List[int],
 ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
     """Returns (dgates, dgates, [dh0, dc0], [dW_hr] or []); gi and gh enter the gates as a sum, so
     their gradients are the same. With u = o ⊙ tanh(c') the unprojected output (u = h' without

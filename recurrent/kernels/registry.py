@@ -8,11 +8,12 @@ the scripted path, has no function values to look up in a table; a missing branc
 and ``tests/test_registry.py`` runs every kind through it). Adding a backend: one more loader in
 each kind's ``backends``, and its rule in :mod:`.dispatch`.
 """
+
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import cache, partial
 from typing import Callable, Dict, List, NamedTuple, Tuple
 
 from torch import Tensor
@@ -42,14 +43,16 @@ class CellKind:
         return self.backends[backend]()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _triton_kernel(mode: str) -> Kernel:
     # Triton is imported on first use only: a CPU user never pays for it (or needs it installed).
     return importlib.import_module(f"{__package__}.triton").kernel(mode)
 
 
 def _kind(mode: str, gates: int, folds_bias: bool, torchscript: Kernel) -> CellKind:
-    return CellKind(mode, gates, folds_bias, {"torchscript": lambda: torchscript, "triton": partial(_triton_kernel, mode)})
+    return CellKind(
+        mode, gates, folds_bias, {"torchscript": lambda: torchscript, "triton": partial(_triton_kernel, mode)}
+    )
 
 
 KINDS: Dict[str, CellKind] = {

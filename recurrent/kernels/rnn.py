@@ -1,4 +1,5 @@
 """Elman RNN (tanh or ReLU) over a whole sequence: forward loop and hand-written backward."""
+
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
@@ -13,8 +14,14 @@ from .common import carry_rows, step_rows, tanh_slope
 
 @script
 def rnn_forward(
-    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
-    batch_sizes: List[int], save: bool, relu: bool,
+    gi: Tensor,
+    state0: List[Tensor],
+    w_hh_t: Tensor,
+    b_hh: Optional[Tensor],
+    extra: List[Tensor],
+    batch_sizes: List[int],
+    save: bool,
+    relu: bool,
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """Returns (hs, [h_n], saved). The outputs hs are all the backward needs: nothing else is saved.
     ``b_hh`` is None: the kind folds it into gi, so a step is one batched product and one activation."""
@@ -32,8 +39,16 @@ def rnn_forward(
 
 @script
 def rnn_backward(
-    grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
-    saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int], relu: bool,
+    grad_hs: Tensor,
+    grad_finals: List[Tensor],
+    state0: List[Tensor],
+    hs: Tensor,
+    h_prev: List[Tensor],
+    saved: List[Tensor],
+    w_hh: Tensor,
+    extra: List[Tensor],
+    batch_sizes: List[int],
+    relu: bool,
 ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
     """Returns (dgi, dgh, [dh0], []). With a = gi + gh and h' = act(a): da = dh' ⊙ act'(a), dh = da W_hh.
     act'(a) comes from the outputs, step by step (relu' = [h' > 0], tanh' = 1 − h'²): one step's

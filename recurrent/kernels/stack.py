@@ -9,7 +9,13 @@ that backend (the hand-written backward when gradients are needed). TorchScript 
 when compiling (``torch.jit.is_scripting()`` is constant there).
 """
 
-from typing import Callable, List, NamedTuple, Optional, Tuple  # no postponed annotations: TorchScript reads StackSpec's
+from typing import (
+    Callable,
+    List,
+    NamedTuple,
+    Optional,
+    Tuple,
+)  # no postponed annotations: TorchScript reads StackSpec's
 
 import torch
 from torch import Tensor
@@ -23,7 +29,6 @@ from .lstm import lstm_forward
 from .registry import KINDS
 from .rnn import rnn_forward
 from .weights import stack_weights
-
 
 # Called after each layer of a stack run from Python, with the layer's spec and inputs (rows after
 # inter-layer dropout, initial states, parameters). What observes layers from above (gate recording)
@@ -46,7 +51,12 @@ class StackSpec(NamedTuple):
 
 @script
 def sequence_forward(
-    mode: str, gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
+    mode: str,
+    gi: Tensor,
+    state0: List[Tensor],
+    w_hh_t: Tensor,
+    b_hh: Optional[Tensor],
+    extra: List[Tensor],
     batch_sizes: List[int],
 ) -> Tuple[Tensor, List[Tensor]]:
     """The TorchScript forward kernel of ``mode``, saving nothing: one branch per cell kind."""
@@ -63,7 +73,11 @@ def sequence_forward(
 
 @script
 def layer_forward(
-    spec: StackSpec, rows: Tensor, state0: List[Tensor], params: List[Tensor], batch_sizes: List[int],
+    spec: StackSpec,
+    rows: Tensor,
+    state0: List[Tensor],
+    params: List[Tensor],
+    batch_sizes: List[int],
     reverse: Optional[Tensor],
 ) -> Tuple[Tensor, List[Tensor]]:
     """One layer, all directions, in TorchScript: (output rows (T, D·H), final states)."""
@@ -75,8 +89,14 @@ def layer_forward(
 
 @torch.jit.unused
 def eager_layer(
-    spec: StackSpec, backend: str, rows: Tensor, state0: List[Tensor], params: List[Tensor], batch_sizes: List[int],
-    reverse: Optional[Tensor], last: bool,
+    spec: StackSpec,
+    backend: str,
+    rows: Tensor,
+    state0: List[Tensor],
+    params: List[Tensor],
+    batch_sizes: List[int],
+    reverse: Optional[Tensor],
+    last: bool,
 ) -> Tuple[Tensor, List[Tensor]]:
     """One layer on ``backend``'s kernels, from Python (autograd Functions cannot run in TorchScript);
     ``last``: the stack's last layer."""
@@ -115,7 +135,11 @@ def layer_reverse_index(batch_sizes: List[int], device: torch.device) -> Tensor:
 
 
 def stack_layers(
-    spec: StackSpec, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor],
+    spec: StackSpec,
+    rows: Tensor,
+    batch_sizes: List[int],
+    state0: List[Tensor],
+    weights: List[Tensor],
     eager_backend: str,
 ) -> Tuple[Tensor, List[Tensor]]:
     """Every layer over rows (T, I) from state0 [(layers·D, N, ·)], with dropout between layers;

@@ -4,6 +4,7 @@ torch.nn registers, per layer and direction, ``weight_ih, weight_hh[, bias_ih, b
 (the forward direction's list, then the reverse one's). The layers register their parameters in
 this order, the kernels stack them in it, and the hand-written backward returns its gradients in it.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
@@ -84,7 +85,13 @@ def stack_weights(
         return stacked["weight_ih"], stacked["weight_hh"], None, None, extra
     if fold_bias:
         return stacked["weight_ih"], stacked["weight_hh"], stacked["bias"].unsqueeze(1), None, extra
-    return stacked["weight_ih"], stacked["weight_hh"], stacked["bias_ih"].unsqueeze(1), stacked["bias_hh"].unsqueeze(1), extra
+    return (
+        stacked["weight_ih"],
+        stacked["weight_hh"],
+        stacked["bias_ih"].unsqueeze(1),
+        stacked["bias_hh"].unsqueeze(1),
+        extra,
+    )
 
 
 def unstack_grads(grads: Dict[str, Tensor], directions: int, bias: bool, proj: bool) -> List[Tensor]:
