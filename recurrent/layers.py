@@ -252,9 +252,16 @@ class RNNBase(nn.Module):
             x = input
         steps, batch = x.size(0), x.size(1)
         state0 = self._initial_states(hx, batch, x, batched)
-        return LayerCall(x.reshape(steps * batch, x.size(2)), [batch] * steps, state0, weights, steps, batched)
+        # While exporting, the step count is symbolic: a list as long as it would pin it to the example's.
+        batch_sizes = [batch] if not torch.jit.is_scripting() and self._exporting() else [batch] * steps
+        return LayerCall(x.reshape(steps * batch, x.size(2)), batch_sizes, state0, weights, steps, batched)
 
     def _read_packed(self, input: PackedSequence, hx: Optional[List[Tensor]]) -> LayerCall:
+        if not torch.jit.is_scripting() and self._exporting():
+            raise RuntimeError(
+                "recurrent: a PackedSequence cannot be exported (its batch sizes are data, not shapes); "
+                "export the model on padded input instead"
+            )
         data, hx, weights = self._arguments(input.data, hx)
         batch_sizes: List[int] = input.batch_sizes.tolist()
         checks.check_packed_call(data, batch_sizes[0], hx, self._state_specs(), self.input_size, weights[0])
@@ -287,9 +294,23 @@ class RNNBase(nn.Module):
 
     def _run_call(self, call: LayerCall) -> Tuple[Tensor, List[Tensor]]:
         """(output rows (T, D·H_out), final states) of a read call; an empty batch needs no kernel."""
+        if not torch.jit.is_scripting() and self._exporting():
+            return self._exported_stack(call)
         if call.batch_sizes[0] == 0:
             return self._empty_batch(call)
         return self._stack(call.rows, call.batch_sizes, call.state0, call.weights)
+
+    @torch.jit.unused
+    def _exporting(self) -> bool:
+        return kernels.scan.exporting()
+
+    @torch.jit.unused
+    def _exported_stack(self, call: LayerCall) -> Tuple[Tensor, List[Tensor]]:
+        """The stack as scan loops (see recurrent.kernels.scan), for torch.export at any length."""
+        x = call.rows.view(call.steps, call.batch_sizes[0], call.rows.size(-1))
+        with _amp.disabled(x.device):
+            out, finals = kernels.scan.scan_stack(self._stack_spec(), x, call.state0, call.weights)
+        return out.reshape(-1, out.size(-1)), finals
 
     def _empty_batch(self, call: LayerCall) -> Tuple[Tensor, List[Tensor]]:
         """An empty batch: torch.nn returns empty outputs, (L, 0, D*H_out) and states of state0's shapes,

@@ -5,6 +5,7 @@ said there); :mod:`.dispatch` picks the backend of a layer call; :mod:`.stack` i
 loop; :mod:`.autograd` wires a kernel pair into autograd; :mod:`.weights` owns the parameter order.
 """
 
+from . import scan
 from .autograd import LayerSpec, gate_inputs, run_layer
 from .common import join_directions, per_direction, reverse_index
 from .dispatch import select_backend
@@ -25,6 +26,7 @@ __all__ = [
     "gate_inputs",
     "gru_backward",
     "gru_forward",
+    "scan",
     "join_directions",
     "layer_param_kinds",
     "layer_param_shapes",
