@@ -257,11 +257,8 @@ class RNNBase(nn.Module):
         return LayerCall(x.reshape(steps * batch, x.size(2)), batch_sizes, state0, weights, steps, batched)
 
     def _read_packed(self, input: PackedSequence, hx: Optional[List[Tensor]]) -> LayerCall:
-        if not torch.jit.is_scripting() and self._exporting():
-            raise RuntimeError(
-                "recurrent: a PackedSequence cannot be exported (its batch sizes are data, not shapes); "
-                "export the model on padded input instead"
-            )
+        if not torch.jit.is_scripting():
+            self._refuse_packed_export()
         data, hx, weights = self._arguments(input.data, hx)
         batch_sizes: List[int] = input.batch_sizes.tolist()
         checks.check_packed_call(data, batch_sizes[0], hx, self._state_specs(), self.input_size, weights[0])
@@ -302,15 +299,25 @@ class RNNBase(nn.Module):
 
     @torch.jit.unused
     def _exporting(self) -> bool:
-        return kernels.scan.exporting()
+        """Whether torch.export is tracing this call and runs the stack as scans: the built-in kinds
+        only (a custom cell's loop is its own, see recurrent.custom)."""
+        return self.mode in kernels.KINDS and kernels.scan.exporting()
+
+    @torch.jit.unused
+    def _refuse_packed_export(self) -> None:
+        if kernels.scan.exporting():
+            raise RuntimeError(
+                "recurrent: a PackedSequence cannot be exported (its batch sizes are data, not shapes); "
+                "export the model on padded input instead"
+            )
 
     @torch.jit.unused
     def _exported_stack(self, call: LayerCall) -> Tuple[Tensor, List[Tensor]]:
-        """The stack as scan loops (see recurrent.kernels.scan), for torch.export at any length."""
-        x = call.rows.view(call.steps, call.batch_sizes[0], call.rows.size(-1))
-        with _amp.disabled(x.device):
-            out, finals = kernels.scan.scan_stack(self._stack_spec(), x, call.state0, call.weights)
-        return out.reshape(-1, out.size(-1)), finals
+        """The stack on its scan backend (see recurrent.kernels.scan), for torch.export at any length."""
+        with _amp.disabled(call.rows.device):
+            return kernels.stack_layers(
+                self._stack_spec(), call.rows, call.batch_sizes, call.state0, call.weights, "scan"
+            )
 
     def _empty_batch(self, call: LayerCall) -> Tuple[Tensor, List[Tensor]]:
         """An empty batch: torch.nn returns empty outputs, (L, 0, D*H_out) and states of state0's shapes,

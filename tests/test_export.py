@@ -2,11 +2,15 @@
 scan operator (recurrent.kernels.scan), so one exported program (or ONNX model, in onnxruntime) serves
 batches and lengths it never saw, equal to eager, and its graph does not grow with the example's length."""
 
+from typing import List, Tuple
+
 import pytest
 import torch
+from torch import Tensor
 from torch.nn.utils.rnn import pack_sequence
 
 import recurrent
+from recurrent import CustomCell, CustomRNN
 from recurrent.kernels.scan import scan
 
 try:
@@ -108,3 +112,23 @@ def test_onnx_runs_at_every_batch_and_length(kind, kwargs, with_states, tmp_path
             expected = flat(layer(x, hx) if with_states else layer(x))
         for a, e in zip(actual, expected):
             torch.testing.assert_close(torch.from_numpy(a), e, rtol=1e-5, atol=1e-5)
+
+
+class SigmoidCell(CustomCell):
+    """h' = σ(W_ih x + b_ih + W_hh h + b_hh): one gate block, like RNN's, with other math."""
+
+    gates = 1
+
+    def step(self, gi: Tensor, gh: Tensor, state: List[Tensor], params: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+        h = torch.sigmoid(gi + gh)
+        return h, [h]
+
+
+def test_custom_cells_keep_their_own_loop_while_exporting(monkeypatch):
+    """The scan backend knows the built-in kinds only: a custom cell's layer, called while exporting,
+    runs its own step (it once ran the built-in RNN's tanh step there, silently)."""
+    layer = CustomRNN(SigmoidCell(), INPUT, HIDDEN, 2).eval()
+    x = torch.randn(5, 2, INPUT)
+    expected = layer(x)[0]
+    monkeypatch.setattr(recurrent.kernels.scan, "exporting", lambda: True)
+    torch.testing.assert_close(layer(x)[0], expected)

@@ -154,7 +154,9 @@ def differentiable_layer(
     return gather_directions(hs, spec.reverse), finals
 
 
-def layer_forward_saving(spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: List[Tensor]):
+def layer_forward_saving(
+    spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: List[Tensor]
+) -> Tuple[Tensor, List[Tensor]]:
     """(hs, saved activations) of one layer on the kind's TorchScript kernel, whatever ``spec.kernel``
     is: what an observer of the stack (gate recording) reads the gates from."""
     torchscript = spec._replace(kernel=KINDS[spec.mode].kernel("torchscript"))

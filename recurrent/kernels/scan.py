@@ -3,9 +3,10 @@ on it): the exported graph holds one loop per layer, whatever the example's leng
 serves every batch size and sequence length. A Python loop would be unrolled at the example's
 length, and its per-step slicing would pin the length to the example's.
 
-Padded input only (a PackedSequence's per-step batch sizes are data, not a shape). Used only while
-exporting (:func:`exporting`); the layers run their kernels otherwise. The gate math is the cells'
-step functions, the same as every other path's.
+Padded input only (a PackedSequence's per-step batch sizes are data, not a shape). The stack loop
+(:func:`.stack.stack_layers`) runs its layers here as its ``"scan"`` backend, which the layers choose
+only while exporting (:func:`exporting`). The gate math is the cells' step functions, the same as
+every other path's.
 """
 
 from __future__ import annotations
@@ -14,11 +15,8 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from ..cells import gru_step, lstm_step, rnn_relu_step, rnn_tanh_step
-from .stack import StackSpec
-from .weights import stack_weights
 
 try:  # torch >= 2.5 has the operator; older torch exports the unrolled loop at a static shape
     from torch._higher_order_ops.scan import scan
@@ -32,39 +30,33 @@ def exporting() -> bool:
     return scan is not None and compiler is not None and getattr(compiler, "is_exporting", lambda: False)()
 
 
-def scan_stack(spec: StackSpec, x: Tensor, state0: List[Tensor], weights: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
-    """Every layer over a padded batch x (L, N, I) from state0 [(layers·D, N, ·)], dropout between
-    layers; returns (output (L, N, D·H_out), final states [(layers·D, N, ·)])."""
-    directions = spec.directions
-    per_layer = len(weights) // spec.num_layers
-    finals: List[List[Tensor]] = [[] for _ in state0]
-    for layer in range(spec.num_layers):
-        mine = [s[layer * directions : (layer + 1) * directions] for s in state0]
-        x, last = _scan_layer(spec, x, mine, weights[layer * per_layer : (layer + 1) * per_layer])
-        for i, state in enumerate(last):
-            finals[i].append(state)
-        if spec.dropout > 0 and spec.training and layer < spec.num_layers - 1:
-            x = F.dropout(x, spec.dropout, True)
-    return x, [torch.cat(f, 0) for f in finals]
-
-
-def _scan_layer(spec: StackSpec, x: Tensor, state0: List[Tensor], params: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
-    """One layer: one scan per direction, the reverse one over x flipped in time. (One scan over both
-    directions stacked exports too, but the ONNX exporter fails on it for GRU and LSTM.)"""
-    w_ih, w_hh, b_ih, b_hh, extra = stack_weights(params, spec.directions, spec.bias, spec.proj, spec.fold_bias)
+def scan_layer(
+    mode: str,
+    rows: Tensor,
+    batch: int,
+    state0: List[Tensor],
+    weights: Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], List[Tensor]],
+) -> Tuple[Tensor, List[Tensor]]:
+    """One layer over the rows (L·N, I) of a padded batch of N, from its stacked ``weights``
+    (:func:`.weights.stack_weights`): (output rows (L·N, D·H_out), final states). One scan per
+    direction, the reverse one over the batch flipped in time. (One scan over both directions
+    stacked exports too, but the ONNX exporter fails on it for GRU and LSTM.)"""
+    w_ih, w_hh, b_ih, b_hh, extra = weights
+    x = rows.view(-1, batch, rows.size(-1))
     outputs: List[Tensor] = []
     finals: List[List[Tensor]] = [[] for _ in state0]
-    for d in range(spec.directions):
+    for d in range(w_ih.size(0)):
         own = slice(d, d + 1)  # this direction's weights, keeping the direction dim of size 1
         gi = torch.matmul(x if d == 0 else x.flip(0), w_ih[own].transpose(1, 2))  # (L, N, G) @ (1, I, G)
         if b_ih is not None:
             gi = gi + b_ih[own]
-        step = _step(spec.mode, w_hh[own].transpose(1, 2), None if b_hh is None else b_hh[own], extra, d)
+        step = _step(mode, w_hh[own].transpose(1, 2), None if b_hh is None else b_hh[own], extra, d)
         last, hs = scan(step, [s[own] for s in state0], gi.unsqueeze(1))  # hs (L, 1, N, H_out)
         outputs.append(hs[:, 0] if d == 0 else hs[:, 0].flip(0))
         for i, state in enumerate(last):
             finals[i].append(state)
-    return torch.cat(outputs, -1), [torch.cat(f, 0) for f in finals]
+    out = torch.cat(outputs, -1)
+    return out.reshape(-1, out.size(-1)), [torch.cat(f, 0) for f in finals]
 
 
 def _step(mode: str, w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor], direction: int):

@@ -28,6 +28,7 @@ from .gru import gru_forward
 from .lstm import lstm_forward
 from .registry import KINDS
 from .rnn import rnn_forward
+from .scan import scan_layer
 from .weights import stack_weights
 
 # Called after each layer of a stack run from Python, with the layer's spec and inputs (rows after
@@ -99,7 +100,11 @@ def eager_layer(
     last: bool,
 ) -> Tuple[Tensor, List[Tensor]]:
     """One layer on ``backend``'s kernels, from Python (autograd Functions cannot run in TorchScript);
-    ``last``: the stack's last layer."""
+    ``last``: the stack's last layer. The ``"scan"`` backend (while exporting, padded input, no layer
+    observers) is the layer as scan loops (:mod:`.scan`)."""
+    if backend == "scan":
+        weights = stack_weights(params, spec.directions, spec.bias, spec.proj, spec.fold_bias)
+        return scan_layer(spec.mode, rows, batch_sizes[0], state0, weights)
     kernel = KINDS[spec.mode].kernel(backend)
     layer = LayerSpec(
         spec.mode, kernel, spec.directions, spec.bias, spec.proj, spec.fold_bias, batch_sizes, reverse, last
@@ -144,10 +149,12 @@ def stack_layers(
 ) -> Tuple[Tensor, List[Tensor]]:
     """Every layer over rows (T, I) from state0 [(layers·D, N, ·)], with dropout between layers;
     returns (output rows (T, D·H), final states [(layers·D, N, ·)]). ``eager_backend`` is '' in
-    TorchScript, else the backend each layer runs on from Python."""
+    TorchScript, else the backend each layer runs on from Python ("scan": see :func:`eager_layer`)."""
     directions = spec.directions
     per_layer = len(weights) // spec.num_layers
-    reverse: Optional[Tensor] = layer_reverse_index(batch_sizes, rows.device) if directions == 2 else None
+    # The scan backend reverses its padded batch in time by itself: no row permutation to build.
+    needs_reverse = directions == 2 and eager_backend != "scan"
+    reverse: Optional[Tensor] = layer_reverse_index(batch_sizes, rows.device) if needs_reverse else None
     finals: List[List[Tensor]] = [[] for _ in state0]
     for layer in range(spec.num_layers):
         mine = [s[layer * directions : (layer + 1) * directions] for s in state0]

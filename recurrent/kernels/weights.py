@@ -68,30 +68,22 @@ def stack_weights(
 ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], List[Tensor]]:
     """A layer's per-direction parameters stacked on a new dim 0: (w_ih (D, G, I), w_hh (D, G, H),
     b_ih (D, 1, G), b_hh (D, 1, G), [w_hr (D, P, H)] or []). With ``fold_bias`` the input bias is
-    b_ih + b_hh and the hidden one None. The sum is taken per direction, before stacking, so that
-    autograd gives b_ih and b_hh one gradient tensor, which it copies for the second of them; summed
-    after stacking, they would get two views of one buffer."""
+    b_ih + b_hh and the hidden one None; b_hh enters the sum through :func:`own_gradients`, so that
+    the two do not get one gradient tensor."""
     kinds = layer_param_kinds(bias, proj)
     per = len(kinds)
-    stacked: Dict[str, Tensor] = {}
+    by_kind: Dict[str, List[Tensor]] = {}
     for i, kind in enumerate(kinds):
-        if fold_bias and kind == "bias_ih":
-            folded = [params[d * per + i] + own_gradients([params[d * per + i + 1]])[0] for d in range(directions)]
-            stacked["bias"] = stack_directions(folded)
-        elif not (fold_bias and kind == "bias_hh"):
-            stacked[kind] = stack_directions([params[d * per + i] for d in range(directions)])
-    extra = [stacked["weight_hr"]] if proj else []
+        by_kind[kind] = [params[d * per + i] for d in range(directions)]
+    w_ih, w_hh = stack_directions(by_kind["weight_ih"]), stack_directions(by_kind["weight_hh"])
+    extra = [stack_directions(by_kind["weight_hr"])] if proj else []
     if not bias:
-        return stacked["weight_ih"], stacked["weight_hh"], None, None, extra
+        return w_ih, w_hh, None, None, extra
     if fold_bias:
-        return stacked["weight_ih"], stacked["weight_hh"], stacked["bias"].unsqueeze(1), None, extra
-    return (
-        stacked["weight_ih"],
-        stacked["weight_hh"],
-        stacked["bias_ih"].unsqueeze(1),
-        stacked["bias_hh"].unsqueeze(1),
-        extra,
-    )
+        folded = [b_ih + own_gradients([b_hh])[0] for b_ih, b_hh in zip(by_kind["bias_ih"], by_kind["bias_hh"])]
+        return w_ih, w_hh, stack_directions(folded).unsqueeze(1), None, extra
+    b_ih, b_hh = stack_directions(by_kind["bias_ih"]), stack_directions(by_kind["bias_hh"])
+    return w_ih, w_hh, b_ih.unsqueeze(1), b_hh.unsqueeze(1), extra
 
 
 def unstack_grads(grads: Dict[str, Tensor], directions: int, bias: bool, proj: bool) -> List[Tensor]:
