@@ -36,7 +36,7 @@ from ._jit import JIT_ENABLED, script
 from .kernels.autograd import _batched, needs_plain_ops
 from .kernels.common import carry_rows, gather_directions, hidden_product, join_directions, per_direction, step_rows
 from .kernels.stack import layer_reverse_index
-from .layers import LSTM, RNNBase
+from .layers import LSTM, RNNBase, _scan_inputs
 
 
 class CustomCell(nn.Module):
@@ -301,22 +301,33 @@ class CustomRNN(RNNBase):
 
     # -- the stack ----------------------------------------------------------------------------
     def _stack(
-        self, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor]
+        self,
+        rows: Tensor,
+        batch_sizes: List[int],
+        state0: List[Tensor],
+        weights: List[Tensor],
+        scanned: bool = False,
     ) -> Tuple[Tensor, List[Tensor]]:
-        """Every layer over rows (T, I) from state0 [(layers·D, N, H)]; returns (rows, finals)."""
+        """Every layer over rows (T, I) from state0 [(layers·D, N, H)]; returns (rows, finals).
+        ``scanned``: padded rows of batch_sizes[0] sequences, each layer as scans (see
+        :meth:`_scanned_stack`)."""
         directions = 2 if self.bidirectional else 1
         per_layer = len(weights) // self.num_layers
-        reverse: Optional[Tensor] = layer_reverse_index(batch_sizes, rows.device) if directions == 2 else None
+        needs_reverse = directions == 2 and not scanned  # scan flips its padded batch in time by itself
+        reverse: Optional[Tensor] = layer_reverse_index(batch_sizes, rows.device) if needs_reverse else None
         finals: List[List[Tensor]] = [[] for _ in state0]
         for layer in range(self.num_layers):
             mine = [s[layer * directions : (layer + 1) * directions] for s in state0]
             w_ih, w_hh, b_ih, b_hh, params = self._stacked(weights[layer * per_layer : (layer + 1) * per_layer])
             w_hh = self.loop.cell.hidden_weight(w_hh)
-            gi = kernels.gate_inputs(per_direction(rows, reverse), w_ih, b_ih)
-            if torch.jit.is_scripting():
+            if scanned and not torch.jit.is_scripting():
+                rows, last = self._scan_layer(rows, batch_sizes[0], mine, (w_ih, w_hh, b_ih, b_hh, params))
+            elif torch.jit.is_scripting():
+                gi = kernels.gate_inputs(per_direction(rows, reverse), w_ih, b_ih)
                 hs, last, _ = self.loop(gi, mine, w_hh.transpose(1, 2), b_hh, params, batch_sizes, False)
                 rows = join_directions(hs, reverse)
             else:
+                gi = kernels.gate_inputs(per_direction(rows, reverse), w_ih, b_ih)
                 hs, last = self._eager_loop(gi, mine, w_hh, b_hh, params, batch_sizes)
                 rows = self._eager_join(hs, reverse)
             for i, state in enumerate(last):
@@ -324,6 +335,33 @@ class CustomRNN(RNNBase):
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 rows = nn.functional.dropout(rows, self.dropout, True)
         return rows, [torch.cat(f, 0) for f in finals]
+
+    @torch.jit.unused
+    def _scanned(self, input: Tensor, state0: List[Tensor], weights: List[Tensor]) -> bool:
+        """Scans while exporting only: under torch.compile (torch 2.14.1) a scan over a custom cell's
+        step fails in training (dynamo runs it eagerly on real and fake tensors mixed), so there the
+        loop compiles unrolled."""
+        return kernels.scan.exporting()
+
+    @torch.jit.unused
+    def _scanned_stack(self, call) -> Tuple[Tensor, List[Tensor]]:
+        """The stack with each layer's loops as scans over the cell's own step, for torch.export and
+        torch.compile at any length (see recurrent.kernels.scan)."""
+        rows, batch, state0, weights = _scan_inputs(call)
+        return self._stack(rows, [batch], state0, weights, True)
+
+    @torch.jit.unused
+    def _scan_layer(
+        self, rows: Tensor, batch: int, state0: List[Tensor], weights: Tuple
+    ) -> Tuple[Tensor, List[Tensor]]:
+        """One layer as scans: the cell's step, fed the scanned directions' own parameters."""
+        w_ih, w_hh, b_ih, b_hh, params = weights
+        step = self.loop.cell.step
+
+        def cell_step(gi: Tensor, gh: Tensor, state: List[Tensor], own: slice) -> Tuple[Tensor, List[Tensor]]:
+            return step(gi, gh, state, [p[own] for p in params])
+
+        return kernels.scan.scan_layer(rows, batch, state0, w_ih, w_hh, b_ih, b_hh, cell_step)
 
     def _stacked(self, params: List[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], List[Tensor]]:
         """One layer's parameters stacked by direction: w_ih (D, G, I), w_hh (D, G, H), b_ih and

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _amp, checks, kernels
+from . import _amp, checks, kernels, onnx_native
 
 
 def _check_layer_arguments(
@@ -56,6 +56,7 @@ class LayerCall(NamedTuple):
     weights: List[Tensor]  # in autocast's dtype under autocast
     steps: int
     batched: bool
+    scanned: bool  # padded input, run as scans (recurrent.kernels.scan.scanning): batch_sizes is [N]
 
 
 class RNNBase(nn.Module):
@@ -216,9 +217,12 @@ class RNNBase(nn.Module):
     # runs), run the stack on the rows, assemble the output in the caller's layout.
     def _run(self, input: Tensor, hx: Optional[List[Tensor]]) -> Tuple[Tensor, List[Tensor]]:
         """A padded (or unbatched) call."""
-        call = self._read_padded(input, hx)
-        rows, finals = self._run_call(call)
-        output = rows.view(call.steps, call.batch_sizes[0], rows.size(-1))
+        if not torch.jit.is_scripting() and self._legacy_onnx_exporting():
+            call, output, finals = self._native_onnx(input, hx)
+        else:
+            call = self._read_padded(input, hx)
+            rows, finals = self._run_call(call)
+            output = rows.view(call.steps, call.batch_sizes[0], rows.size(-1))
         if not call.batched:
             return output.squeeze(1), [f.squeeze(1) for f in finals]
         return (output.transpose(0, 1) if self.batch_first else output), finals
@@ -244,17 +248,15 @@ class RNNBase(nn.Module):
         input, hx, weights = self._arguments(input, hx)
         checks.check_padded_call(input, hx, self._state_specs(), self.input_size, weights[0], self.batch_first)
         batched = input.dim() == 3
-        if not batched:
-            x = input.unsqueeze(1)
-        elif self.batch_first:
-            x = input.transpose(0, 1)
-        else:
-            x = input
+        x = self._time_major(input)
         steps, batch = x.size(0), x.size(1)
         state0 = self._initial_states(hx, batch, x, batched)
-        # While exporting, the step count is symbolic: a list as long as it would pin it to the example's.
-        batch_sizes = [batch] if not torch.jit.is_scripting() and self._exporting() else [batch] * steps
-        return LayerCall(x.reshape(steps * batch, x.size(2)), batch_sizes, state0, weights, steps, batched)
+        # Scanned (exporting, compiling), the step count may be symbolic: a list as long would pin it.
+        scanned = False
+        if not torch.jit.is_scripting():
+            scanned = self._scanned(input, state0, weights)
+        batch_sizes = [batch] if scanned else [batch] * steps
+        return LayerCall(x.reshape(steps * batch, x.size(2)), batch_sizes, state0, weights, steps, batched, scanned)
 
     def _read_packed(self, input: PackedSequence, hx: Optional[List[Tensor]]) -> LayerCall:
         if not torch.jit.is_scripting():
@@ -266,7 +268,13 @@ class RNNBase(nn.Module):
         sorted_indices = input.sorted_indices  # a local refines Optional
         if sorted_indices is not None:
             state0 = [s.index_select(1, sorted_indices) for s in state0]
-        return LayerCall(data, batch_sizes, state0, weights, len(batch_sizes), True)
+        return LayerCall(data, batch_sizes, state0, weights, len(batch_sizes), True, False)
+
+    def _time_major(self, input: Tensor) -> Tensor:
+        """A padded (or unbatched) input as (L, N, I)."""
+        if input.dim() != 3:
+            return input.unsqueeze(1)
+        return input.transpose(0, 1) if self.batch_first else input
 
     def _state_specs(self) -> List[checks.StateSpec]:
         """What each initial state must be (name, torch.nn's label, sizes) for the checks."""
@@ -291,33 +299,54 @@ class RNNBase(nn.Module):
 
     def _run_call(self, call: LayerCall) -> Tuple[Tensor, List[Tensor]]:
         """(output rows (T, D·H_out), final states) of a read call; an empty batch needs no kernel."""
-        if not torch.jit.is_scripting() and self._exporting():
-            return self._exported_stack(call)
+        if call.scanned and not torch.jit.is_scripting():
+            return self._scanned_stack(call)
         if call.batch_sizes[0] == 0:
             return self._empty_batch(call)
         return self._stack(call.rows, call.batch_sizes, call.state0, call.weights)
 
     @torch.jit.unused
-    def _exporting(self) -> bool:
-        """Whether torch.export is tracing this call and runs the stack as scans: the built-in kinds
-        only (a custom cell's loop is its own, see recurrent.custom)."""
-        return self.mode in kernels.KINDS and kernels.scan.exporting()
+    def _legacy_onnx_exporting(self) -> bool:
+        return onnx_native.legacy_exporting()
+
+    @torch.jit.unused
+    def _native_onnx(self, input: Tensor, hx: Optional[List[Tensor]]) -> Tuple[LayerCall, Tensor, List[Tensor]]:
+        """A padded call as ONNX's own operators, for the TorchScript-based exporter
+        (recurrent.onnx_native): (the call read, output (L, N, D·H_out), final states)."""
+        reason = onnx_native.refusal(self.mode, self.proj_size)
+        if reason is not None:
+            raise RuntimeError(reason)
+        with warnings.catch_warnings():
+            # The checks read the example's sizes, which the tracer warns it takes as constants: they are.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            call = self._read_padded(input, hx)
+        x = self._time_major(input)
+        output, finals = onnx_native.run(
+            self._stack_spec(), self.hidden_size, x, call.state0, hx is not None, call.weights
+        )
+        return call, output, finals
+
+    @torch.jit.unused
+    def _scanned(self, input: Tensor, state0: List[Tensor], weights: List[Tensor]) -> bool:
+        """Whether this padded call runs its loops as scans (recurrent.kernels.scan.scanning)."""
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in [input, *state0, *weights])
+        return kernels.scan.scanning(self.bidirectional and needs_grad)
 
     @torch.jit.unused
     def _refuse_packed_export(self) -> None:
-        if kernels.scan.exporting():
+        if kernels.scan.exporting() or onnx_native.legacy_exporting():
             raise RuntimeError(
                 "recurrent: a PackedSequence cannot be exported (its batch sizes are data, not shapes); "
                 "export the model on padded input instead"
             )
 
     @torch.jit.unused
-    def _exported_stack(self, call: LayerCall) -> Tuple[Tensor, List[Tensor]]:
-        """The stack on its scan backend (see recurrent.kernels.scan), for torch.export at any length."""
-        with _amp.disabled(call.rows.device):
-            return kernels.stack_layers(
-                self._stack_spec(), call.rows, call.batch_sizes, call.state0, call.weights, "scan"
-            )
+    def _scanned_stack(self, call: LayerCall) -> Tuple[Tensor, List[Tensor]]:
+        """The stack on its scan backend (see recurrent.kernels.scan): torch.export and torch.compile
+        at any length."""
+        rows, batch, state0, weights = _scan_inputs(call)
+        with _amp.disabled(rows.device):
+            return kernels.stack_layers(self._stack_spec(), rows, [batch], state0, weights, "scan")
 
     def _empty_batch(self, call: LayerCall) -> Tuple[Tensor, List[Tensor]]:
         """An empty batch: torch.nn returns empty outputs, (L, 0, D*H_out) and states of state0's shapes,
@@ -521,6 +550,20 @@ class LSTM(RNNBase):
 
     def _state_sizes(self) -> List[int]:
         return [self.proj_size if self.proj_size > 0 else self.hidden_size, self.hidden_size]
+
+
+def _scan_inputs(call: LayerCall) -> Tuple[Tensor, int, List[Tensor], List[Tensor]]:
+    """(rows, batch, state0, weights) of a scanned call. Detached while exporting to ONNX, whose model
+    is inference only: in grad mode torch 2.14's ONNX exporter fails on the scans of a batch-first
+    layer (its type-promotion pass runs scan's autograd: "Expected leaf to be a Tensor, got SymInt")."""
+    if not torch.onnx.is_in_onnx_export():
+        return call.rows, call.batch_sizes[0], call.state0, call.weights
+    return (
+        call.rows.detach(),
+        call.batch_sizes[0],
+        [s.detach() for s in call.state0],
+        [w.detach() for w in call.weights],
+    )
 
 
 def backend_for(layer: RNNBase, input: Union[Tensor, PackedSequence]) -> str:

@@ -74,6 +74,7 @@ LEVELS = [
     ["recurrent", "recurrent.recording", "recurrent.variants"],
     ["recurrent.custom"],
     ["recurrent.layers"],
+    ["recurrent.onnx_native"],
     ["recurrent.kernels"],
     ["recurrent.cells"],
     ["recurrent.checks", "recurrent._amp", "recurrent._jit"],

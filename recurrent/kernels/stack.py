@@ -28,7 +28,7 @@ from .gru import gru_forward
 from .lstm import lstm_forward
 from .registry import KINDS
 from .rnn import rnn_forward
-from .scan import scan_layer
+from .scan import kind_step, scan_layer, unrolled_scan
 from .weights import stack_weights
 
 # Called after each layer of a stack run from Python, with the layer's spec and inputs (rows after
@@ -100,11 +100,12 @@ def eager_layer(
     last: bool,
 ) -> Tuple[Tensor, List[Tensor]]:
     """One layer on ``backend``'s kernels, from Python (autograd Functions cannot run in TorchScript);
-    ``last``: the stack's last layer. The ``"scan"`` backend (while exporting, padded input, no layer
-    observers) is the layer as scan loops (:mod:`.scan`)."""
-    if backend == "scan":
-        weights = stack_weights(params, spec.directions, spec.bias, spec.proj, spec.fold_bias)
-        return scan_layer(spec.mode, rows, batch_sizes[0], state0, weights)
+    ``last``: the stack's last layer. The ``"scan"`` backend (:func:`.scan.scanning`, padded input,
+    no layer observers) is the layer as scan loops (:mod:`.scan`); ``"unrolled"`` the same steps in a Python loop."""
+    if backend == "scan" or backend == "unrolled":
+        w_ih, w_hh, b_ih, b_hh, extra = stack_weights(params, spec.directions, spec.bias, spec.proj, spec.fold_bias)
+        loop = unrolled_scan if backend == "unrolled" else None
+        return scan_layer(rows, batch_sizes[0], state0, w_ih, w_hh, b_ih, b_hh, kind_step(spec.mode, extra), loop)
     kernel = KINDS[spec.mode].kernel(backend)
     layer = LayerSpec(
         spec.mode, kernel, spec.directions, spec.bias, spec.proj, spec.fold_bias, batch_sizes, reverse, last
@@ -152,8 +153,8 @@ def stack_layers(
     TorchScript, else the backend each layer runs on from Python ("scan": see :func:`eager_layer`)."""
     directions = spec.directions
     per_layer = len(weights) // spec.num_layers
-    # The scan backend reverses its padded batch in time by itself: no row permutation to build.
-    needs_reverse = directions == 2 and eager_backend != "scan"
+    # The padded backends reverse their batch in time by themselves: no row permutation to build.
+    needs_reverse = directions == 2 and eager_backend != "scan" and eager_backend != "unrolled"
     reverse: Optional[Tensor] = layer_reverse_index(batch_sizes, rows.device) if needs_reverse else None
     finals: List[List[Tensor]] = [[] for _ in state0]
     for layer in range(spec.num_layers):
