@@ -171,3 +171,22 @@ def test_backend_contenders_set_and_restore_the_variable(speed, monkeypatch) -> 
     with pytest.raises(KeyError), speed.backend_env("triton"):
         raise KeyError
     assert "RECURRENT_BACKEND" not in os.environ
+
+
+def test_export_speed_quick_run_checks_and_reports(tmp_path: Path) -> None:
+    """benchmarks/export_speed.py --quick: every contender times, matches torch.nn, and the report
+    renders its table and targets."""
+    cmd = [sys.executable, str(BENCH / "export_speed.py"), "--quick", "--threads", "1", "--out", str(tmp_path)]
+    subprocess.run(cmd, check=True, timeout=300, capture_output=True)
+    doc = json.loads((tmp_path / "export-cpu-quick.json").read_text())
+    contenders = {row["contender"] for row in doc["rows"]}
+    assert {"torch.nn (native ops)", "recurrent (Scan)", "recurrent (native ops)", "recurrent eager"} <= contenders
+    assert all(row["ok"] and row["median_ms"] > 0 for row in doc["rows"])
+    out = tmp_path / "RESULTS.md"
+    subprocess.run(
+        [sys.executable, str(BENCH / "report.py"), str(tmp_path / "export-cpu-quick.json"), "--output", str(out)],
+        check=True,
+        timeout=60,
+    )
+    text = out.read_text()
+    assert "| tiny-gru | onnxruntime | recurrent (Scan) |" in text and "in onnxruntime ≤ 1.5×" in text
