@@ -620,6 +620,15 @@ def plot(rows: list[dict], title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def write_json(path: Path, meta: dict, shapes: list[Shape], checks: dict, rows: list[dict]) -> None:
+    """The run's JSON: the meta, the shapes timed so far, their output checks and their rows."""
+    timed = [s for s in shapes if s.name in checks]
+    shape_docs = [dict(asdict(s), lengths=lengths(s).tolist() if s.packed else None) for s in timed]
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"meta": meta, "shapes": shape_docs, "checks": checks, "results": rows}, indent=1))
+    tmp.replace(path)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -640,28 +649,6 @@ def main() -> int:
     device = torch.device(args.device)
     modes = CUDA_MODES if device.type == "cuda" else CPU_MODES
     torch.manual_seed(0)
-
-    rows: list[dict] = []
-    checks: dict[str, dict] = {}
-    for shape in shapes:
-        print(f"[{shape.name}]", file=sys.stderr, flush=True)
-        models, failed = build(shape, device)
-        x = torch.randn(shape.seq_len, shape.batch, shape.input_size, device=device)
-        x.requires_grad_()
-        checks[shape.name] = check_outputs(models, x, TOLERANCE[device.type])
-        for name, c in checks[shape.name].items():
-            if not c["ok"]:  # timing a different function would be meaningless
-                del models[name]
-                failed[name] = f"n/a: output differs from torch.nn by {c['max_abs_diff']:.2e}"
-        for mode in modes:
-            figures = bench_mode(models, failed, x, mode, reps)
-            ref = figures.get(REFERENCE, {})
-            for name, f in figures.items():
-                f["ratio"] = ratio(f.get("median_ms"), ref.get("median_ms"))
-                f["mem_ratio"] = ratio(f.get("peak_mb"), ref.get("peak_mb"))
-                rows.append({"shape": shape.name, "mode": mode, "contender": name, **f})
-        del models
-        gc.collect()
 
     suffix = "-quick" if args.quick else ""
     args.out.mkdir(parents=True, exist_ok=True)
@@ -690,9 +677,29 @@ def main() -> int:
         "tolerance": TOLERANCE[device.type],
         "chart": chart_path.name,
     }
-    shape_docs = [dict(asdict(s), lengths=lengths(s).tolist() if s.packed else None) for s in shapes]
-    doc = {"meta": meta, "shapes": shape_docs, "checks": checks, "results": rows}
-    json_path.write_text(json.dumps(doc, indent=1))
+    rows: list[dict] = []
+    checks: dict[str, dict] = {}
+    for shape in shapes:
+        print(f"[{shape.name}]", file=sys.stderr, flush=True)
+        models, failed = build(shape, device)
+        x = torch.randn(shape.seq_len, shape.batch, shape.input_size, device=device)
+        x.requires_grad_()
+        checks[shape.name] = check_outputs(models, x, TOLERANCE[device.type])
+        for name, c in checks[shape.name].items():
+            if not c["ok"]:  # timing a different function would be meaningless
+                del models[name]
+                failed[name] = f"n/a: output differs from torch.nn by {c['max_abs_diff']:.2e}"
+        for mode in modes:
+            figures = bench_mode(models, failed, x, mode, reps)
+            ref = figures.get(REFERENCE, {})
+            for name, f in figures.items():
+                f["ratio"] = ratio(f.get("median_ms"), ref.get("median_ms"))
+                f["mem_ratio"] = ratio(f.get("peak_mb"), ref.get("peak_mb"))
+                rows.append({"shape": shape.name, "mode": mode, "contender": name, **f})
+        del models
+        gc.collect()
+        write_json(json_path, meta, shapes, checks, rows)  # after every shape: a run cut short keeps what it timed
+
     plot(rows, f"{meta['machine']}, torch {meta['torch']}, {meta['threads']} threads", chart_path)
     print_table(rows)
     print(f"wrote {json_path} and {chart_path}")

@@ -201,3 +201,61 @@ def test_tuning_script_times_and_compares_every_candidate(tmp_path):
     for r in rows:
         assert r["forward_us_per_step"] > 0 and r["backward_us_per_step"] > 0
         assert r["forward_max_diff"] < 1e-4 and r["backward_max_diff"] < 1e-4, r
+
+
+# (kind, options, layers, bidirectional, length, per-sequence lengths or None, input size, hidden): the
+# speed shapes' sizes, several programs of rows, every column width, a ragged last row block, packing.
+REAL_SIZES = [
+    ("GRU", {}, 2, False, 28, None, 28, 128),
+    ("RNN", {}, 1, True, 28, None, 28, 128),
+    ("LSTM", {}, 2, False, 28, None, 28, 128),
+    ("GRU", {}, 1, True, 40, "packed", 24, 256),
+    ("LSTM", {"proj_size": 96}, 2, True, 30, "packed", 24, 200),
+    ("RNN", {"nonlinearity": "relu"}, 1, False, 60, None, 32, 512),
+    ("GRU", {}, 1, False, 64, None, 32, 512),
+]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="real sizes on the GPU (the interpreter runs small ones)")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("case", REAL_SIZES, ids=lambda c: f"{c[0]}-H{c[7]}-{c[3]}-{c[5]}")
+def test_triton_layers_equal_torch_nn_at_real_sizes_cuda(case, dtype, monkeypatch):
+    """On a GPU: the Triton layers' outputs, final states and every gradient against torch.nn's in
+    float64 (cuDNN runs it too), at sizes where many programs run and barriers matter. float64 to
+    1e-9; float32 (IEEE dots) to 1e-4 of each tensor's norm."""
+    kind, options, layers, bidirectional, length, packing, inputs, hidden = case
+    monkeypatch.setenv("RECURRENT_BACKEND", "triton")
+    torch.manual_seed(0)
+    batch = 37  # three blocks of 16 rows, the last one ragged
+    ref = getattr(torch.nn, kind)(inputs, hidden, layers, bidirectional=bidirectional, **options)
+    ref = ref.to("cuda", torch.float64)
+    ours = getattr(recurrent, kind)(inputs, hidden, layers, bidirectional=bidirectional, **options)
+    ours.load_state_dict(ref.state_dict())
+    ours = ours.to("cuda", dtype)
+    x = torch.randn(length, batch, inputs, device="cuda", dtype=torch.float64)
+    lengths = torch.randint(1, length + 1, (batch,)) if packing else None
+
+    def run(layer):
+        data = x.to(next(layer.parameters()).dtype).requires_grad_()
+        arg = torch.nn.utils.rnn.pack_padded_sequence(data, lengths, enforce_sorted=False) if packing else data
+        assert recurrent.backend_for(ours, arg) == "triton"
+        out, state = layer(arg)
+        out = out.data if packing else out
+        finals = list(state) if isinstance(state, tuple) else [state]
+        weights = torch.randn(out.shape, device="cuda", dtype=torch.float64).to(out.dtype)
+        loss = (out * weights).sum() + sum((f * (i + 2)).sum() for i, f in enumerate(finals))
+        grads = torch.autograd.grad(loss, [data, *layer.parameters()])
+        return [out, *finals, *grads]
+
+    torch.manual_seed(1)
+    expected = run(ref)
+    torch.manual_seed(1)
+    actual = run(ours)
+    names = ["output"] + ["h_n", "c_n"][: len(expected) - 2 - len(list(ref.parameters()))] + ["input"]
+    names += [n for n, _ in ref.named_parameters()]
+    for name, a, e in zip(names, actual, expected):
+        if dtype == torch.float64:
+            torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9, msg=lambda m, name=name: f"{name}: {m}")
+        else:
+            error = ((a.double() - e).norm() / e.norm().clamp_min(1e-12)).item()
+            assert error < 1e-4, f"{name}: relative error {error:.2e} against torch.nn in float64"
