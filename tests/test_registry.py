@@ -88,3 +88,35 @@ def test_an_unknown_backend_is_rejected(monkeypatch):
     monkeypatch.setenv("RECURRENT_BACKEND", "cudnn")
     with pytest.raises(ValueError, match="RECURRENT_BACKEND must be one of .*got 'cudnn'"):
         recurrent.GRU(3, 4)(torch.randn(2, 1, 3))
+
+
+@pytest.mark.parametrize(
+    "value,dtype,hidden,expected",
+    [
+        ("", torch.float32, 128, "triton"),
+        ("default", torch.bfloat16, 64, "triton"),
+        ("auto", torch.float16, 128, "triton"),
+        ("", torch.float32, 129, "torchscript"),  # above AUTO_MAX_HIDDEN the TorchScript loop was faster
+        ("", torch.float64, 128, "torchscript"),
+        ("torchscript", torch.float32, 128, "torchscript"),
+        ("triton", torch.float32, 512, "triton"),
+    ],
+)
+def test_cuda_calls_pick_triton_where_it_was_measured_faster(monkeypatch, value, dtype, hidden, expected):
+    """The dispatcher's rule for CUDA tensors (a pure function of the call, so checked without a GPU)."""
+    pytest.importorskip("triton")
+    from recurrent.kernels import dispatch
+
+    monkeypatch.setenv("RECURRENT_BACKEND", value)
+    assert dispatch.AUTO_MAX_HIDDEN == 128
+    assert dispatch.select_backend("GRU", torch.device("cuda"), dtype, hidden) == expected
+
+
+def test_cuda_calls_keep_the_torchscript_loop_while_torch_compile_traces(monkeypatch):
+    """torch.compile and torch.export trace the loop the deployment tests cover, not the Triton launches."""
+    pytest.importorskip("triton")
+    from recurrent.kernels import dispatch
+
+    monkeypatch.delenv("RECURRENT_BACKEND", raising=False)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert dispatch.select_backend("GRU", torch.device("cuda"), torch.float32, 128) == "torchscript"

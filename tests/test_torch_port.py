@@ -310,6 +310,8 @@ def batched_of_one(module: nn.Module, sample: Sample, args: tuple):
 def assert_parameters_are(module: nn.Module, device, dtype: torch.dtype) -> None:
     """TestModule._assert_module_parameters_and_buffer_are."""
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # upstream's device strings name the index: cuda:0
+        device = torch.device("cuda", torch.cuda.current_device())
     for name, t in itertools.chain(module.named_parameters(), module.named_buffers()):
         assert t.device == device, f"{name} is on {t.device}, expected {device}"
         if t.dtype.is_floating_point:

@@ -2,10 +2,11 @@
 
 ``RECURRENT_BACKEND`` (read on every call) chooses:
 
-- unset or ``default``: today's default, the TorchScript loop everywhere. The Triton kernels become
-  the CUDA default once a GPU run has timed them against cuDNN (``benchmarks/gpu_check.sh``).
-- ``auto``: the Triton kernels for CUDA tensors whenever they can run (Triton importable, float32,
-  float16 or bfloat16, a configuration :mod:`.triton` covers), else the TorchScript loop.
+- unset, ``default`` or ``auto``: the Triton kernels for CUDA tensors where an H200 measured them
+  faster than the TorchScript loop (``benchmarks/gpu_check.sh``, ``benchmarks/RESULTS.md``): Triton
+  importable, float32, float16 or bfloat16, hidden size up to ``AUTO_MAX_HIDDEN``, and not while
+  torch.compile or torch.export traces (they trace the loop this library has tested them on). Else
+  the TorchScript loop (always on CPU).
 - ``triton``: the Triton kernels for every layer call (on CPU tensors only with ``TRITON_INTERPRET=1``,
   Triton's interpreter); a call they cannot run raises, saying why.
 - ``torchscript``: the TorchScript loop for every call.
@@ -22,6 +23,9 @@ import torch
 
 CHOICES = ("default", "auto", "triton", "torchscript")
 AUTO_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Above this the Triton kernels' grid (directions x batch/16 programs) leaves most of a large GPU idle
+# while each program walks all H columns: on the H200 they lost to the TorchScript loop from H = 256.
+AUTO_MAX_HIDDEN = 128
 
 
 def requested_backend() -> str:
@@ -42,13 +46,18 @@ def triton_refusal(mode: str, device: torch.device, dtype: torch.dtype, hidden_s
     return triton_kernels.refusal(mode, dtype, hidden_size)
 
 
+def _tracing() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return compiler is not None and compiler.is_compiling()
+
+
 def select_backend(mode: str, device: torch.device, dtype: torch.dtype, hidden_size: int) -> str:
     """The backend for one layer call: 'triton' or 'torchscript' (see the module docstring)."""
     choice = requested_backend()
-    if choice in ("default", "torchscript"):
+    if choice == "torchscript":
         return "torchscript"
-    if choice == "auto":
-        if device.type != "cuda" or dtype not in AUTO_DTYPES:
+    if choice in ("default", "auto"):
+        if device.type != "cuda" or dtype not in AUTO_DTYPES or hidden_size > AUTO_MAX_HIDDEN or _tracing():
             return "torchscript"
         return "torchscript" if triton_refusal(mode, device, dtype, hidden_size) else "triton"
     refusal = triton_refusal(mode, device, dtype, hidden_size)
