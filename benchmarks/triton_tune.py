@@ -101,13 +101,18 @@ def passes(case: Case, dtype: torch.dtype, device: str) -> Dict[str, Callable[[]
     return {"forward": forward, "backward": backward}
 
 
+def precision(dtype: torch.dtype, device: str) -> str:
+    """The dot precision the kernels run these inputs at (TF32 for float32 on CUDA unless switched off)."""
+    return common.dot_precision(torch.empty(0, dtype=dtype, device=device))
+
+
 def with_blocks(config: Optional[Blocks], fn: Callable[[], object]) -> Callable[[], object]:
     """``fn`` run with ``common.blocks`` answering ``config`` (None: the pinned table)."""
 
     def run():
         pinned = common.blocks
         if config is not None:
-            common.blocks = lambda hidden: config if hidden > 16 else config._replace(cols=16, k=16)
+            common.blocks = lambda hidden, precision="ieee": config if hidden > 16 else config._replace(cols=16, k=16)
         try:
             return fn()
         finally:
@@ -167,7 +172,8 @@ def tune(
             samples[key].append(time_us(runs[key], reps) / case.steps)
     rows = []
     for c, cfg in configs.items():
-        row = {"case": case.name, "config": c, "blocks": (cfg or common.blocks(case.hidden))._asdict()}
+        pinned = common.blocks(case.hidden, precision(dtype, device))
+        row = {"case": case.name, "config": c, "blocks": (cfg or pinned)._asdict()}
         for p in calls:
             row[f"{p}_us_per_step"] = statistics.median(samples[(c, p)])
             row[f"{p}_max_diff"] = max_difference(outputs[(c, p)], outputs[(PINNED, p)])
@@ -199,10 +205,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     configs: Dict[str, Optional[Blocks]] = {PINNED: None, **{label(c): c for c in candidates}}
     dtype = getattr(torch, args.dtype)
     gpu = torch.cuda.get_device_name() if device == "cuda" else ""
-    tf32 = "TF32 dots" if args.dtype == "float32" and device == "cuda" and torch.backends.cudnn.allow_tf32 else ""
-    head = f"{device} {gpu} torch {torch.__version__} {args.dtype} {tf32}".strip()
+    head = f"{device} {gpu} torch {torch.__version__} {args.dtype}, {precision(dtype, device)} dots"
     print(f"# Triton kernels per time step, microseconds (median of {rounds} x {reps} launches); {head}")
-    print(f"# pinned: {label(common.blocks(128))} (hidden > 16)")
+    print(f"# pinned: {label(common.blocks(128, precision(dtype, device)))} (hidden > 32)")
     print(f"{'case':<16} {'config':<22} {'fwd us':>8} {'bwd us':>8} {'fwd x':>6} {'bwd x':>6} {'max diff':>9}")
     rows = []
     for case in cases:

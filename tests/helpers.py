@@ -71,7 +71,13 @@ def grads(outputs: Sequence[Tensor], inputs: Sequence[Tensor]) -> list[Optional[
 
 
 def assert_close(actual: Tensor, expected: Tensor, dtype: torch.dtype, what: str) -> None:
-    torch.testing.assert_close(actual, expected, **TOLERANCE[dtype], msg=lambda m: f"{what}: {m}")
+    tolerance = TOLERANCE[dtype]
+    if actual.is_cuda and dtype == torch.float32:
+        # cuDNN's float32 kernels and compiled ones (ours on Triton) round differently: compilers fuse
+        # a*b + c into one FMA where torch rounds twice, and near tanh's saturation 1 - h*h magnifies
+        # that one ulp (measured: 4e-5 relative in an input gradient). float64 stays at 1e-9.
+        tolerance = dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(actual, expected, **tolerance, msg=lambda m: f"{what}: {m}")
 
 
 def assert_all_close(

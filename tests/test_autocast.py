@@ -48,11 +48,25 @@ def test_layer_under_autocast(kind, options, packed, device):
     ours_grads = grads([out.float(), *[s.float() for s in states]], [x, *params])
     ref_grads = grads([expected, *expected_states], [x, *reference.parameters()])
     # bf16 rounding moves some ReLU pre-activations across zero, where the derivative jumps: here
-    # torch.nn's own bf16 path is up to 0.06 off its fp32 gradients, ours up to 0.09.
+    # torch.nn's own bf16 path is up to 0.06 off its fp32 gradients on the CPU, ours up to 0.09. On
+    # CUDA torch.nn runs wholly in bf16 too, so its own error is the yardstick: at this seed cuDNN's
+    # is 0.33 for one weight (over 30 seeds: median 0.001, max 0.33; ours 0.01 and 0.41).
     limit = 0.15 if options.get("nonlinearity") == "relu" else 0.03
-    for (name, p), g, r in zip([("input", x), *ours.named_parameters()], ours_grads, ref_grads):
+    own = own_autocast_errors(run, reference, x, ref_grads) if device == "cuda" else [0.0] * len(ref_grads)
+    named = [("input", x), *ours.named_parameters()]
+    for (name, p), g, r, torch_error in zip(named, ours_grads, ref_grads, own):
         assert g.dtype == torch.float32, f"{name}: gradient in {g.dtype}, the parameter is float32"
-        close_in_bf16(g, r, f"gradient of {name}", limit)
+        close_in_bf16(g, r, f"gradient of {name}", max(limit, 1.5 * torch_error))
+
+
+def own_autocast_errors(run, reference, x, ref_grads) -> list:
+    """torch.nn's own gradient errors under autocast against its float32 ones (on CUDA, where cuDNN
+    runs the whole layer in the autocast dtype)."""
+    with torch.autocast("cuda", dtype=AUTOCAST_DTYPE):
+        out, state = run(reference)
+    states = list(state) if isinstance(state, tuple) else [state]
+    amp_grads = grads([out.float(), *[s.float() for s in states]], [x, *reference.parameters()])
+    return [((a.float() - r).norm() / r.norm().clamp_min(1e-6)).item() for a, r in zip(amp_grads, ref_grads)]
 
 
 @pytest.mark.parametrize("kind", ["RNNCell", "GRUCell", "LSTMCell"])

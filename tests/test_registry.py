@@ -96,7 +96,8 @@ def test_an_unknown_backend_is_rejected(monkeypatch):
         ("", torch.float32, 128, "triton"),
         ("default", torch.bfloat16, 64, "triton"),
         ("auto", torch.float16, 128, "triton"),
-        ("", torch.float32, 129, "torchscript"),  # above AUTO_MAX_HIDDEN the TorchScript loop was faster
+        ("", torch.float32, 256, "triton"),
+        ("", torch.float32, 257, "torchscript"),  # above AUTO_MAX_HIDDEN the TorchScript loop was faster
         ("", torch.float64, 128, "torchscript"),
         ("torchscript", torch.float32, 128, "torchscript"),
         ("triton", torch.float32, 512, "triton"),
@@ -108,7 +109,7 @@ def test_cuda_calls_pick_triton_where_it_was_measured_faster(monkeypatch, value,
     from recurrent.kernels import dispatch
 
     monkeypatch.setenv("RECURRENT_BACKEND", value)
-    assert dispatch.AUTO_MAX_HIDDEN == 128
+    assert dispatch.AUTO_MAX_HIDDEN == 256
     assert dispatch.select_backend("GRU", torch.device("cuda"), dtype, hidden) == expected
 
 

@@ -5,6 +5,7 @@ run of ``.ci/run``) or on a GPU; the layer-level parity against torch.nn is the 
 run again with ``RECURRENT_BACKEND=triton``.
 """
 
+import copy
 import os
 
 import pytest
@@ -73,8 +74,10 @@ def test_kernels_equal_torchscript_kernels(mode, projected, layout, dtype):
     plain = triton.forward(gi, states, w_hh.transpose(1, 2), b_hh, extra, batch_sizes, False)
     assert plain[2] == [] and torch.equal(plain[0], t_hs), "forward without saving"
 
-    grad_hs = torch.randn_like(hs)
-    grad_finals = [torch.randn_like(f) for f in finals]
+    # Drawn on the CPU, so that a GPU run checks the numbers the interpreter checks: on the GPU's own
+    # draw one 16-bit case summed to dh0 with 138-fold cancellation, past what fp16 rounding can keep.
+    grad_hs = torch.randn(hs.shape, dtype=hs.dtype).to(DEVICE)
+    grad_finals = [torch.randn(f.shape, dtype=f.dtype).to(DEVICE) for f in finals]
     expected = reference.backward(
         grad_hs,
         grad_finals,
@@ -217,11 +220,12 @@ REAL_SIZES = [
 
 
 # precision -> (the layer's dtype, cuDNN's TF32 switch, which the Triton kernels follow, the largest error
-# allowed relative to each tensor's norm; None: element by element to 1e-9).
+# allowed relative to each tensor's norm; None: element by element to 1e-9). With TF32, also up to twice
+# torch.nn's own TF32 error: a ReLU RNN of H = 512 over 60 steps carries TF32's rounding to 1.5e-2.
 PRECISIONS = {
     "float64": (torch.float64, False, None),
     "float32": (torch.float32, False, 1e-4),
-    "tf32": (torch.float32, True, 1e-2),
+    "tf32": (torch.float32, True, 1e-3),
 }
 
 
@@ -231,7 +235,8 @@ PRECISIONS = {
 def test_triton_layers_equal_torch_nn_at_real_sizes_cuda(case, precision, monkeypatch):
     """On a GPU: the Triton layers' outputs, final states and every gradient against torch.nn's in
     float64 (cuDNN runs it too), at sizes where many programs run and barriers matter: float64 to 1e-9,
-    float32 with IEEE dots to 1e-4 of each tensor's norm, with TF32 dots (the default) to 1e-2."""
+    float32 with IEEE dots to 1e-4 of each tensor's norm, with TF32 dots (the default) to 1e-3 or
+    twice cuDNN's own TF32 error, whichever is larger."""
     kind, options, layers, bidirectional, length, packing, inputs, hidden = case
     dtype, tf32, limit = PRECISIONS[precision]
     monkeypatch.setenv("RECURRENT_BACKEND", "triton")
@@ -256,15 +261,22 @@ def test_triton_layers_equal_torch_nn_at_real_sizes_cuda(case, precision, monkey
         loss = (out * weights).sum() + sum((f * (i + 2)).sum() for i, f in enumerate(finals))
         return [out, *finals, *torch.autograd.grad(loss, [data, *layer.parameters()])]
 
+    def errors(results):
+        return [((a.double() - e).norm() / e.norm().clamp_min(1e-12)).item() for a, e in zip(results, expected)]
+
     torch.manual_seed(1)
     expected = run(ref)
     torch.manual_seed(1)
     actual = run(ours)
+    torch.manual_seed(1)
+    torch_errors = errors(run(copy.deepcopy(ref).float())) if tf32 else [0.0] * len(expected)  # cuDNN's own TF32
     names = ["output"] + ["h_n", "c_n"][: len(expected) - 2 - len(list(ref.parameters()))] + ["input"]
     names += [n for n, _ in ref.named_parameters()]
-    for name, a, e in zip(names, actual, expected):
+    for name, a, e, error, torch_error in zip(names, actual, expected, errors(actual), torch_errors):
         if limit is None:
             torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9, msg=lambda m, name=name: f"{name}: {m}")
         else:
-            error = ((a.double() - e).norm() / e.norm().clamp_min(1e-12)).item()
-            assert error < limit, f"{name}: relative error {error:.2e} against torch.nn in float64 ({precision})"
+            assert error < max(limit, 2 * torch_error), (
+                f"{name}: relative error {error:.2e} against torch.nn in float64 ({precision}; "
+                f"torch.nn's own: {torch_error:.2e})"
+            )

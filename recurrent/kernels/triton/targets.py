@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Tuple
 
 import torch
 
-from .common import WIDTHS, Blocks, blocks, launch_options
+from .common import configurations, launch_options
 from .gru import gru_backward_kernel, gru_forward_kernel
 from .lstm import lstm_backward_kernel, lstm_forward_kernel
 from .lstm_proj import lstm_proj_backward_kernel, lstm_proj_forward_kernel
@@ -72,16 +72,15 @@ def _divisible(kernel, constexprs: Dict[str, Any], aligned: bool) -> Dict[Tuple[
 
 
 def compile_targets() -> Iterator[CompileTarget]:
-    for width in WIDTHS:
-        config: Blocks = blocks(width)
-        for dtype, precision in PRECISIONS:
+    for dtype, precision in PRECISIONS:
+        for config in configurations(precision):
             options = launch_options(config, dtype, precision)
             launch = {key: options.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in options}
             for name, kernel, own in KERNELS:
                 units = {s: 1 for s in UNIT_STRIDES[name.rsplit("_", 1)[1]] if s in kernel.arg_names}
                 constexprs = {**options, **own, **units}
                 for alignment, aligned in ALIGNMENTS.items():
-                    label = f"{name} {str(dtype).replace('torch.', '')} {precision} width={width} {alignment}"
+                    label = f"{name} {str(dtype).replace('torch.', '')} {precision} width={config.cols} {alignment}"
                     yield CompileTarget(
                         label, kernel, _signature(kernel, dtype, constexprs), constexprs,
                         _divisible(kernel, constexprs, aligned), launch,
