@@ -61,11 +61,12 @@ CASES = [
 SMOKE_CASES = [Case("tiny-gru", "GRU", 2, 4, 3, 20), Case("tiny-lstm", "LSTM", 1, 3, 2, 8)]
 # (rows, cols, k, warps, stages, registers) beside the pinned one: stages, chunk and column widths, warps.
 CANDIDATES = [
-    Blocks(16, 32, 16, 8, 2, 255),
-    Blocks(16, 32, 16, 8, 4, 255),
-    Blocks(16, 64, 16, 8, 3, 255),
-    Blocks(16, 32, 32, 8, 3, 255),
-    Blocks(16, 32, 16, 4, 3, 255),
+    Blocks(16, 32, 16, 8, 3, 255),
+    Blocks(16, 64, 16, 8, 2, 255),
+    Blocks(16, 64, 16, 8, 4, 255),
+    Blocks(16, 64, 32, 8, 3, 255),
+    Blocks(16, 128, 16, 8, 3, 255),
+    Blocks(16, 64, 16, 4, 3, 255),
 ]
 PINNED = "pinned"
 
@@ -112,7 +113,7 @@ def with_blocks(config: Optional[Blocks], fn: Callable[[], object]) -> Callable[
     def run():
         pinned = common.blocks
         if config is not None:
-            common.blocks = lambda hidden, precision="ieee": config if hidden > 16 else config._replace(cols=16, k=16)
+            common.blocks = lambda hidden, *_: config if hidden > 16 else config._replace(cols=16, k=16)
         try:
             return fn()
         finally:
@@ -172,7 +173,7 @@ def tune(
             samples[key].append(time_us(runs[key], reps) / case.steps)
     rows = []
     for c, cfg in configs.items():
-        pinned = common.blocks(case.hidden, precision(dtype, device))
+        pinned = common.blocks(case.hidden, dtype, precision(dtype, device))
         row = {"case": case.name, "config": c, "blocks": (cfg or pinned)._asdict()}
         for p in calls:
             row[f"{p}_us_per_step"] = statistics.median(samples[(c, p)])
@@ -207,7 +208,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     gpu = torch.cuda.get_device_name() if device == "cuda" else ""
     head = f"{device} {gpu} torch {torch.__version__} {args.dtype}, {precision(dtype, device)} dots"
     print(f"# Triton kernels per time step, microseconds (median of {rounds} x {reps} launches); {head}")
-    print(f"# pinned: {label(common.blocks(128, precision(dtype, device)))} (hidden > 32)")
+    print(f"# pinned: {label(common.blocks(128, dtype, precision(dtype, device)))} (hidden > 32)")
     print(f"{'case':<16} {'config':<22} {'fwd us':>8} {'bwd us':>8} {'fwd x':>6} {'bwd x':>6} {'max diff':>9}")
     rows = []
     for case in cases:

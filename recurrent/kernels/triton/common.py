@@ -48,34 +48,38 @@ class Blocks(NamedTuple):
     registers: int  # per thread (maxnreg); stated, as ptxas otherwise caps it to fit two programs an SM, and spills
 
 
-# The column widths per dot precision, small hidden sizes first: (largest hidden size, BLOCK_N); the
-# last entry serves every larger size. benchmarks/triton_check.py compiles each.
+# The column widths per kind of dot, small hidden sizes first: (largest hidden size, BLOCK_N); the last
+# entry serves every larger size. benchmarks/triton_check.py compiles each.
 WIDTHS = {
-    "ieee": ((16, 16), (None, 32)),
-    "tf32": ((16, 16), (32, 32), (None, 64)),
+    "fma": ((16, 16), (None, 32)),  # IEEE float32 and float64: FMA dots, operand tiles in registers
+    "tensor-core": ((16, 16), (32, 32), (None, 64)),  # TF32, float16 and bfloat16
 }
 
 
-def blocks(hidden: int, precision: str = "ieee") -> Blocks:
-    """The pinned configuration for a hidden size and dot precision (no autotuning: the compile check
-    covers each). Per step and column block, the gated kinds' forward runs one K loop for all their
-    gates (each chunk of the state loaded once, the gates' weight tiles in flight together); three
-    stages let Triton prefetch the next chunks while this one multiplies. Chunks of 16 keep the FMA
-    dots of IEEE float32 (whose operand tiles live in registers) from spilling; up to 255 registers
-    a thread keep every compiled variant spill-free (8 warps of those fill an SM's register file, so
-    one program runs per SM: the grid, directions × batch/16, is small beside the SM count).
-    Measured per time step on an H200 (benchmarks/triton_tune.py, float32, the speed shapes up to
-    H = 256): three stages against two, backward 0.60x to 0.66x, forward 0.92x to 0.97x (IEEE
-    dots); with TF32 dots, 64 columns a block against 32, forward 0.51x to 0.56x, backward 0.48x to
-    0.52x. IEEE float32 keeps 32 (64 made its forward 1.4x to 1.5x slower), and 16-bit dots keep 32
-    until a GPU run has timed them wider."""
-    widths = WIDTHS.get(precision, WIDTHS["ieee"])
+def dot_kind(dtype: torch.dtype, precision: str) -> str:
+    return "tensor-core" if precision == "tf32" or dtype in (torch.float16, torch.bfloat16) else "fma"
+
+
+def blocks(hidden: int, dtype: torch.dtype = torch.float32, precision: str = "ieee") -> Blocks:
+    """The pinned configuration for a hidden size and dot (no autotuning: the compile check covers
+    each). Per step and column block, the gated kinds' forward runs one K loop for all their gates
+    (each chunk of the state loaded once, the gates' weight tiles in flight together); three stages
+    let Triton prefetch the next chunks while this one multiplies. Chunks of 16 keep the FMA dots of
+    IEEE float32 (whose operand tiles live in registers) from spilling; up to 255 registers a thread
+    keep every compiled variant spill-free (8 warps of those fill an SM's register file, so one
+    program runs per SM: the grid, directions × batch/16, is small beside the SM count).
+    Measured per time step on an H200 (benchmarks/triton_tune.py, the speed shapes up to H = 256):
+    three stages against two, IEEE float32 backward 0.60x to 0.66x, forward 0.92x to 0.97x; 64
+    columns a block against 32, with TF32 dots (three stages) forward 0.51x to 0.56x, backward 0.48x
+    to 0.52x, with bfloat16 (two stages) forward 0.59x to 0.64x, backward 0.52x to 0.76x. IEEE
+    float32 keeps 32 (64 made its forward 1.4x to 1.5x slower)."""
+    widths = WIDTHS[dot_kind(dtype, precision)]
     return _pinned(next(cols for limit, cols in widths if limit is None or hidden <= limit))
 
 
-def configurations(precision: str) -> List[Blocks]:
-    """Every configuration :func:`blocks` can answer for a dot precision (what the compile check compiles)."""
-    return [_pinned(cols) for _, cols in WIDTHS.get(precision, WIDTHS["ieee"])]
+def configurations(dtype: torch.dtype, precision: str) -> List[Blocks]:
+    """Every configuration :func:`blocks` can answer for a dot (what the compile check compiles)."""
+    return [_pinned(cols) for _, cols in WIDTHS[dot_kind(dtype, precision)]]
 
 
 def _pinned(cols: int) -> Blocks:
@@ -96,7 +100,7 @@ def launch(kernel, tensors: List[Tensor], w: Tensor, batch_sizes: List[int], bat
     """Runs ``kernel`` once for every step and direction. Every kernel takes its tensors, then
     (sizes, starts, steps, batch, rows, H, W_hh's three strides, packed, its own arguments, constants)."""
     precision = dot_precision(tensors[0])
-    config, table = blocks(hidden, precision), steps(batch_sizes, w.device)
+    config, table = blocks(hidden, tensors[0].dtype, precision), steps(batch_sizes, w.device)
     kernel[grid(w.size(0), batch, config)](
         *tensors, table.sizes, table.starts, len(batch_sizes), batch, sum(batch_sizes), hidden, *w.stride(),
         table.packed, *own, **launch_options(config, tensors[0].dtype, precision), **constants,

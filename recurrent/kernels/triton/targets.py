@@ -73,7 +73,7 @@ def _divisible(kernel, constexprs: Dict[str, Any], aligned: bool) -> Dict[Tuple[
 
 def compile_targets() -> Iterator[CompileTarget]:
     for dtype, precision in PRECISIONS:
-        for config in configurations(precision):
+        for config in configurations(dtype, precision):
             options = launch_options(config, dtype, precision)
             launch = {key: options.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in options}
             for name, kernel, own in KERNELS:
