@@ -544,6 +544,14 @@ def machine(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def triton_version() -> Optional[str]:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
 def git_commit() -> Optional[str]:
     try:
         out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
@@ -660,6 +668,7 @@ def main() -> int:
         "torch": torch.__version__,
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "cudnn_tf32": torch.backends.cudnn.allow_tf32 if device.type == "cuda" else None,
+        "triton": triton_version(),
         "threads": torch.get_num_threads(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
