@@ -370,6 +370,7 @@ class RNNBase(nn.Module):
             fold_bias=self._fold_bias,
             dropout=self.dropout,
             training=self.training,
+            fast=False,
         )
 
     def _stack(
@@ -390,7 +391,7 @@ class RNNBase(nn.Module):
         autocast is switched off for the kernels. Under a torch.func transform or with forward-AD
         dual tensors, even without gradients, each layer runs from Python as plain ops
         (kernels.autograd.needs_plain_ops): TorchScript would fumble the transform's wrapped tensors."""
-        spec = self._stack_spec()
+        spec = self._stack_spec()._replace(fast=kernels.products.fast_cpu(rows))
         backend = self._backend(rows)
         with _amp.disabled(rows.device):
             tensors = [rows, *state0, *weights]

@@ -83,7 +83,7 @@ def native_stack(
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """The stack over x (L, N, I): (output (L, N, D·H), h_n, c_n (empty unless LSTM)). ``hidden_size``
     and ``given`` are for :func:`_symbolic`."""
-    spec = StackSpec(mode, num_layers, directions, bias, False, KINDS[mode].folds_bias, 0.0, False)
+    spec = StackSpec(mode, num_layers, directions, bias, False, KINDS[mode].folds_bias, 0.0, False, False)
     steps, batch = x.size(0), x.size(1)
     with torch.no_grad():
         rows, finals = run_stack(spec, x.reshape(steps * batch, x.size(2)), [batch] * steps, states, weights, "")

@@ -41,7 +41,7 @@ def test_every_kind_has_a_scripted_forward_branch(mode):
     cls, extra = TORCH_LAYERS[mode]
     torch.manual_seed(0)
     reference = cls(3, 4, dtype=torch.float64, **extra)
-    spec = kernels.StackSpec(mode, 1, 1, True, False, kernels.KINDS[mode].folds_bias, 0.0, False)
+    spec = kernels.StackSpec(mode, 1, 1, True, False, kernels.KINDS[mode].folds_bias, 0.0, False, False)
     x = torch.randn(5 * 2, 3, dtype=torch.float64)
     states = [torch.zeros(1, 2, 4, dtype=torch.float64) for _ in range(2 if mode == "LSTM" else 1)]
     rows, _ = kernels.run_stack(spec, x, [2] * 5, states, list(reference.parameters()), "")

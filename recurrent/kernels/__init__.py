@@ -5,7 +5,7 @@ said there); :mod:`.dispatch` picks the backend of a layer call; :mod:`.stack` i
 loop; :mod:`.autograd` wires a kernel pair into autograd; :mod:`.weights` owns the parameter order.
 """
 
-from . import scan
+from . import products, scan
 from .autograd import LayerSpec, gate_inputs, run_layer
 from .common import join_directions, per_direction, reverse_index
 from .dispatch import select_backend
@@ -33,6 +33,7 @@ __all__ = [
     "lstm_backward",
     "lstm_forward",
     "per_direction",
+    "products",
     "reverse_index",
     "rnn_backward",
     "rnn_forward",

@@ -21,14 +21,25 @@ import torch
 from torch import Tensor
 
 from .._jit import script
+from .products import packed_linear
 
 
 @script
-def hidden_product(h: Tensor, w_hh_t: Tensor, b_hh: Optional[Tensor]) -> Tensor:
-    """gh = h W_hhᵀ + b_hh for every direction at once; ``w_hh_t`` is (D, H, G)."""
+def hidden_product(h: Tensor, w_hh_t: Tensor, b_hh: Optional[Tensor], packed: Optional[List[Tensor]] = None) -> Tensor:
+    """gh = h W_hhᵀ + b_hh for every direction at once; ``w_hh_t`` is (D, H, G); ``packed``: W_hh as
+    :func:`.products.pack` laid it out, for oneDNN's product."""
+    if packed is not None:
+        return packed_linear(h, packed, b_hh)
     if b_hh is None:
         return torch.bmm(h, w_hh_t)
     return torch.baddbmm(b_hh, h, w_hh_t)
+
+
+@script
+def times_w_hh(x: Tensor, w_hh: Tensor, packed: Optional[List[Tensor]] = None) -> Tensor:
+    """x W_hh for every direction at once (the backward's dh = da W_hh): x (D, N, G), ``w_hh`` (D, G, H);
+    ``packed``: W_hhᵀ as :func:`.products.pack` laid it out, for oneDNN's product."""
+    return torch.bmm(x, w_hh) if packed is None else packed_linear(x, packed, None)
 
 
 @script

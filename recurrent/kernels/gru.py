@@ -10,25 +10,29 @@ from torch import Tensor
 from .._jit import script
 from ..cells import gru_step
 from .common import carry_rows, hidden_product, step_rows, tanh_slope
+from .products import pack, packed_linear
 
 
 @script
 def gru_forward(
     gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
-    batch_sizes: List[int], save: bool,
+    batch_sizes: List[int], save: bool, fast: bool = False,
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:  # fmt: skip
-    """Returns (hs, [h_n], saved); with ``save``, saved = [rz, n, W_hn h + b_hn] for every row."""
+    """Returns (hs, [h_n], saved); with ``save``, saved = [rz, n, W_hn h + b_hn] for every row.
+    ``fast``: the fast CPU path (:mod:`.products`: oneDNN's products, W_hh packed once; tanh as in
+    :func:`recurrent.cells.tanh_`)."""
     h = state0[0]
     hidden = h.size(-1)
     hs: List[Tensor] = []
     rzs: List[Tensor] = []
     ns: List[Tensor] = []
     ghns: List[Tensor] = []
+    packed = pack(w_hh_t.transpose(1, 2), batch_sizes[0]) if fast else None
     start = 0
     for size in batch_sizes:
         h_t = step_rows(h, size)
-        gh = hidden_product(h_t, w_hh_t, b_hh)
-        new, rz, n = gru_step(gi[:, start : start + size], gh, h_t)
+        gh = hidden_product(h_t, w_hh_t, b_hh, packed)
+        new, rz, n = gru_step(gi[:, start : start + size], gh, h_t, fast)
         hs.append(new)
         if save:
             rzs.append(rz)
@@ -43,7 +47,7 @@ def gru_forward(
 @script
 def gru_backward(
     grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
-    saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int],
+    saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int], fast: bool = False,
 ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:  # fmt: skip
     """Returns (dgi, dgh, [dh0], []), with a_* the gate pre-activations and ghn = W_hn h + b_hn:
 
@@ -74,12 +78,17 @@ def gru_backward(
     torch.mul(dn_factor, r, out=dgh[:, :, 2])
     dh = grad_finals[0]
     dh_all = torch.empty_like(hs)
+    packed = pack(w_hh.transpose(1, 2), batch_sizes[0]) if fast else None
     end = rows
     for t in range(len(batch_sizes) - 1, -1, -1):
         start = end - batch_sizes[t]
         dh_t = torch.add(step_rows(dh, batch_sizes[t]), grad_hs[:, start:end], out=dh_all[:, start:end])
         dgh_t = dgh[:, start:end].mul_(dh_t.unsqueeze(-2))
-        dh = carry_rows(torch.baddbmm(dh_t * z[:, start:end], dgh_t.flatten(-2), w_hh), dh)
+        if packed is not None:
+            back = packed_linear(dgh_t.flatten(-2), packed, None).addcmul_(dh_t, z[:, start:end])
+        else:
+            back = torch.baddbmm(dh_t * z[:, start:end], dgh_t.flatten(-2), w_hh)
+        dh = carry_rows(back, dh)
         end = start
     dgh = dgh.flatten(-2)
     dgi = torch.empty_like(dgh)

@@ -9,7 +9,8 @@ from torch import Tensor
 
 from .._jit import script
 from ..cells import lstm_step
-from .common import carry_rows, hidden_product, previous_blocks, step_rows, tanh_slope
+from .common import carry_rows, hidden_product, previous_blocks, step_rows, tanh_slope, times_w_hh
+from .products import pack
 
 
 @script
@@ -21,9 +22,12 @@ def lstm_forward(
     extra: List[Tensor],
     batch_sizes: List[int],
     save: bool,
+    fast: bool = False,
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """Returns (hs, [h_n, c_n], saved); with ``save``, saved = [if, g, o, c] for every row.
-    ``extra`` is [w_hr] for a projected LSTM: the state and output h is then W_hr (o ⊙ tanh(c))."""
+    ``extra`` is [w_hr] for a projected LSTM: the state and output h is then W_hr (o ⊙ tanh(c)).
+    ``fast``: the fast CPU path (:mod:`.products`: oneDNN's products, W_hh packed once; tanh as in
+    :func:`recurrent.cells.tanh_`)."""
     h, c = state0[0], state0[1]
     w_hr_t = extra[0].transpose(1, 2) if len(extra) > 0 else None
     hs: List[Tensor] = []
@@ -31,10 +35,11 @@ def lstm_forward(
     gs: List[Tensor] = []
     os: List[Tensor] = []
     cs: List[Tensor] = []
+    packed = pack(w_hh_t.transpose(1, 2), batch_sizes[0]) if fast else None
     start = 0
     for size in batch_sizes:
-        gh = hidden_product(step_rows(h, size), w_hh_t, b_hh)
-        new_h, new_c, i_f, g, o = lstm_step(gi[:, start : start + size], gh, step_rows(c, size))
+        gh = hidden_product(step_rows(h, size), w_hh_t, b_hh, packed)
+        new_h, new_c, i_f, g, o = lstm_step(gi[:, start : start + size], gh, step_rows(c, size), fast)
         if w_hr_t is not None:
             new_h = torch.bmm(new_h, w_hr_t)
         hs.append(new_h)
@@ -89,6 +94,7 @@ def lstm_backward(
     w_hh: Tensor,
     extra: List[Tensor],
     batch_sizes: List[int],
+    fast: bool = False,
 ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
     """Returns (dgates, dgates, [dh0, dc0], [dW_hr] or []); gi and gh enter the gates as a sum, so
     their gradients are the same. With u = o ⊙ tanh(c') the unprojected output (u = h' without
@@ -102,14 +108,13 @@ def lstm_backward(
     (:func:`gate_factors`), in the buffer that the loop turns into dgates in place.
     """
     i_f, o, cs = saved[0], saved[2], saved[3]
-    rows, hidden = cs.size(1), cs.size(2)
-    f = i_f[..., hidden:]
+    f = i_f[..., cs.size(2) :]
     dgates, du_to_dc, tanh_c = gate_factors(saved, state0[1], batch_sizes)
     projected = len(extra) > 0
-    dh = grad_finals[0]
-    dc = grad_finals[1]
+    dh, dc = grad_finals[0], grad_finals[1]
     dhs_out = torch.empty_like(hs) if projected else hs[:, :0]
-    end = rows
+    packed = pack(w_hh.transpose(1, 2), batch_sizes[0]) if fast else None
+    end = cs.size(1)
     for t in range(len(batch_sizes) - 1, -1, -1):
         size = batch_sizes[t]
         start = end - size
@@ -121,7 +126,7 @@ def lstm_backward(
         dgates_t = dgates[:, start:end]
         dgates_t[:, :, :3].mul_(dc_t.unsqueeze(-2))
         dgates_t[:, :, 3].mul_(dh_t)
-        dh = carry_rows(torch.bmm(dgates_t.flatten(-2), w_hh), dh)
+        dh = carry_rows(times_w_hh(dgates_t.flatten(-2), w_hh, packed), dh)
         dc = carry_rows(dc_t * f[:, start:end], dc)
         end = start
     dgates = dgates.flatten(-2)

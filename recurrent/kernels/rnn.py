@@ -9,7 +9,8 @@ from torch import Tensor
 
 from .._jit import script
 from ..cells import rnn_relu_step, rnn_tanh_step
-from .common import carry_rows, step_rows, tanh_slope
+from .common import carry_rows, step_rows, tanh_slope, times_w_hh
+from .products import pack, packed_linear
 
 
 @script
@@ -22,15 +23,22 @@ def rnn_forward(
     batch_sizes: List[int],
     save: bool,
     relu: bool,
+    fast: bool = False,
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """Returns (hs, [h_n], saved). The outputs hs are all the backward needs: nothing else is saved.
-    ``b_hh`` is None: the kind folds it into gi, so a step is one batched product and one activation."""
+    ``b_hh`` is None: the kind folds it into gi, so a step is one batched product and one activation.
+    ``fast``: the fast CPU path (:mod:`.products`: oneDNN's products, W_hh packed once; tanh as in
+    :func:`recurrent.cells.tanh_`)."""
     h = state0[0]
     hs: List[Tensor] = []
+    packed = pack(w_hh_t.transpose(1, 2), batch_sizes[0]) if fast else None
     start = 0
     for size in batch_sizes:
-        pre = torch.baddbmm(gi[:, start : start + size], step_rows(h, size), w_hh_t)
-        new = rnn_relu_step(pre) if relu else rnn_tanh_step(pre)
+        if packed is not None:
+            pre = packed_linear(step_rows(h, size), packed, None).add_(gi[:, start : start + size])
+        else:
+            pre = torch.baddbmm(gi[:, start : start + size], step_rows(h, size), w_hh_t)
+        new = rnn_relu_step(pre) if relu else rnn_tanh_step(pre, fast)
         hs.append(new)
         h = carry_rows(new, h)
         start += size
@@ -49,12 +57,14 @@ def rnn_backward(
     extra: List[Tensor],
     batch_sizes: List[int],
     relu: bool,
+    fast: bool = False,
 ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
     """Returns (dgi, dgh, [dh0], []). With a = gi + gh and h' = act(a): da = dh' ⊙ act'(a), dh = da W_hh.
     act'(a) comes from the outputs, step by step (relu' = [h' > 0], tanh' = 1 − h'²): one step's
     slope is small and hot in cache, where the slope of all rows would be one more big buffer."""
     da = torch.empty_like(hs)
     dh = grad_finals[0]
+    packed = pack(w_hh.transpose(1, 2), batch_sizes[0]) if fast else None
     end = hs.size(1)
     for t in range(len(batch_sizes) - 1, -1, -1):
         start = end - batch_sizes[t]
@@ -63,6 +73,6 @@ def rnn_backward(
             da_t.masked_fill_(hs[:, start:end] <= 0, 0.0)
         else:
             da_t.mul_(tanh_slope(hs[:, start:end]))
-        dh = carry_rows(torch.bmm(da_t, w_hh), dh)
+        dh = carry_rows(times_w_hh(da_t, w_hh, packed), dh)
         end = start
     return da, da, [dh], extra[:0]

@@ -9,6 +9,7 @@ that backend (the hand-written backward when gradients are needed). TorchScript 
 when compiling (``torch.jit.is_scripting()`` is constant there).
 """
 
+from functools import partial
 from typing import (
     Callable,
     List,
@@ -26,7 +27,7 @@ from .autograd import LayerSpec, gate_inputs, run_layer
 from .common import join_directions, per_direction, reverse_index
 from .gru import gru_forward
 from .lstm import lstm_forward
-from .registry import KINDS
+from .registry import KINDS, Kernel
 from .rnn import rnn_forward
 from .scan import kind_step, scan_layer, unrolled_scan
 from .weights import stack_weights
@@ -48,6 +49,7 @@ class StackSpec(NamedTuple):
     fold_bias: bool
     dropout: float
     training: bool
+    fast: bool  # the TorchScript kernels' fast CPU path (:mod:`.products`; eager float32 CPU layers only)
 
 
 @script
@@ -59,14 +61,16 @@ def sequence_forward(
     b_hh: Optional[Tensor],
     extra: List[Tensor],
     batch_sizes: List[int],
+    fast: bool = False,
 ) -> Tuple[Tensor, List[Tensor]]:
     """The TorchScript forward kernel of ``mode``, saving nothing: one branch per cell kind."""
     if mode == "GRU":
-        hs, finals, _ = gru_forward(gi, state0, w_hh_t, b_hh, extra, batch_sizes, False)
+        hs, finals, _ = gru_forward(gi, state0, w_hh_t, b_hh, extra, batch_sizes, False, fast)
     elif mode == "LSTM":
-        hs, finals, _ = lstm_forward(gi, state0, w_hh_t, b_hh, extra, batch_sizes, False)
+        hs, finals, _ = lstm_forward(gi, state0, w_hh_t, b_hh, extra, batch_sizes, False, fast)
     elif mode == "RNN_TANH" or mode == "RNN_RELU":
-        hs, finals, _ = rnn_forward(gi, state0, w_hh_t, b_hh, extra, batch_sizes, False, mode == "RNN_RELU")
+        relu = mode == "RNN_RELU"
+        hs, finals, _ = rnn_forward(gi, state0, w_hh_t, b_hh, extra, batch_sizes, False, relu, fast)
     else:
         raise ValueError("recurrent: no branch for mode " + mode + " in kernels.stack.sequence_forward")
     return hs, finals
@@ -83,8 +87,8 @@ def layer_forward(
 ) -> Tuple[Tensor, List[Tensor]]:
     """One layer, all directions, in TorchScript: (output rows (T, D·H), final states)."""
     w_ih, w_hh, b_ih, b_hh, extra = stack_weights(params, spec.directions, spec.bias, spec.proj, spec.fold_bias)
-    gi = gate_inputs(per_direction(rows, reverse), w_ih, b_ih)
-    hs, finals = sequence_forward(spec.mode, gi, state0, w_hh.transpose(1, 2), b_hh, extra, batch_sizes)
+    gi = gate_inputs(per_direction(rows, reverse), w_ih, b_ih, spec.fast)
+    hs, finals = sequence_forward(spec.mode, gi, state0, w_hh.transpose(1, 2), b_hh, extra, batch_sizes, spec.fast)
     return join_directions(hs, reverse), finals
 
 
@@ -107,8 +111,11 @@ def eager_layer(
         loop = unrolled_scan if backend == "unrolled" else None
         return scan_layer(rows, batch_sizes[0], state0, w_ih, w_hh, b_ih, b_hh, kind_step(spec.mode, extra), loop)
     kernel = KINDS[spec.mode].kernel(backend)
+    fast = spec.fast and backend == "torchscript"
+    if fast:
+        kernel = Kernel(partial(kernel.forward, fast=True), partial(kernel.backward, fast=True))
     layer = LayerSpec(
-        spec.mode, kernel, spec.directions, spec.bias, spec.proj, spec.fold_bias, batch_sizes, reverse, last
+        spec.mode, kernel, spec.directions, spec.bias, spec.proj, spec.fold_bias, batch_sizes, reverse, last, fast
     )
     result = run_layer(layer, rows, state0, params)
     for observe in LAYER_OBSERVERS:

@@ -1,0 +1,112 @@
+"""The fast CPU path (recurrent.kernels.products: oneDNN's products with W_hh packed, tanh through the
+logistic) against torch.nn and against the plain path (``RECURRENT_FAST_CPU=0``): float32 layers of
+every kind, packed and bidirectional, inference and training, and that the path really runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import flat, pair, scripted, triton_forced
+from torch.nn.utils.rnn import pack_padded_sequence
+from torch.profiler import ProfilerActivity, profile
+
+import recurrent
+from recurrent.cells import tanh_
+from recurrent.kernels import products
+
+pytestmark = [
+    pytest.mark.skipif(not products.ONEDNN, reason="this torch build has no oneDNN linear"),
+    pytest.mark.skipif(triton_forced(), reason="the TorchScript backend's CPU path"),
+]
+# (torch.nn class name, constructor extras, num_layers, bidirectional)
+CASES = [
+    ("RNN", {"nonlinearity": "tanh"}, 2, True),
+    ("RNN", {"nonlinearity": "relu"}, 1, False),
+    ("GRU", {}, 2, False),
+    ("GRU", {}, 1, True),
+    ("LSTM", {}, 2, True),
+    ("LSTM", {"proj_size": 5}, 2, False),
+]
+INPUT, HIDDEN, STEPS, BATCH = 6, 9, 7, 5
+LENGTHS = torch.tensor([7, 3, 5, 1, 7])
+TOL = dict(rtol=2e-5, atol=2e-5)
+
+
+def run(module, x, packed: bool):
+    """(output, *final states, *gradients of input and parameters) under a loss weighing every element."""
+    arg = pack_padded_sequence(x, LENGTHS, enforce_sorted=False) if packed else x
+    out = flat(module(arg))
+    out[0] = out[0].data if packed else out[0]
+    loss = sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in out)
+    return out + list(torch.autograd.grad(loss, [x, *module.parameters()]))
+
+
+def ops_called(fn) -> set:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {event.key for event in prof.key_averages()}
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}{c[1]}-{c[2]}-bi{c[3]}")
+def test_fast_path_equals_torch_nn_and_the_plain_path(case, packed, monkeypatch):
+    name, extras, layers, bidirectional = case
+    torch.manual_seed(0)
+    reference, ours = pair(name, INPUT, HIDDEN, layers, bidirectional=bidirectional, **extras)
+    x = torch.randn(STEPS, BATCH, INPUT, requires_grad=True)
+    expected = run(reference, x, packed)
+    fast = run(ours, x, packed)
+    monkeypatch.setenv("RECURRENT_FAST_CPU", "0")
+    plain = run(ours, x, packed)
+    for i, (f, p, e) in enumerate(zip(fast, plain, expected)):
+        torch.testing.assert_close(f, e, **TOL, msg=lambda m: f"tensor {i} against torch.nn: {m}")
+        torch.testing.assert_close(f, p, **TOL, msg=lambda m: f"tensor {i} against the plain path: {m}")
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_the_fast_path_runs_onednn_and_only_where_it_should(grad, monkeypatch):
+    """float32 CPU calls run oneDNN's products; float64, RECURRENT_FAST_CPU=0 and scripted modules do not."""
+    layer = recurrent.LSTM(INPUT, HIDDEN, 2)
+    x = torch.randn(STEPS, BATCH, INPUT, requires_grad=grad)
+
+    def call(module, data):
+        def go():
+            with torch.set_grad_enabled(grad):
+                out = module(data)[0]
+            if grad:
+                out.sum().backward()
+
+        return go
+
+    onednn = "mkldnn::_linear_pointwise"
+    assert onednn in ops_called(call(layer, x))
+    assert onednn not in ops_called(call(layer.double(), x.detach().double().requires_grad_(grad)))
+    layer.float()
+    assert onednn not in ops_called(call(scripted(layer), x))
+    monkeypatch.setenv("RECURRENT_FAST_CPU", "0")
+    assert onednn not in ops_called(call(layer, x))
+
+
+def test_training_steps_on_the_fast_path_follow_torch_nn():
+    """Ten Adam steps on a 2-layer bidirectional GRU: the weights stay with torch.nn's (float32)."""
+    torch.manual_seed(0)
+    reference, ours = pair("GRU", INPUT, HIDDEN, 2, bidirectional=True)
+    optimizers = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (reference, ours)]
+    for step in range(10):
+        x, target = torch.randn(STEPS, BATCH, INPUT), torch.randn(STEPS, BATCH, 2 * HIDDEN)
+        for module, optimizer in zip((reference, ours), optimizers):
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(module(x)[0], target).backward()
+            optimizer.step()
+    for (name, a), b in zip(reference.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_tanh_through_the_logistic_is_tanh():
+    """Within float32's rounding of 1 everywhere, exact at the ends, NaN kept."""
+    x = torch.cat([torch.linspace(-30, 30, 100001), torch.tensor([0.0, 1e-30, -1e-8, 88.0, -88.0, 1e4, -1e4])])
+    torch.testing.assert_close(tanh_(x.clone()), torch.tanh(x), rtol=0, atol=2e-7)
+    ends = tanh_(torch.tensor([float("inf"), float("-inf"), float("nan")]))
+    assert ends[0] == 1 and ends[1] == -1 and ends[2].isnan()
+    x64 = torch.linspace(-20, 20, 10001, dtype=torch.float64)
+    torch.testing.assert_close(tanh_(x64.clone()), torch.tanh(x64), rtol=0, atol=1e-15)
