@@ -5,8 +5,8 @@ Which blocks run: every fenced block whose info string is exactly ``python`` (a 
 opens it), in README.md and docs/*.md. Each runs alone, in a fresh interpreter, from a file in a
 temporary folder (TorchScript reads a custom cell's source from its file), with none of the
 library's environment switches set (``RECURRENT_BACKEND``, ``RECURRENT_DISABLE_JIT``,
-``RECURRENT_FAST_CPU``, ``TRITON_INTERPRET``), as a reader who copies it would run it. It must exit with status 0 and write
-nothing containing "warn" to stderr (no deprecation notice reaches the reader).
+``RECURRENT_FAST_CPU``, ``TRITON_INTERPRET``), as a reader who copies it would run it. It must exit
+with status 0 and write nothing containing "warn" to stderr (no deprecation notice reaches the reader).
 
 A block that is meant to be read, not run (a fragment, a shell command, a usage line), is fenced as
 something else: ```` ```text ````, ```` ```sh ````.
