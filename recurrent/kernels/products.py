@@ -92,7 +92,8 @@ else:  # never called: no caller sets the flag without oneDNN
 
 @script
 def packed_linear(x: Tensor, packed: List[Tensor], b: Optional[Tensor]) -> Tensor:
-    """x wᵀ + b per direction with the weights of :func:`pack`: x (D, N, K), b (D, 1, G) → (D, N, G)."""
+    """x wᵀ + b per direction through oneDNN, one weight a direction (as :func:`pack` gives them, or
+    plain): x (D, N, K), b (D, 1, G) → (D, N, G)."""
     outs = [linear(x[d], packed[d], None if b is None else b[d, 0]) for d in range(x.size(0))]
     return outs[0].unsqueeze(0) if len(outs) == 1 else torch.stack(outs)
 
@@ -100,9 +101,8 @@ def packed_linear(x: Tensor, packed: List[Tensor], b: Optional[Tensor]) -> Tenso
 @script
 def rows_linear(x: Tensor, w: Tensor, b: Optional[Tensor], onednn: bool) -> Tensor:
     """x wᵀ + b per direction: x (D, N, K), w (D, G, K), b (D, 1, G) or None → (D, N, G)."""
-    if not onednn:
-        if b is None:
-            return torch.bmm(x, w.transpose(1, 2))
-        return torch.baddbmm(b, x, w.transpose(1, 2))
-    outs = [linear(x[d], w[d], None if b is None else b[d, 0]) for d in range(x.size(0))]
-    return outs[0].unsqueeze(0) if len(outs) == 1 else torch.stack(outs)
+    if onednn:
+        return packed_linear(x, w.unbind(0), b)
+    if b is None:
+        return torch.bmm(x, w.transpose(1, 2))
+    return torch.baddbmm(b, x, w.transpose(1, 2))

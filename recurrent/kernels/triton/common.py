@@ -14,10 +14,10 @@ the per-step row counts and row offsets from two small int32 tensors; for a padd
 compute them (no host-to-device copy, so a padded call stays CUDA-graph-safe).
 
 Interpreter (``TRITON_INTERPRET=1``): libdevice's tanh is missing there, so tanh is written through
-exp there (:func:`tanh_through_exp`); compiled kernels call libdevice's. Precision: on CUDA, float32 hidden products use TF32 tensor cores where
-``torch.backends.cudnn.allow_tf32`` allows it (True by default), the switch torch.nn's cuDNN RNNs
-obey, and are exact IEEE where it is off (and always on CPU); 16-bit dots accumulate in float32 and
-the gate math runs in float32; float64 stays float64.
+exp there (:func:`tanh_through_exp`); compiled kernels call libdevice's. Precision: on CUDA, float32
+hidden products use TF32 tensor cores where ``torch.backends.cudnn.allow_tf32`` allows it (True by
+default), the switch torch.nn's cuDNN RNNs obey, and are exact IEEE where it is off (and always on
+CPU); 16-bit dots accumulate in float32 and the gate math runs in float32; float64 stays float64.
 """
 from __future__ import annotations
 
