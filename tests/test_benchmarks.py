@@ -190,3 +190,16 @@ def test_export_speed_quick_run_checks_and_reports(tmp_path: Path) -> None:
     )
     text = out.read_text()
     assert "| tiny-gru | onnxruntime | recurrent (Scan) |" in text and "in onnxruntime ≤ 1.5×" in text
+
+
+def test_cpu_ops_times_every_piece_and_profiles_the_fast_path() -> None:
+    """benchmarks/cpu_ops.py (NOTES.md's fast-path figures): every piece timed, and the layer's profile
+    shows oneDNN's products where the build has them."""
+    cmd = [sys.executable, str(BENCH / "cpu_ops.py"), "--reps", "2", "--threads", "1", "--profile", "GRU:inference"]
+    out = subprocess.run(cmd, check=True, timeout=300, capture_output=True, text=True).stdout
+    assert "torch.tanh" in out and "tanh_" in out and "GRU inference" in out
+    from recurrent.kernels import products
+
+    if products.ONEDNN:
+        for piece in ("oneDNN packed", "input projection 3584x128", "transposed", "mkldnn::_linear_pointwise"):
+            assert piece in out, piece

@@ -73,8 +73,9 @@ if ONEDNN:
     def pack(w: Tensor, rows: int) -> List[Tensor]:
         """Each direction's w (D, G, K) in oneDNN's blocked layout, for products of about ``rows`` rows.
         A time loop multiplies by the same W_hh at every step: packed once per layer call, a
-        128x128 times 128x512 step took 46 µs against 131 µs for the plain layout (new rows each
-        step, as in the loop, AMD EPYC, 2 threads; MKL: 83 µs). Same numbers as unpacked."""
+        128x128 times 128x512 step took 46 µs against 54 to 73 µs for the plain layout and 92 µs
+        through MKL (new rows each step, as in the loop; AMD EPYC, 2 threads, benchmarks/cpu_ops.py).
+        Same numbers as unpacked."""
         return [torch.ops.mkldnn._reorder_linear_weight(w[d].contiguous(), rows) for d in range(w.size(0))]
 
 else:  # never called: no caller sets the flag without oneDNN
