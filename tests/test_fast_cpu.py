@@ -87,16 +87,20 @@ def test_the_fast_path_runs_onednn_and_only_where_it_should(grad, monkeypatch):
     assert onednn not in ops_called(call(layer, x))
 
 
-def test_training_steps_on_the_fast_path_follow_torch_nn():
-    """Ten Adam steps on a 2-layer bidirectional GRU: the weights stay with torch.nn's (float32)."""
+@pytest.mark.parametrize("name,extras", [("GRU", {}), ("LSTM", {}), ("RNN", {"nonlinearity": "tanh"})])
+def test_training_steps_on_the_fast_path_follow_torch_nn(name, extras):
+    """Ten Adam steps on a 2-layer bidirectional layer, each over two accumulated micro-batches, a
+    ReLU in place on the output and the gradient norm clipped: the weights stay with torch.nn's."""
     torch.manual_seed(0)
-    reference, ours = pair("GRU", INPUT, HIDDEN, 2, bidirectional=True)
+    reference, ours = pair(name, INPUT, HIDDEN, 2, bidirectional=True, **extras)
     optimizers = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (reference, ours)]
     for step in range(10):
-        x, target = torch.randn(STEPS, BATCH, INPUT), torch.randn(STEPS, BATCH, 2 * HIDDEN)
+        batches = [(torch.randn(STEPS, BATCH, INPUT), torch.randn(STEPS, BATCH, 2 * HIDDEN)) for _ in range(2)]
         for module, optimizer in zip((reference, ours), optimizers):
             optimizer.zero_grad()
-            torch.nn.functional.mse_loss(module(x)[0], target).backward()
+            for x, target in batches:
+                torch.nn.functional.mse_loss(module(x)[0].relu_(), target).backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), 0.5)
             optimizer.step()
     for (name, a), b in zip(reference.named_parameters(), ours.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
