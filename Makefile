@@ -20,7 +20,7 @@ test: setup
 	$(PY) -m pytest -q -n 2
 	$(MAKE) test-triton triton-check
 
-TRITON_SUITE := tests/test_layer_parity.py tests/test_packed.py tests/test_gradcheck.py tests/test_higher_order.py tests/test_autocast.py tests/test_triton.py tests/test_training_loops.py
+TRITON_SUITE := tests/test_layer_parity.py tests/test_packed.py tests/test_gradcheck.py tests/test_higher_order.py tests/test_autocast.py tests/test_triton.py tests/test_training_loops.py tests/test_generated.py
 test-triton: setup
 	RECURRENT_BACKEND=triton TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2 $(TRITON_SUITE)
 

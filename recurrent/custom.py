@@ -388,15 +388,18 @@ class CustomRNN(RNNBase):
         batch_sizes: List[int],
     ) -> Tuple[Tensor, List[Tensor]]:
         """The loop from Python: compiled by TorchScript, differentiated by autograd through it or by
-        the cell's step_backward; plain Python under torch.func and forward-mode AD (TorchScript's
-        executor hides its ops from the one and can drop the other's tangents)."""
+        the cell's step_backward; or the kernels generated from the step (RECURRENT_BACKEND=triton,
+        recurrent.kernels.triton.generated) with their own backward; plain Python under torch.func and
+        forward-mode AD (TorchScript's executor hides its ops from the one and can drop the other's
+        tangents)."""
         tensors = [gi, w_hh, *state0, *params] + ([] if b_hh is None else [b_hh])
         if needs_plain_ops(tensors):
             hs, finals, _ = self.loop(gi, state0, w_hh.transpose(1, 2), b_hh, params, batch_sizes, False)
             return hs, finals
-        loop = self._compiled_loop()
+        generated = kernels.select_custom_backend(self.cell, gi.device, gi.dtype, self.hidden_size) == "triton"
+        loop = kernels.generated_loop(self.cell) if generated else self._compiled_loop()
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-        if needs_grad and isinstance(self.loop, SequenceLoopWithBackward):
+        if needs_grad and (generated or isinstance(self.loop, SequenceLoopWithBackward)):
             hs, *finals = HandWrittenBackward.apply(
                 loop, self.loop, batch_sizes, gi, w_hh, b_hh, len(state0), *state0, *params
             )

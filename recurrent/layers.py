@@ -571,9 +571,11 @@ def backend_for(layer: RNNBase, input: Union[Tensor, PackedSequence]) -> str:
     """The backend ``layer(input)`` runs its time loops on, in eager mode: ``"triton"`` or
     ``"torchscript"`` (``RECURRENT_BACKEND`` and the rules in :mod:`recurrent.kernels.dispatch`).
     Raises as the call would where ``RECURRENT_BACKEND=triton`` cannot be honoured. A scripted
-    module always runs the TorchScript loop."""
-    if layer.mode not in kernels.KINDS:  # a custom cell (recurrent.CustomRNN): always the TorchScript loop
-        return "torchscript"
+    module always runs the TorchScript loop. For a :class:`recurrent.CustomRNN` the answer's
+    ``reason`` says why its cell runs the TorchScript loop (say, the op its step uses that kernels
+    cannot be generated for)."""
     data = input.data if isinstance(input, PackedSequence) else input
     dtype = _amp.autocast_dtype(data.device) or data.dtype
+    if layer.mode not in kernels.KINDS:  # a custom cell (recurrent.CustomRNN): generated kernels when forced
+        return kernels.select_custom_backend(layer.cell, data.device, dtype, layer.hidden_size)
     return kernels.select_backend(layer.mode, data.device, dtype, layer.hidden_size)

@@ -8,7 +8,7 @@ loop; :mod:`.autograd` wires a kernel pair into autograd; :mod:`.weights` owns t
 from . import products, scan
 from .autograd import LayerSpec, gate_inputs, run_layer
 from .common import join_directions, per_direction, reverse_index
-from .dispatch import select_backend
+from .dispatch import generated_loop, select_backend, select_custom_backend
 from .gru import gru_backward, gru_forward
 from .lstm import lstm_backward, lstm_forward
 from .registry import KINDS, CellKind, Kernel
@@ -40,6 +40,8 @@ __all__ = [
     "run_layer",
     "run_stack",
     "select_backend",
+    "select_custom_backend",
+    "generated_loop",
     "sequence_forward",
     "stack_directions",
     "stack_layers",

@@ -12,6 +12,13 @@
 - ``torchscript``: the TorchScript loop for every call.
 
 The scripted path (``torch.jit.script(model)``) is always the TorchScript loop.
+
+A custom cell's layer (:class:`recurrent.CustomRNN`) runs on kernels generated from its step
+(:mod:`.triton.generated`) under ``triton`` where its step can become one; where it cannot, it runs
+the TorchScript loop and ``recurrent.backend_for(layer, x).reason`` names the op that stopped it.
+Unset, ``default`` and ``auto`` keep custom cells on the TorchScript loop until a GPU run has timed
+and verified the generated kernels (``benchmarks/gpu_check.sh``), as the built-in kinds' kernels were
+before theirs.
 """
 
 from __future__ import annotations
@@ -36,14 +43,24 @@ def requested_backend() -> str:
     return choice
 
 
-def triton_refusal(mode: str, device: torch.device, dtype: torch.dtype, hidden_size: int) -> Optional[str]:
-    """Why the Triton kernels cannot run this layer call, or None when they can."""
+def _unavailable(device: torch.device) -> Optional[str]:
+    """Why no Triton kernel can run on ``device`` here, or None."""
     if device.type != "cuda" and not (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
         return f"tensors on {device.type} (the Triton kernels need CUDA, or CPU with TRITON_INTERPRET=1)"
     try:
-        from . import triton as triton_kernels
+        from . import triton  # noqa: F401
     except ImportError as err:
         return f"Triton is not importable ({err})"
+    return None
+
+
+def triton_refusal(mode: str, device: torch.device, dtype: torch.dtype, hidden_size: int) -> Optional[str]:
+    """Why the Triton kernels cannot run this layer call, or None when they can."""
+    unavailable = _unavailable(device)
+    if unavailable:
+        return unavailable
+    from . import triton as triton_kernels
+
     return triton_kernels.refusal(mode, dtype, hidden_size)
 
 
@@ -67,3 +84,40 @@ def select_backend(mode: str, device: torch.device, dtype: torch.dtype, hidden_s
             f"recurrent: RECURRENT_BACKEND=triton, but the Triton kernels cannot run this {mode} layer: {refusal}"
         )
     return "triton"
+
+
+class Backend(str):
+    """A backend's name ('triton' or 'torchscript') with ``reason``: why a custom cell's layer runs
+    the TorchScript loop ('' otherwise)."""
+
+    reason: str
+
+    def __new__(cls, name: str, reason: str = "") -> Backend:
+        backend = super().__new__(cls, name)
+        backend.reason = reason
+        return backend
+
+
+def select_custom_backend(cell, device: torch.device, dtype: torch.dtype, hidden_size: int) -> Backend:
+    """The backend of a custom cell's layer call: generated kernels only when RECURRENT_BACKEND=triton
+    and the step can become one; a step that cannot (an op with no Triton form, a reduction across
+    hidden units, a random draw) runs the TorchScript loop, the reason naming the op."""
+    if requested_backend() != "triton":
+        return Backend("torchscript", "custom cells run generated kernels only with RECURRENT_BACKEND=triton (opt-in)")
+    unavailable = _unavailable(device)
+    if unavailable:
+        raise RuntimeError(
+            f"recurrent: RECURRENT_BACKEND=triton, but the Triton kernels cannot run this {type(cell).__name__} "
+            f"layer: {unavailable}"
+        )
+    from . import triton as triton_kernels
+
+    refusal = triton_kernels.custom_refusal(cell, dtype, hidden_size)
+    return Backend("torchscript", refusal) if refusal else Backend("triton")
+
+
+def generated_loop(cell):
+    """The cell's loop on its generated Triton kernels (after :func:`select_custom_backend` chose them)."""
+    from . import triton as triton_kernels
+
+    return triton_kernels.generated_loop(cell)

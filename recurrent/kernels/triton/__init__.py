@@ -13,9 +13,13 @@ import torch
 
 from ..registry import Kernel
 from .common import DTYPES, MAX_HIDDEN
+from .generated import generated_loop
+from .generated import refusal as custom_refusal
 from .gru import gru_backward, gru_forward
 from .lstm import lstm_backward, lstm_forward
 from .rnn import rnn_backward, rnn_forward
+
+__all__ = ["custom_refusal", "generated_loop", "kernel", "refusal"]
 
 _KERNELS = {
     "RNN_TANH": Kernel(partial(rnn_forward, relu=False), partial(rnn_backward, relu=False)),

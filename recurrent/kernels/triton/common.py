@@ -252,9 +252,9 @@ def gate_products(
     row_ptrs, row_mask, w_ptr, cols, col_mask, K, H, stride_wk, stride_wn, GATES: tl.constexpr,
     ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """The hidden products of a gated kind's GATES (3 or 4) gates for one column block, gate g's
-    columns being g·H + cols, in one K loop: each chunk of the state is loaded once and the gates'
-    weight tiles are in flight together. A 3-gate call returns zeros as the fourth."""
+    """The hidden products of GATES (1 to 4) gates for one column block, gate g's columns being
+    g·H + cols, in one K loop: each chunk of the state is loaded once and the gates' weight tiles
+    are in flight together. Gates past GATES come back as zeros."""
     g0 = tl.zeros((BLOCK_B, BLOCK_N), ACC)
     g1 = tl.zeros((BLOCK_B, BLOCK_N), ACC)
     g2 = tl.zeros((BLOCK_B, BLOCK_N), ACC)
@@ -262,8 +262,10 @@ def gate_products(
     for k0 in range(0, K, BLOCK_K):
         a, ks, k_mask = state_chunk(row_ptrs, row_mask, k0, K, BLOCK_K)
         g0 += chunk_product(a, w_ptr, ks, k_mask, cols, col_mask, stride_wk, stride_wn, ACC, PRECISION)
-        g1 += chunk_product(a, w_ptr, ks, k_mask, cols + H, col_mask, stride_wk, stride_wn, ACC, PRECISION)
-        g2 += chunk_product(a, w_ptr, ks, k_mask, cols + 2 * H, col_mask, stride_wk, stride_wn, ACC, PRECISION)
+        if GATES >= 2:
+            g1 += chunk_product(a, w_ptr, ks, k_mask, cols + H, col_mask, stride_wk, stride_wn, ACC, PRECISION)
+        if GATES >= 3:
+            g2 += chunk_product(a, w_ptr, ks, k_mask, cols + 2 * H, col_mask, stride_wk, stride_wn, ACC, PRECISION)
         if GATES == 4:
             g3 += chunk_product(a, w_ptr, ks, k_mask, cols + 3 * H, col_mask, stride_wk, stride_wn, ACC, PRECISION)
     return g0, g1, g2, g3
