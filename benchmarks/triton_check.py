@@ -15,7 +15,9 @@ divisible by 16, and none: the two ends of what a launch can meet), then reads
 - registers and spills: ``cuobjdump -res-usage`` on the cubin (REG, STACK, LOCAL) and
   ``ptxas -v`` on the PTX (spill stores and loads), both the tools bundled with Triton.
 
-Exits 1 when any configuration fails to compile, exceeds shared memory or spills.
+The kernels generated from custom cells' steps (recurrent.kernels.triton.generated) are checked the
+same way, for the cells of :func:`example_cells`. Exits 1 when any configuration fails to compile,
+exceeds shared memory or spills.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from recurrent.kernels.triton.targets import CompileTarget, compile_targets  # noqa: E402
+from recurrent.kernels.triton.targets import CompileTarget, compile_targets, generated_kernels  # noqa: E402
 
 SHARED_LIMIT = {90: 232448, 80: 166912}  # bytes of shared memory one block may use (227 / 163 KiB)
 PTXAS_ARCH = {90: "sm_90a", 80: "sm_80"}  # Triton's sm_90 PTX targets sm_90a
@@ -74,9 +76,25 @@ class Result:
         return found
 
 
+def example_cells() -> dict:
+    """The custom cells whose generated kernels are checked too: the shipped examples, torch.nn's GRU
+    step (with zoneout in evaluation) and LSTM step (weight drop leaves the step as it is)."""
+    from recurrent import GRUVariantCell, LSTMVariantCell
+    from recurrent.example_cells import IndRNNCell, MinimalGatedUnit, PeepholeLSTMCell
+
+    return {
+        "mgu": MinimalGatedUnit(),
+        "peephole_lstm": PeepholeLSTMCell(),
+        "indrnn": IndRNNCell(),
+        "gru_cell": GRUVariantCell(),
+        "gru_cell_zoneout_eval": GRUVariantCell(zoneout=0.1).eval(),
+        "lstm_cell_weight_drop": LSTMVariantCell(weight_drop=0.3),
+    }
+
+
 @functools.cache
 def targets() -> List[CompileTarget]:
-    return list(compile_targets())
+    return list(compile_targets()) + list(compile_targets(generated_kernels(example_cells()), aligned_above=32))
 
 
 def tool(name: str, *args: str) -> str:

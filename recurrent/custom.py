@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,10 @@ from .kernels.autograd import _batched, needs_plain_ops
 from .kernels.common import carry_rows, gather_directions, hidden_product, join_directions, per_direction, step_rows
 from .kernels.stack import layer_reverse_index
 from .layers import LSTM, RNNBase, _scan_inputs
+
+# Called after each layer of an eager custom layer call with (the plain loop, gi, state0, W_hh, b_hh,
+# the cell's own parameters, batch sizes, reverse index): gate recording (recurrent.recording) reads them.
+CUSTOM_LAYER_OBSERVERS: List[Callable[..., None]] = []
 
 
 class CustomCell(nn.Module):
@@ -330,6 +334,7 @@ class CustomRNN(RNNBase):
                 gi = kernels.gate_inputs(per_direction(rows, reverse), w_ih, b_ih)
                 hs, last = self._eager_loop(gi, mine, w_hh, b_hh, params, batch_sizes)
                 rows = self._eager_join(hs, reverse)
+                self._observe(gi, mine, w_hh, b_hh, params, batch_sizes, reverse)
             for i, state in enumerate(last):
                 finals[i].append(state)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
@@ -409,6 +414,21 @@ class CustomRNN(RNNBase):
         with torch.jit.optimized_execution(False) if needs_grad else nullcontext():
             hs, finals, _ = loop(gi, state0, w_hh.transpose(1, 2), b_hh, params, batch_sizes, False)
         return hs, finals
+
+    @torch.jit.unused
+    def _observe(
+        self,
+        gi: Tensor,
+        state0: List[Tensor],
+        w_hh: Tensor,
+        b_hh: Optional[Tensor],
+        params: List[Tensor],
+        batch_sizes: List[int],
+        reverse: Optional[Tensor],
+    ) -> None:
+        """Shows one layer's loop inputs to the observers (gate recording), if any."""
+        for observe in CUSTOM_LAYER_OBSERVERS:
+            observe(self.loop, gi, state0, w_hh, b_hh, params, batch_sizes, reverse)
 
     @torch.jit.unused
     def _eager_join(self, hs: Tensor, reverse: Optional[Tensor]) -> Tensor:

@@ -8,17 +8,24 @@ Each tensor is (num_layers, num_directions, batch, time, hidden_size): batch-maj
 time whatever the layer's ``batch_first``, the batch in the caller's order; for a PackedSequence,
 zeros after each sequence's end. The gates, as the step functions in :mod:`recurrent.cells` name them:
 GRU ``r``, ``z``, ``n``; LSTM ``i``, ``f``, ``g``, ``o`` and the cell state ``c``; RNN ``h`` (it has no gates).
+A :class:`recurrent.CustomRNN` records its step's named intermediates: every local variable of the
+cell's ``step`` (its arguments aside) that holds a (directions, rows, hidden_size) tensor when the
+step returns, by its name, e.g. ``f``, ``n`` and ``h`` of a minimal gated unit.
 
 How: while a recording is open, forward hooks on the model's layers mark each layer call, and an
 observer of the eager stack (:data:`recurrent.kernels.stack.LAYER_OBSERVERS`) sees every layer's
 inputs (after inter-layer dropout); the layer call then runs its stack from Python (eager mode only;
 a scripted module records nothing). After each layer the observer runs that layer's TorchScript
 forward kernel once more without gradients on those inputs, saving its activations: one extra
-forward pass per layer, only while recording. With no recording open nothing changes.
+forward pass per layer, only while recording. A custom layer's observer
+(:data:`recurrent.custom.CUSTOM_LAYER_OBSERVERS`) runs the layer's loop once more in plain Python and
+reads each step's locals as the step returns (``sys.setprofile``); a step that draws random numbers
+(zoneout in training) draws afresh there. With no recording open nothing changes.
 """
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from functools import partial
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -27,8 +34,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from .custom import CUSTOM_LAYER_OBSERVERS
 from .kernels.autograd import LayerSpec, layer_forward_saving
-from .kernels.registry import KINDS
 from .kernels.stack import LAYER_OBSERVERS
 from .layers import RNNBase
 
@@ -45,20 +52,24 @@ class GateRecord(Dict[str, List[Gates]]):
 def record_gates(model: nn.Module) -> Iterator[GateRecord]:
     """Records the gates of every :class:`recurrent.RNN`, ``GRU`` and ``LSTM`` inside ``model`` (itself
     included) for each forward call made inside the ``with`` block (see the module docstring)."""
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, RNNBase) and m.mode in KINDS}
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, RNNBase)}
     if not layers:
-        raise ValueError(f"record_gates: {type(model).__name__} holds no recurrent RNN, GRU or LSTM layer to record")
+        raise ValueError(
+            f"record_gates: {type(model).__name__} holds no recurrent RNN, GRU, LSTM or CustomRNN layer to record"
+        )
     record, calls = GateRecord(), []
     handles = []
     for name, layer in layers.items():
         handles.append(layer.register_forward_pre_hook(partial(_call_starts, calls)))
         handles.append(layer.register_forward_hook(partial(_call_ends, calls, record, name), always_call=True))
-    observer = partial(_capture, calls)
+    observer, custom_observer = partial(_capture, calls), partial(_capture_custom, calls)
     LAYER_OBSERVERS.append(observer)
+    CUSTOM_LAYER_OBSERVERS.append(custom_observer)
     try:
         yield record
     finally:
         LAYER_OBSERVERS.remove(observer)
+        CUSTOM_LAYER_OBSERVERS.remove(custom_observer)
         for handle in handles:
             handle.remove()
 
@@ -86,12 +97,41 @@ def _capture(calls: Calls, spec: LayerSpec, rows: Tensor, state0: List[Tensor], 
         return
     with torch.no_grad():
         hs, saved = layer_forward_saving(spec, rows, state0, params)
-    gates = _gates(spec.mode, hs, saved)
-    if spec.reverse is not None:  # the second direction ran over its rows reversed in time
-        gates = {k: torch.stack([v[0], v[1].index_select(0, spec.reverse)]) for k, v in gates.items()}
-    per_layer, batch_sizes = calls[-1]
+    _keep(calls, _gates(spec.mode, hs, saved), spec.reverse, spec.batch_sizes)
+
+
+def _keep(calls: Calls, gates: Gates, reverse: Optional[Tensor], batch_sizes: List[int]) -> None:
+    """One layer's gates (D, T rows, H), in natural time for both directions, into the open call."""
+    if reverse is not None:  # the second direction ran over its rows reversed in time
+        gates = {k: torch.stack([v[0], v[1].index_select(0, reverse)]) for k, v in gates.items()}
+    per_layer, sizes = calls[-1]
     per_layer.append(gates)
-    batch_sizes[:] = spec.batch_sizes
+    sizes[:] = batch_sizes
+
+
+def _capture_custom(calls: Calls, loop: nn.Module, gi: Tensor, state0: List[Tensor], w_hh: Tensor, *rest) -> None:
+    """The observer of custom layers: after each layer, its step's named intermediates (module docstring)."""
+    if not calls:
+        return
+    b_hh, params, batch_sizes, reverse = rest
+    code = type(loop.cell).step.__code__
+    arguments = set(code.co_varnames[: code.co_argcount])
+    steps: List[Gates] = []
+
+    def profile(frame, event: str, arg) -> None:
+        if event == "return" and frame.f_code is code:
+            steps.append({k: v for k, v in frame.f_locals.items() if k not in arguments and isinstance(v, Tensor)})
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        with torch.no_grad():
+            loop(gi, state0, w_hh.transpose(1, 2), b_hh, params, batch_sizes, False)
+    finally:
+        sys.setprofile(previous)
+    shape = lambda t: (gi.size(0), batch_sizes[t], state0[0].size(-1))  # noqa: E731
+    names = [k for k in steps[0] if all(k in s and s[k].shape == shape(t) for t, s in enumerate(steps))]
+    _keep(calls, {k: torch.cat([s[k] for s in steps], 1) for k in names}, reverse, batch_sizes)
 
 
 def _gates(mode: str, hs: Tensor, saved: List[Tensor]) -> Gates:

@@ -218,3 +218,20 @@ def test_generated_source_is_written_to_the_cache_and_read_from_it(tmp_path, mon
     assert len(files) == 1 and files[0].read_text() == loop.source
     assert loop.forward_kernel.fn.__code__.co_filename == str(files[0])
     assert "3.125" in loop.source, "the cell's hyperparameter is a constant of the kernel"
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compile targets need Triton's JIT functions")
+@pytest.mark.parametrize("hidden", [100, 128])
+def test_the_compile_check_covers_every_configuration_generated_kernels_launch(hidden):
+    """benchmarks/triton_check.py compiles generated kernels as their launcher runs them: for each dtype
+    and dot, the configuration the launcher picks at this hidden size, aligned where the size is."""
+    from recurrent.kernels.triton import common, generated
+    from recurrent.kernels.triton.targets import PRECISIONS, compile_targets, generated_kernels
+
+    labels = {t.name for t in compile_targets(generated_kernels({"mgu": MinimalGatedUnit()}), aligned_above=32)}
+    for dtype, precision in PRECISIONS:
+        cols = common.blocks(hidden, dtype, precision, generated.widest(hidden)).cols
+        alignment = "aligned" if hidden % 16 == 0 else "unaligned"
+        for kernel in ("forward", "backward"):
+            label = f"mgu_{kernel} {str(dtype).replace('torch.', '')} {precision} width={cols} {alignment}"
+            assert label in labels, f"the compile check misses {label}"

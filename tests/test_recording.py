@@ -1,5 +1,6 @@
 """Gate recording: recurrent.record_gates gives every gate at every step, equal to a plain loop over
-the layer's own weights (float64), for padded, batch_first and packed (unsorted) input."""
+the layer's own weights (float64), for padded, batch_first and packed (unsorted) input; a custom
+cell's layer gives its step's named intermediates."""
 
 from typing import Dict, List
 
@@ -9,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import recurrent
+from recurrent.example_cells import MinimalGatedUnit
 
 
 def step_gates(kind: str, x: Tensor, h: Tensor, c: Tensor, w: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -20,6 +22,12 @@ def step_gates(kind: str, x: Tensor, h: Tensor, c: Tensor, w: Dict[str, Tensor])
         h_r, h_z, h_n = gh.chunk(3)
         r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
         return {"r": r, "z": z, "n": torch.tanh(i_n + r * h_n)}
+    if kind == "MGU":  # recurrent.example_cells.MinimalGatedUnit, recorded by its step's local names
+        i_f, i_n = gi.chunk(2)
+        h_f, h_n = gh.chunk(2)
+        f = torch.sigmoid(i_f + h_f)
+        n = torch.tanh(i_n + f * h_n)
+        return {"i_f": i_f, "i_n": i_n, "h_f": h_f, "h_n": h_n, "f": f, "n": n, "h": (1 - f) * h + f * n}
     if kind == "LSTM":
         i, f, g, o = (gi + gh).chunk(4)
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
@@ -32,7 +40,7 @@ def next_state(kind: str, gates: Dict[str, Tensor], h: Tensor):
         return (1 - gates["z"]) * gates["n"] + gates["z"] * h, None
     if kind == "LSTM":
         return gates["o"] * torch.tanh(gates["c"]), gates["c"]
-    return gates["h"], None
+    return gates["h"], None  # RNN and MGU
 
 
 def plain_gates(layer: nn.Module, kind: str, x: Tensor, lengths: List[int]) -> Dict[str, Tensor]:
@@ -64,7 +72,11 @@ def plain_gates(layer: nn.Module, kind: str, x: Tensor, lengths: List[int]) -> D
 class Model(nn.Module):
     def __init__(self, kind: str) -> None:
         super().__init__()
-        self.rnn = getattr(recurrent, kind)(3, 4, 2, batch_first=True, bidirectional=True, dtype=torch.float64)
+        options = dict(batch_first=True, bidirectional=True, dtype=torch.float64)
+        if kind == "MGU":
+            self.rnn = recurrent.CustomRNN(MinimalGatedUnit(), 3, 4, 2, **options)
+        else:
+            self.rnn = getattr(recurrent, kind)(3, 4, 2, **options)
         self.head = nn.Linear(8, 2, dtype=torch.float64)
 
     def forward(self, x):
@@ -72,7 +84,7 @@ class Model(nn.Module):
         return self.head(out.data if not isinstance(out, Tensor) else out[:, -1])
 
 
-@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM", "MGU"])
 @pytest.mark.parametrize("packed", [False, True])
 def test_recorded_gates_equal_a_plain_loop(kind, packed):
     torch.manual_seed(0)
@@ -102,7 +114,7 @@ def test_recording_with_gradients_and_nothing_after_the_block():
 
 
 def test_a_model_without_our_layers_is_rejected():
-    with pytest.raises(ValueError, match="no recurrent RNN, GRU or LSTM"):
+    with pytest.raises(ValueError, match="no recurrent RNN, GRU, LSTM or CustomRNN"):
         with recurrent.record_gates(nn.Linear(2, 2)):
             pass
 

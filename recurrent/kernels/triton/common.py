@@ -60,7 +60,7 @@ def dot_kind(dtype: torch.dtype, precision: str) -> str:
     return "tensor-core" if precision == "tf32" or dtype in (torch.float16, torch.bfloat16) else "fma"
 
 
-def blocks(hidden: int, dtype: torch.dtype = torch.float32, precision: str = "ieee") -> Blocks:
+def blocks(hidden: int, dtype: torch.dtype = torch.float32, precision: str = "ieee", widest: int = 0) -> Blocks:
     """The pinned configuration for a hidden size and dot (no autotuning: the compile check covers
     each). Per step and column block, the gated kinds' forward runs one K loop for all their gates
     (each chunk of the state loaded once, the gates' weight tiles in flight together); three stages
@@ -72,9 +72,11 @@ def blocks(hidden: int, dtype: torch.dtype = torch.float32, precision: str = "ie
     three stages against two, IEEE float32 backward 0.60x to 0.66x, forward 0.92x to 0.97x; 64
     columns a block against 32, with TF32 dots (three stages) forward 0.51x to 0.56x, backward 0.48x
     to 0.52x, with bfloat16 (two stages) forward 0.59x to 0.64x, backward 0.52x to 0.76x. IEEE
-    float32 keeps 32 (64 made its forward 1.4x to 1.5x slower)."""
+    float32 keeps 32 (64 made its forward 1.4x to 1.5x slower). ``widest`` (if set) caps the columns:
+    kernels generated from a custom cell's step take 32 where 64 would spill (.generated)."""
     widths = WIDTHS[dot_kind(dtype, precision)]
-    return _pinned(next(cols for limit, cols in widths if limit is None or hidden <= limit))
+    cols = next(cols for limit, cols in widths if limit is None or hidden <= limit)
+    return _pinned(min(cols, widest) if widest else cols)
 
 
 def configurations(dtype: torch.dtype, precision: str) -> List[Blocks]:
@@ -96,11 +98,11 @@ def launch_options(config: Blocks, dtype: torch.dtype, precision: str) -> dict:
 
 
 def launch(kernel, tensors: List[Tensor], w: Tensor, batch_sizes: List[int], batch: int, hidden: int,
-           own: Tuple = (), **constants) -> None:
+           own: Tuple = (), widest: int = 0, **constants) -> None:
     """Runs ``kernel`` once for every step and direction. Every kernel takes its tensors, then
     (sizes, starts, steps, batch, rows, H, W_hh's three strides, packed, its own arguments, constants)."""
     precision = dot_precision(tensors[0])
-    config, table = blocks(hidden, tensors[0].dtype, precision), steps(batch_sizes, w.device)
+    config, table = blocks(hidden, tensors[0].dtype, precision, widest), steps(batch_sizes, w.device)
     kernel[grid(w.size(0), batch, config)](
         *tensors, table.sizes, table.starts, len(batch_sizes), batch, sum(batch_sizes), hidden, *w.stride(),
         table.packed, *own, **launch_options(config, tensors[0].dtype, precision), **constants,

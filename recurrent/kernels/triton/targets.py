@@ -6,11 +6,12 @@ and the ``tt.divisibility`` hints of its arguments, in two variants (every point
 by 16, as with hidden sizes like 128; and none, as with 100) that bracket what a launch can meet."""
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, NamedTuple, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Sequence, Tuple
 
 import torch
 
 from .common import configurations, launch_options
+from .generated import generated_loop
 from .gru import gru_backward_kernel, gru_forward_kernel
 from .lstm import lstm_backward_kernel, lstm_forward_kernel
 from .lstm_proj import lstm_proj_backward_kernel, lstm_proj_forward_kernel
@@ -30,7 +31,8 @@ KERNELS = [  # (name, kernel, its own compile-time constants)
     ("lstm_proj_forward", lstm_proj_forward_kernel, {}),
     ("lstm_proj_backward", lstm_proj_backward_kernel, {}),
 ]
-ACCUMULATOR_POINTERS = {"dh_ptr", "dc_ptr"}  # the backward's running gradients stay in float32
+# The backward's running gradients (and a generated backward's parameter sums) stay in float32.
+ACCUMULATOR_POINTERS = {"dh_ptr", "dc_ptr", "dp_ptr", "ds0_ptr", "ds1_ptr"}
 FLAGS = {"has_bias", "save", "packed"}  # Python bools at launch: Triton passes them as i1
 POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64"}
 # Strides that the launchers make 1 (common.unit_stride), which Triton then compiles in as constants.
@@ -71,15 +73,31 @@ def _divisible(kernel, constexprs: Dict[str, Any], aligned: bool) -> Dict[Tuple[
     return {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in names} if aligned else {}
 
 
-def compile_targets() -> Iterator[CompileTarget]:
+def generated_kernels(cells: Dict[str, Any]) -> List[Tuple[str, Any, Dict[str, Any]]]:
+    """The forward and backward kernels generated from each named custom cell's step (.generated);
+    compile them with ``aligned_above=32`` (their launcher's rule, :func:`.generated.widest`)."""
+    found = []
+    for name, cell in cells.items():
+        loop = generated_loop(cell)
+        found += [(f"{name}_forward", loop.forward_kernel, {}), (f"{name}_backward", loop.backward_kernel, {})]
+    return found
+
+
+def compile_targets(
+    kernels: Sequence[Tuple[str, Any, Dict[str, Any]]] = tuple(KERNELS), aligned_above: int = 0
+) -> Iterator[CompileTarget]:
+    """Every (dtype, precision, block configuration, alignment) variant of ``kernels`` (name, kernel,
+    constants); with ``aligned_above``, configurations wider than that only aligned (generated.widest)."""
     for dtype, precision in PRECISIONS:
         for config in configurations(dtype, precision):
             options = launch_options(config, dtype, precision)
             launch = {key: options.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in options}
-            for name, kernel, own in KERNELS:
+            for name, kernel, own in kernels:
                 units = {s: 1 for s in UNIT_STRIDES[name.rsplit("_", 1)[1]] if s in kernel.arg_names}
                 constexprs = {**options, **own, **units}
                 for alignment, aligned in ALIGNMENTS.items():
+                    if aligned_above and config.cols > aligned_above and not aligned:
+                        continue
                     label = f"{name} {str(dtype).replace('torch.', '')} {precision} width={config.cols} {alignment}"
                     yield CompileTarget(
                         label, kernel, _signature(kernel, dtype, constexprs), constexprs,
