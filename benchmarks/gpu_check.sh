@@ -48,7 +48,7 @@ wanted device && step device 30 bash -c 'nvidia-smi; python -c "import torch, tr
 TUNE_CASES=${TUNE_CASES:-fmnist-gru2,fmnist-birnn,fmnist-lstm2,gru-L100-H256,lstm-L100-H256}  # gru-L256-H512: minutes
 wanted tune && step tune-float32 100 python benchmarks/triton_tune.py --dtype float32 --cases "$TUNE_CASES" --json "$RESULTS/tune-float32.json"
 # Forced Triton refuses CPU tensors without the interpreter (.ci/run covers those), so only the CUDA tests.
-wanted tests-triton && step tests-triton 100 env RECURRENT_BACKEND=triton python -m pytest -q $PARALLEL tests -k "cuda or test_triton"
+wanted tests-triton && step tests-triton 100 env RECURRENT_BACKEND=triton python -m pytest -q $PARALLEL tests -k "cuda or test_triton or test_generated"
 wanted speed && step speed 170 python benchmarks/speed.py --device cuda --reps 10 --out "$RESULTS"
 if wanted train; then
     for model in ${TRAIN_MODELS:-gru rnn}; do

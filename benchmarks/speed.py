@@ -14,6 +14,8 @@ Contenders, all built from the same weights (torch.nn's state_dict loaded into o
                for fwd+bwd)
   custom cell  (GRU shapes) torch.nn's GRU step written as a recurrent.CustomCell (GRUMath below),
                run by recurrent.CustomRNN: its TorchScript loop, gradients by autograd
+  custom cell (Triton)  (GRU shapes, CUDA) the same layer with RECURRENT_BACKEND=triton: kernels
+               generated from GRUMath.step (recurrent.kernels.triton.generated)
   custom cell, Python loop  (GRU shapes, padded) the same GRUMath.step called from a plain Python
                loop over layers, directions and time steps
 Our layer's contenders set RECURRENT_BACKEND around each call (the library reads it on every
@@ -111,7 +113,7 @@ CUDA_MODES = list(MODES)
 REFERENCE = "torch.nn"
 TORCHSCRIPT, TRITON = "recurrent (TorchScript)", "recurrent (Triton)"
 # The table order of the contenders.
-CUSTOM, CUSTOM_LOOP = "custom cell", "custom cell, Python loop"
+CUSTOM, CUSTOM_LOOP, CUSTOM_TRITON = "custom cell", "custom cell, Python loop", "custom cell (Triton)"
 CONTENDERS = [
     REFERENCE,
     "recurrent",
@@ -121,6 +123,7 @@ CONTENDERS = [
     "scripted",
     "recurrent+graph",
     CUSTOM,
+    CUSTOM_TRITON,
     CUSTOM_LOOP,
 ]
 WARMUP = 3
@@ -288,6 +291,40 @@ class Packed(nn.Module):
         return self.model.forward_packed(packed) if self.scripted else self.model(packed)
 
 
+def custom_contenders(shape: Shape, ref: nn.Module, device: torch.device, models: dict, failed: dict) -> None:
+    """The custom-cell contenders (GRU shapes): GRUMath on its TorchScript loop, from a Python loop,
+    and (CUDA) on the kernels generated from its step."""
+    if shape.kind != "gru":
+        for name in [CUSTOM, CUSTOM_LOOP] + ([CUSTOM_TRITON] if device.type == "cuda" else []):
+            failed[name] = "n/a: the custom cell is timed on GRU shapes"
+        return
+
+    def custom() -> nn.Module:
+        layer = recurrent.CustomRNN(
+            GRUMath(), shape.input_size, shape.hidden_size, num_layers=shape.layers, bidirectional=shape.bidirectional
+        )
+        layer.load_state_dict(ref.state_dict())
+        return layer.to(device)
+
+    models[CUSTOM] = custom()
+    if shape.packed:
+        failed[CUSTOM_LOOP] = "n/a: the Python loop has no packed path"
+    else:
+        models[CUSTOM_LOOP] = CustomCellLoop(models[CUSTOM])
+    if device.type != "cuda":  # like the built-in Triton contender: a CUDA row only
+        return
+    on_triton = OnBackend(custom(), "triton")
+    try:  # raises where Triton cannot run here; a step it cannot generate gives the reason
+        with backend_env("triton"):
+            backend = recurrent.backend_for(on_triton.layer, torch.zeros(1, 1, shape.input_size, device=device))
+        if backend == "triton":
+            models[CUSTOM_TRITON] = on_triton
+        else:
+            failed[CUSTOM_TRITON] = f"n/a: {backend.reason}"
+    except Exception as e:  # noqa: BLE001 - reported in the results instead
+        failed[CUSTOM_TRITON] = reason(e)
+
+
 def build(shape: Shape, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """The contenders' modules, and the reasons for any that could not be built."""
     layer_name, cell_name, kwargs = KINDS[shape.kind]
@@ -324,16 +361,7 @@ def build(shape: Shape, device: torch.device) -> tuple[dict[str, nn.Module], dic
             models["scripted"] = torch.jit.script(ours())
     except Exception as e:  # noqa: BLE001 - reported in the results instead
         failed["scripted"] = reason(e)
-    if shape.kind == "gru":
-        custom = recurrent.CustomRNN(GRUMath(), *args, num_layers=shape.layers, bidirectional=shape.bidirectional)
-        custom.load_state_dict(ref.state_dict())
-        models[CUSTOM] = custom.to(device)
-        if shape.packed:
-            failed[CUSTOM_LOOP] = "n/a: the Python loop has no packed path"
-        else:
-            models[CUSTOM_LOOP] = CustomCellLoop(custom).to(device)
-    else:
-        failed[CUSTOM] = failed[CUSTOM_LOOP] = "n/a: the custom cell is timed on GRU shapes"
+    custom_contenders(shape, ref, device, models, failed)
     if device.type == "cuda" and shape.packed:
         failed["recurrent+graph"] = "n/a: packed input is not graph-captured"
     elif device.type == "cuda":
