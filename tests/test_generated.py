@@ -235,3 +235,13 @@ def test_the_compile_check_covers_every_configuration_generated_kernels_launch(h
         for kernel in ("forward", "backward"):
             label = f"mgu_{kernel} {str(dtype).replace('torch.', '')} {precision} width={cols} {alignment}"
             assert label in labels, f"the compile check misses {label}"
+
+
+def test_custom_cells_keep_the_torchscript_loop_while_a_compiler_traces(monkeypatch):
+    from recurrent.kernels import dispatch
+
+    monkeypatch.setenv("RECURRENT_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(dispatch, "_tracing", lambda: True)
+    backend = dispatch.select_custom_backend(MinimalGatedUnit(), torch.device("cpu"), torch.float32, 8)
+    assert backend == "torchscript" and "tracing" in backend.reason

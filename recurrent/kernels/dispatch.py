@@ -104,6 +104,8 @@ def select_custom_backend(cell, device: torch.device, dtype: torch.dtype, hidden
     hidden units, a random draw) runs the TorchScript loop, the reason naming the op."""
     if requested_backend() != "triton":
         return Backend("torchscript", "custom cells run generated kernels only with RECURRENT_BACKEND=triton (opt-in)")
+    if _tracing():  # tracing make_fx inside dynamo's trace would fail; the compilers trace the loop instead
+        return Backend("torchscript", "torch.compile or torch.export is tracing")
     unavailable = _unavailable(device)
     if unavailable:
         raise RuntimeError(
