@@ -49,6 +49,19 @@ class KitchenSinkCell(recurrent.CustomCell):
         return new * 0.9 + (-(h**2)) * 0.01, [new]
 
 
+class FiveGateCell(recurrent.CustomCell):
+    """Five gate blocks (two K loops of the hidden product) and an output that is not its new state."""
+
+    gates = 5
+    state_names = ("h", "c")
+
+    def step(self, gi: Tensor, gh: Tensor, state: List[Tensor], params: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+        i, f, g, o, u = (gi + gh).chunk(5, -1)
+        c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h + 0.5 * torch.tanh(u), [h, c]
+
+
 CELLS = {  # name -> (a fresh cell, whether the layer trains with it: weight drop draws its mask in training)
     "minimal gated unit": (MinimalGatedUnit, False),
     "peephole LSTM": (PeepholeLSTMCell, False),
@@ -58,6 +71,7 @@ CELLS = {  # name -> (a fresh cell, whether the layer trains with it: weight dro
     "GRU, zoneout in eval": (lambda: recurrent.GRUVariantCell(zoneout=0.25), False),
     "LSTM, weight drop": (lambda: recurrent.LSTMVariantCell(weight_drop=0.3), True),
     "kitchen sink": (KitchenSinkCell, False),
+    "five gates, output apart": (FiveGateCell, False),
 }
 # (bidirectional, hidden, lengths, layers): padded one direction; packed, both directions, 18 rows
 # (two blocks of 16), two column blocks with a ragged last one.

@@ -131,7 +131,7 @@ def forward_kernel(
 
 def _indent(lines: List[str], depth: int) -> str:
     lines = [part for line in lines for part in line.split("\n")]
-    return "\n".join("    " * depth + line for line in lines) or "    " * depth + "pass"
+    return "\n".join("    " * depth + line for line in lines)  # (empty only where more statements follow)
 
 
 def _schedule(loads: List[str], statements: List[str], stores: List[str]) -> List[str]:
