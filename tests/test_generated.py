@@ -8,6 +8,7 @@ The kernels run under Triton's interpreter (``TRITON_INTERPRET=1``, the second p
 """
 
 import os
+import tempfile
 from typing import List, Tuple
 
 import pytest
@@ -259,3 +260,14 @@ def test_custom_cells_keep_the_torchscript_loop_while_a_compiler_traces(monkeypa
     monkeypatch.setattr(dispatch, "_tracing", lambda: True)
     backend = dispatch.select_custom_backend(MinimalGatedUnit(), torch.device("cpu"), torch.float32, 8)
     assert backend == "torchscript" and "tracing" in backend.reason
+
+
+def test_an_unwritable_cache_directory_falls_back_to_the_temp_directory(tmp_path, monkeypatch):
+    from recurrent.kernels.triton.generated import generated_loop
+
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    monkeypatch.setenv("RECURRENT_CACHE_DIR", str(blocked))
+    loop = generated_loop(IndRNNCell(cap=2.875))  # a setting no other test uses
+    written = loop.forward_kernel.fn.__code__.co_filename
+    assert written.startswith(tempfile.gettempdir()) and open(written).read() == loop.source

@@ -225,31 +225,38 @@ def _parameter_sums(blocks: List[str], zero: Optional[str]) -> List[str]:
     ]
 
 
-def _cache_dir() -> Path:
-    """Where generated sources go: RECURRENT_CACHE_DIR, else ~/.cache/recurrent, else the temp directory."""
+def _cache_dirs() -> List[Path]:
+    """Where generated sources may go, in order: RECURRENT_CACHE_DIR, else ~/.cache/recurrent; then the temp directory."""
     configured = os.environ.get("RECURRENT_CACHE_DIR")
-    candidates = [Path(configured)] if configured else [Path.home() / ".cache" / "recurrent"]
-    candidates.append(Path(tempfile.gettempdir()) / f"recurrent-{os.getuid() if hasattr(os, 'getuid') else 'user'}")
-    for path in candidates:
+    first = Path(configured) if configured else Path.home() / ".cache" / "recurrent"
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    return [first / "triton-cells", Path(tempfile.gettempdir()) / f"recurrent-{user}" / "triton-cells"]
+
+
+def _written(source: str, name: str) -> Path:
+    """The path of ``source`` in the first cache directory that has it or takes it (written atomically:
+    a reader sees the whole file or none)."""
+    for folder in _cache_dirs():
+        path = folder / f"{name}.py"
         try:
-            (path / "triton-cells").mkdir(parents=True, exist_ok=True)
-            return path / "triton-cells"
+            if path.is_file() and path.read_text() == source:
+                return path
+            folder.mkdir(parents=True, exist_ok=True)
+            partial = folder / f"{name}.{os.getpid()}.tmp"
+            partial.write_text(source)
+            os.replace(partial, path)
+            return path
         except OSError:
             continue
-    raise RuntimeError(f"recurrent: no writable cache directory for generated kernels (tried {candidates})")
+    raise RuntimeError(f"recurrent: no writable cache directory for generated kernels (tried {_cache_dirs()})")
 
 
 def load_source(source: str) -> ModuleType:
-    """Imports a generated module from the cache, writing it there first (atomically) if missing."""
+    """Imports a generated module from the cache, writing it there first if missing."""
     name = "recurrent_cell_" + hashlib.sha256(source.encode()).hexdigest()[:24]
     if name in sys.modules:
         return sys.modules[name]
-    path = _cache_dir() / f"{name}.py"
-    if not path.is_file() or path.read_text() != source:
-        partial = path.with_name(f"{name}.{os.getpid()}.tmp")
-        partial.write_text(source)
-        os.replace(partial, path)  # a reader sees the whole file or none
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = importlib.util.spec_from_file_location(name, _written(source, name))
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
