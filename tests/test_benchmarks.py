@@ -203,3 +203,4 @@ def test_cpu_ops_times_every_piece_and_profiles_the_fast_path() -> None:
     if products.ONEDNN:
         for piece in ("oneDNN packed", "input projection 3584x128", "transposed", "mkldnn::_linear_pointwise"):
             assert piece in out, piece
+    assert "LSTM step gate math" in out and ("torch.compile (Inductor C++)" in out or "not available here" in out)
