@@ -109,11 +109,20 @@ def _keep(calls: Calls, gates: Gates, reverse: Optional[Tensor], batch_sizes: Li
     sizes[:] = batch_sizes
 
 
-def _capture_custom(calls: Calls, loop: nn.Module, gi: Tensor, state0: List[Tensor], w_hh: Tensor, *rest) -> None:
+def _capture_custom(
+    calls: Calls,
+    loop: nn.Module,
+    gi: Tensor,
+    state0: List[Tensor],
+    w_hh: Tensor,
+    b_hh: Optional[Tensor],
+    params: List[Tensor],
+    batch_sizes: List[int],
+    reverse: Optional[Tensor],
+) -> None:
     """The observer of custom layers: after each layer, its step's named intermediates (module docstring)."""
     if not calls:
         return
-    b_hh, params, batch_sizes, reverse = rest
     code = type(loop.cell).step.__code__
     arguments = set(code.co_varnames[: code.co_argcount])
     steps: List[Gates] = []
@@ -129,8 +138,8 @@ def _capture_custom(calls: Calls, loop: nn.Module, gi: Tensor, state0: List[Tens
             loop(gi, state0, w_hh.transpose(1, 2), b_hh, params, batch_sizes, False)
     finally:
         sys.setprofile(previous)
-    shape = lambda t: (gi.size(0), batch_sizes[t], state0[0].size(-1))  # noqa: E731
-    names = [k for k in steps[0] if all(k in s and s[k].shape == shape(t) for t, s in enumerate(steps))]
+    shapes = [(gi.size(0), size, state0[0].size(-1)) for size in batch_sizes]  # (D, N_t, H) of each step
+    names = [k for k in steps[0] if all(k in s and s[k].shape == shape for s, shape in zip(steps, shapes))]
     _keep(calls, {k: torch.cat([s[k] for s in steps], 1) for k in names}, reverse, batch_sizes)
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -54,6 +53,25 @@ SIGNATURE_TAIL = """\
     sizes_ptr, starts_ptr, steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed,{flags}
     ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):"""
+
+
+# The skeleton's parts both kernels share: the program's rows, and one step's layout and column-block loop
+# (``layouts``: the step layouts of states other than h, which the backward reads from their sequences).
+PROLOGUE = """\
+    d, rows, seq, w_d, state = program_rows(w_ptr, stride_wd, batch, rows_total, H, BLOCK_B)
+    zero = tl.zeros((BLOCK_B, BLOCK_N), ACC)"""
+STEP_HEAD = """\
+        active, prev, out = step_layout(t, rows, batch, sizes_ptr, starts_ptr, packed, h0_ptr, hseq_ptr, state, seq, H)
+{layouts}
+        for j in range(0, H, BLOCK_N):
+            cols, col_mask, mask = column_block(j, H, active, BLOCK_N)
+            tile = out[:, None] + cols[None, :]
+            at = state[:, None] + cols[None, :]"""
+
+
+def slot_blocks(g: StepGraphs) -> int:
+    """The width, in blocks of H, of each program's slot for the parameter-gradient sums (one at least)."""
+    return max(sum(g.param_blocks), 1)
 
 
 def _inputs(g: StepGraphs) -> List[List[str]]:
@@ -107,23 +125,17 @@ def forward_source(g: StepGraphs) -> str:
     stores += [] if g.output_is_state else [_store("hseq_ptr", "tile", new[0])]
     for i in later:
         stores += [_store(f"fin{i}_ptr", "at", new[i]), "if save:\n    " + _store(f"seq{i}_ptr", "tile", new[i])]
-    loads = _loads(g, ["prev"] + [f"fin{i}_ptr + state" for i in later])
-    overwritten = [line for line in loads if line.split(" = ")[0] in {f"s{i}" for i in later}]  # fin{i} is stored
-    body = _products(g) + overwritten + _schedule([x for x in loads if x not in overwritten], e.lines, stores)
+    # Every load precedes every store: state i > 0 is read from fin{i}, which the stores overwrite.
+    body = _products(g) + _loads(g, ["prev"] + [f"fin{i}_ptr + state" for i in later]) + e.lines + stores
     return f'''
 @triton.jit(do_not_specialize=PLAIN_ARGS)
 def forward_kernel(
     {args}
 {SIGNATURE_TAIL.format(flags=" has_bias, save,")}
-    d, rows, seq, w_d, state = program_rows(w_ptr, stride_wd, batch, rows_total, H, BLOCK_B)
-    zero = tl.zeros((BLOCK_B, BLOCK_N), ACC)
+{PROLOGUE}
 {_indent(e.constant_lines(), 1)}
     for t in range(steps):
-        active, prev, out = step_layout(t, rows, batch, sizes_ptr, starts_ptr, packed, h0_ptr, hseq_ptr, state, seq, H)
-        for j in range(0, H, BLOCK_N):
-            cols, col_mask, mask = column_block(j, H, active, BLOCK_N)
-            tile = out[:, None] + cols[None, :]
-            at = state[:, None] + cols[None, :]
+{STEP_HEAD.format(layouts="")}
 {_indent(body, 3)}
         tl.debug_barrier()  # this step's states, written by every thread, are the next step's input
 '''
@@ -132,36 +144,6 @@ def forward_kernel(
 def _indent(lines: List[str], depth: int) -> str:
     lines = [part for line in lines for part in line.split("\n")]
     return "\n".join("    " * depth + line for line in lines)  # (empty only where more statements follow)
-
-
-def _schedule(loads: List[str], statements: List[str], stores: List[str]) -> List[str]:
-    """The body in an order that keeps few tiles live (registers: fewer spills at 64 columns): each
-    load just before the first statement that reads it, each store as soon as what it stores exists.
-    Loads from what a store of this block overwrites must come before the body (the callers' job)."""
-    pending_loads = {line.split(" = ", 1)[0]: line for line in loads}
-    defined = {line.split(" = ", 1)[0] for line in statements}
-    pending, order, done = list(stores), [], set()
-
-    def emit(line: str) -> None:
-        for name in _names(line.split(" = ", 1)[-1]):
-            if name in pending_loads:
-                order.append(pending_loads.pop(name))
-                done.add(name)
-        order.append(line)
-        done.add(line.split(" = ", 1)[0])
-
-    for line in statements:
-        emit(line)
-        for store in [s for s in pending if _names(s) & (defined | set(pending_loads)) <= done]:
-            pending.remove(store)
-            emit(store)
-    for store in pending:
-        emit(store)
-    return order
-
-
-def _names(line: str) -> set:
-    return set(re.findall(r"[A-Za-z_]\w*", line))
 
 
 def backward_source(g: StepGraphs) -> str:
@@ -179,31 +161,24 @@ def backward_source(g: StepGraphs) -> str:
     ]
     loads = [f"gh{k} = load(gh_ptr + {_gate_at(g, k)}, mask, ACC)" for k in range(g.gates)]
     loads += _loads(g, ["prev"] + [f"prev{i}" for i in later]) + ["go = load(grad_hs_ptr + tile, mask, ACC)"]
-    carried = [f"gs{i} = load(ds{i}_ptr + at, mask, ACC)" for i in range(g.states)]  # read before ds{i} is stored
+    loads += [f"gs{i} = load(ds{i}_ptr + at, mask, ACC)" for i in range(g.states)]  # before ds{i} is stored
     stores = [_store("dgi_ptr", _gate_at(g, k), v) for k, v in enumerate(dgi)]
     stores += [_store("dgh_ptr", _gate_at(g, k), v) for k, v in enumerate(dgh)]
     stores += [_store(f"ds{i}_ptr", "at", v[0]) for i, v in enumerate(dstates)]  # ds0: its part not through gh
     stores += _parameter_sums([v for blocks in dparams for v in blocks], e.constants.get(0.0))
-    offset = sum(g.param_blocks)
     return f'''
 @triton.jit(do_not_specialize=PLAIN_ARGS)
 def backward_kernel(
     {args}
 {SIGNATURE_TAIL.format(flags="")}
-    d, rows, seq, w_d, state = program_rows(w_ptr, stride_wd, batch, rows_total, H, BLOCK_B)
-    slot = dp_ptr + (d * tl.num_programs(1) + tl.program_id(1)) * {max(offset, 1)} * H  # this program's own sums
-    zero = tl.zeros((BLOCK_B, BLOCK_N), ACC)
+{PROLOGUE}
+    slot = dp_ptr + (d * tl.num_programs(1) + tl.program_id(1)) * {slot_blocks(g)} * H  # this program's own sums
     zero_row = tl.zeros((1, BLOCK_N), ACC)
 {_indent(e.constant_lines(), 1)}
     for step in range(steps):
         t = steps - 1 - step
-        active, prev, out = step_layout(t, rows, batch, sizes_ptr, starts_ptr, packed, h0_ptr, hseq_ptr, state, seq, H)
-{_indent(layouts, 2)}
-        for j in range(0, H, BLOCK_N):
-            cols, col_mask, mask = column_block(j, H, active, BLOCK_N)
-            tile = out[:, None] + cols[None, :]
-            at = state[:, None] + cols[None, :]
-{_indent(carried + _schedule(loads, e.lines, stores), 3)}
+{STEP_HEAD.format(layouts=_indent(layouts, 2))}
+{_indent(loads + e.lines + stores, 3)}
         tl.debug_barrier()  # phase 2 reads every column of this step's dgh
         for j in range(0, H, BLOCK_N):
             cols, col_mask, mask = column_block(j, H, active, BLOCK_N)
@@ -311,7 +286,7 @@ class GeneratedLoop:
         ds = [common.running_gradient(grad) for grad in grad_finals]
         config = common.blocks(hidden, gi.dtype, common.dot_precision(gi), widest(hidden))
         programs = common.grid(directions, batch, config)[1]
-        width = max(sum(g.param_blocks), 1) * hidden
+        width = slot_blocks(g) * hidden
         sums = torch.zeros(directions * programs, width, dtype=ds[0].dtype, device=gi.device)
         w = common.unit_stride(w_hh, 2)
         later = [t for i in range(1, g.states) for t in (state0[i], seqs[i - 1], ds[i])]
