@@ -77,7 +77,7 @@ LEVELS = [
     ["recurrent.onnx_native"],
     ["recurrent.kernels"],
     ["recurrent.cells"],
-    ["recurrent.checks", "recurrent._amp", "recurrent._jit"],
+    ["recurrent.checks", "recurrent._amp", "recurrent._jit", "recurrent._cache"],
 ]
 
 

@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import sys
-import tempfile
-from pathlib import Path
 from types import ModuleType
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from ..._cache import cached_file
 from ..common import previous_blocks
 from . import common
 from .common import DTYPES, MAX_HIDDEN
@@ -200,38 +198,13 @@ def _parameter_sums(blocks: List[str], zero: Optional[str]) -> List[str]:
     ]
 
 
-def _cache_dirs() -> List[Path]:
-    """Where generated sources may go, in order: RECURRENT_CACHE_DIR, else ~/.cache/recurrent; then the temp directory."""
-    configured = os.environ.get("RECURRENT_CACHE_DIR")
-    first = Path(configured) if configured else Path.home() / ".cache" / "recurrent"
-    user = os.getuid() if hasattr(os, "getuid") else "user"
-    return [first / "triton-cells", Path(tempfile.gettempdir()) / f"recurrent-{user}" / "triton-cells"]
-
-
-def _written(source: str, name: str) -> Path:
-    """The path of ``source`` in the first cache directory that has it or takes it (written atomically:
-    a reader sees the whole file or none)."""
-    for folder in _cache_dirs():
-        path = folder / f"{name}.py"
-        try:
-            if path.is_file() and path.read_text() == source:
-                return path
-            folder.mkdir(parents=True, exist_ok=True)
-            partial = folder / f"{name}.{os.getpid()}.tmp"
-            partial.write_text(source)
-            os.replace(partial, path)
-            return path
-        except OSError:
-            continue
-    raise RuntimeError(f"recurrent: no writable cache directory for generated kernels (tried {_cache_dirs()})")
-
-
 def load_source(source: str) -> ModuleType:
     """Imports a generated module from the cache, writing it there first if missing."""
     name = "recurrent_cell_" + hashlib.sha256(source.encode()).hexdigest()[:24]
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, _written(source, name))
+    path = cached_file("triton-cells", f"{name}.py", lambda partial: partial.write_text(source))
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
