@@ -400,7 +400,10 @@ class RNNBase(nn.Module):
             whole_stack = (
                 not needs_grad and not kernels.LAYER_OBSERVERS and not kernels.autograd.needs_plain_ops(tensors)
             )
-            if backend == "torchscript" and whole_stack:
+            # The native CPU kernels run layer by layer from Python: the scripted stack never calls
+            # them, so that a model the user scripts and saves does not refer to their ops.
+            native = spec.fast and kernels.cpu.native_kernel(spec.mode, spec.proj) is not None
+            if backend == "torchscript" and whole_stack and not native:
                 return kernels.run_stack(spec, rows, batch_sizes, state0, weights, "")
             return kernels.stack_layers(spec, rows, batch_sizes, state0, weights, backend)
 

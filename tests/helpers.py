@@ -104,3 +104,16 @@ def triton_forced() -> bool:
 # Autocast's 16-bit dtype for the CPU tests: bfloat16, except under Triton's interpreter, whose
 # bfloat16 dots are not trustworthy (the GPU run covers bfloat16 there).
 AUTOCAST_DTYPE = torch.float16 if triton_forced() else torch.bfloat16
+
+
+def ops_called(module: nn.Module, data: Tensor, grad: bool) -> set:
+    """The names of the ops (torch.profiler's keys) that one call of ``module`` on ``data`` runs:
+    under no_grad when not ``grad``, else with grad mode on and a backward from the output's sum."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with torch.set_grad_enabled(grad):
+            out = module(data)[0]
+        if grad:
+            out.sum().backward()
+    return {event.key for event in prof.key_averages()}

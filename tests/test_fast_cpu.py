@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import flat, pair, scripted, triton_forced
+from helpers import flat, ops_called, pair, scripted, triton_forced
 from torch.nn.utils.rnn import pack_padded_sequence
-from torch.profiler import ProfilerActivity, profile
 
 import recurrent
 from recurrent.cells import tanh_
@@ -41,12 +40,6 @@ def run(module, x, packed: bool):
     return out + list(torch.autograd.grad(loss, [x, *module.parameters()]))
 
 
-def ops_called(fn) -> set:
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    return {event.key for event in prof.key_averages()}
-
-
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}{c[1]}-{c[2]}-bi{c[3]}")
 def test_fast_path_equals_torch_nn_and_the_plain_path(case, packed, monkeypatch):
@@ -69,22 +62,13 @@ def test_the_fast_path_runs_onednn_and_only_where_it_should(grad, monkeypatch):
     layer = recurrent.LSTM(INPUT, HIDDEN, 2)
     x = torch.randn(STEPS, BATCH, INPUT, requires_grad=grad)
 
-    def call(module, data):
-        def go():
-            with torch.set_grad_enabled(grad):
-                out = module(data)[0]
-            if grad:
-                out.sum().backward()
-
-        return go
-
     onednn = "mkldnn::_linear_pointwise"
-    assert onednn in ops_called(call(layer, x))
-    assert onednn not in ops_called(call(layer.double(), x.detach().double().requires_grad_(grad)))
+    assert onednn in ops_called(layer, x, grad)
+    assert onednn not in ops_called(layer.double(), x.detach().double().requires_grad_(grad), grad)
     layer.float()
-    assert onednn not in ops_called(call(scripted(layer), x))
+    assert onednn not in ops_called(scripted(layer), x, grad)
     monkeypatch.setenv("RECURRENT_FAST_CPU", "0")
-    assert onednn not in ops_called(call(layer, x))
+    assert onednn not in ops_called(layer, x, grad)
 
 
 @pytest.mark.parametrize("name,extras", [("GRU", {}), ("LSTM", {}), ("RNN", {"nonlinearity": "tanh"})])

@@ -53,7 +53,7 @@ from .common import (
     split_directions,
     sum_directions,
 )
-from .products import rows_linear
+from .products import rows_linear, weight_grad
 from .registry import KINDS, Kernel
 from .weights import stack_weights, unstack_grads
 
@@ -121,11 +121,12 @@ class LayerFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             w_ih_t = w_ih.transpose(1, 2).contiguous() if fast else w_ih.transpose(1, 2)
             dx = sum_directions(rows_linear(dgi, w_ih_t, None, fast), spec.reverse)
-        stacked: Dict[str, Tensor] = {
-            # MKL's products here: oneDNN's would first transpose dgi (3584x384: 2.4 ms a copy)
-            "weight_ih": torch.bmm(dgi.transpose(1, 2), per_direction(rows, spec.reverse)),
-            "weight_hh": blocks_product(dgh, h_prev),
-        }
+        inputs = per_direction(rows, spec.reverse)
+        stacked: Dict[str, Tensor] = (
+            {"weight_ih": weight_grad(dgi, [inputs]), "weight_hh": weight_grad(dgh, h_prev)}
+            if fast
+            else {"weight_ih": torch.bmm(dgi.transpose(1, 2), inputs), "weight_hh": blocks_product(dgh, h_prev)}
+        )
         if spec.bias:
             stacked["bias_ih"] = dgi.sum(1)
             # Where the kind folds b_hh into gi both gradients are that one sum: a copy, not the same tensor.

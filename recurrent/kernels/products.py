@@ -107,3 +107,24 @@ def rows_linear(x: Tensor, w: Tensor, b: Optional[Tensor], onednn: bool) -> Tens
     if b is None:
         return torch.bmm(x, w.transpose(1, 2))
     return torch.baddbmm(b, x, w.transpose(1, 2))
+
+
+@script
+def weight_grad(grad: Tensor, blocks: List[Tensor]) -> Tensor:
+    """Σ over rows of gradᵀ · x per direction through oneDNN, x given as consecutive row blocks
+    (D, ·, K) and grad (D, R, G): (D, G, K). oneDNN reads the transposed grad in place as its
+    weight; x is copied transposed 512 rows at a time, so the copy stays small beside the
+    layer's buffers. Against MKL's transposed product: 1.6 against 2.6 ms for 3,584 rows, G = 512,
+    K = 128; 0.55 against 1.1 ms for K = 28 (AMD EPYC, 2 threads, benchmarks/cpu_ops.py)."""
+    directions, chunk = grad.size(0), 512
+    total = grad.new_zeros(directions, blocks[0].size(2), grad.size(2))  # (D, K, G): the product's own layout
+    start = 0
+    for block in blocks:
+        for first in range(0, block.size(1), chunk):
+            x = block[:, first : first + chunk]
+            rows = x.size(1)
+            for d in range(directions):
+                g_t = grad[d, start + first : start + first + rows].t()
+                total[d].add_(linear(x[d].t().contiguous(), g_t, None))
+        start += block.size(1)
+    return total.transpose(1, 2).contiguous()

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from .._jit import script
 from .autograd import LayerSpec, gate_inputs, run_layer
 from .common import join_directions, per_direction, reverse_index
+from .cpu import native_kernel
 from .gru import gru_forward
 from .lstm import lstm_forward
 from .registry import KINDS, Kernel
@@ -113,7 +114,8 @@ def eager_layer(
     kernel = KINDS[spec.mode].kernel(backend)
     fast = spec.fast and backend == "torchscript"
     if fast:
-        kernel = Kernel(partial(kernel.forward, fast=True), partial(kernel.backward, fast=True))
+        native = native_kernel(spec.mode, spec.proj)
+        kernel = native or Kernel(partial(kernel.forward, fast=True), partial(kernel.backward, fast=True))
     layer = LayerSpec(
         spec.mode, kernel, spec.directions, spec.bias, spec.proj, spec.fold_bias, batch_sizes, reverse, last, fast
     )

@@ -1,0 +1,133 @@
+"""Builds the native step library (``steps.cpp``) on the user's machine and loads it into
+``torch.ops.recurrent_cpu``.
+
+The op schemas are declared here, at import, so that the TorchScript loops of :mod:`.loops` compile
+whether or not the library ever loads; they are only called once :func:`available` says it did. The
+library is compiled once per machine with the C++ compiler at hand (``$CXX``, else ``c++``) against
+the installed torch's headers, for this CPU (``-march=native``), into the cache directory
+(``RECURRENT_CACHE_DIR``, else ``~/.cache/recurrent``), named by the hash of everything that went
+into it; later processes load it from there. No compiler, a failed build or a wrong answer from its
+self-check leave the ATen fast path in charge, and :func:`status` says why. ``RECURRENT_NATIVE_CPU=0``
+turns it off.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import List, Tuple
+
+import torch
+
+from ..._cache import cached_file
+
+LOG = logging.getLogger("recurrent")
+SOURCE = Path(__file__).with_name("steps.cpp")
+
+SCHEMAS = [
+    # The forward ops overwrite gi (the step's input projections) with what the backward keeps.
+    "lstm_cell(Tensor[] gh, Tensor(a!) gi, Tensor c, Tensor(b!) h, Tensor(c!) c_new) -> ()",
+    "lstm_cell_backward(Tensor[] dh, Tensor grad_h, Tensor dc, Tensor gates, Tensor c_prev, Tensor c, "
+    "Tensor(a!) dgates) -> Tensor",
+    "gru_cell(Tensor[] gh, Tensor(a!) gi, Tensor h, Tensor(b!) ghn, Tensor(c!) h_new) -> ()",
+    "gru_cell_backward(Tensor[] dh, Tensor grad_h, Tensor gates, Tensor ghn, Tensor h_prev, Tensor(a!) dgi, "
+    "Tensor(b!) dgh) -> Tensor",
+    "rnn_cell(Tensor[] gh, Tensor(a!) gi, bool relu) -> ()",
+    "rnn_cell_backward(Tensor[] dh, Tensor grad_h, Tensor h, Tensor(a!) da, bool relu) -> ()",
+]
+_LIBRARY = torch.library.Library("recurrent_cpu", "DEF")
+for _schema in SCHEMAS:
+    _LIBRARY.define(_schema)
+
+
+def _compiler() -> Tuple[str, str]:
+    """(the compiler's path, its version line); OSError where there is none."""
+    name = os.environ.get("CXX", "c++")
+    path = shutil.which(name)
+    if path is None:
+        raise OSError(f"no C++ compiler: {name!r} is not on PATH (set CXX)")
+    version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
+    return path, version.splitlines()[0] if version else "unknown"
+
+
+def _flags() -> List[str]:
+    """The compile and link flags: optimised for this CPU, against the installed torch."""
+    torch_dir = Path(torch.__file__).parent
+    lib = torch_dir / "lib"
+    flags = ["-O3", "-std=c++20", "-shared", "-fPIC", "-march=native", "-fno-math-errno", "-fno-trapping-math"]
+    flags.append("-fopenmp-simd")  # the row loops' `omp simd`: vectorize, the gate blocks do not overlap
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        flags.append("-mprefer-vector-width=512")  # compilers default to 256 bits; the rows are wide enough
+    if "OpenMP" in torch.__config__.parallel_info():
+        flags.append("-fopenmp")  # at::parallel_for's OpenMP regions are compiled into this library
+    flags += [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", f"-I{torch_dir / 'include'}"]
+    return flags + [f"-L{lib}", f"-Wl,-rpath,{lib}", "-ltorch_cpu", "-lc10"]
+
+
+def _cpu() -> str:
+    """What -march=native compiles for: the CPU's feature flags (a library built for one CPU may not run on another)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build(compiler: str, flags: List[str], out: Path) -> None:
+    done = subprocess.run([compiler, str(SOURCE), "-o", str(out), *flags], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:  # RuntimeError: the next cache directory would fail the same way
+        errors = [line for line in done.stderr.splitlines() if "error" in line] or done.stderr.splitlines()[-3:]
+        raise RuntimeError(f"{Path(compiler).name} failed: {' | '.join(errors[:3])}")
+
+
+def _self_check() -> None:
+    """One LSTM step against the same math in ATen ops: a miscompiled library is not used."""
+    gen = torch.Generator().manual_seed(0)
+    gh, gi, c = (torch.randn(1, 3, n, generator=gen) * 3 for n in (32, 32, 8))
+    h, c_new = torch.empty(1, 3, 8), torch.empty(1, 3, 8)
+    i, f, g, o = (gh + gi).chunk(4, -1)
+    torch.ops.recurrent_cpu.lstm_cell(list(gh.unbind(0)), gi, c, h, c_new)
+    c_ref = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h_ref = torch.sigmoid(o) * torch.tanh(c_ref)
+    if not (torch.allclose(c_new, c_ref, atol=1e-5) and torch.allclose(h, h_ref, atol=1e-5)):
+        raise RuntimeError("its LSTM step disagrees with ATen's")
+
+
+@functools.cache
+def _load() -> Tuple[bool, str]:
+    if os.environ.get("RECURRENT_NATIVE_CPU", "1") == "0":
+        return False, "off: RECURRENT_NATIVE_CPU=0"
+    try:
+        compiler, version = _compiler()
+        flags = _flags()
+        key = "\n".join([SOURCE.read_text(), compiler, version, *flags, torch.__version__, _cpu()])
+        name = f"steps-{hashlib.sha256(key.encode()).hexdigest()[:24]}.so"
+        start = time.perf_counter()
+        path = cached_file("cpu-steps", name, lambda partial: _build(compiler, flags, partial))
+        built = time.perf_counter() - start
+        torch.ops.load_library(str(path))
+        _self_check()
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        LOG.info("recurrent: native CPU steps not used: %s", err)
+        return False, f"not used: {err}"
+    LOG.info("recurrent: native CPU steps loaded from %s (%.1f s)", path, built)
+    return True, f"loaded from {path} ({built:.1f} s to build or find)"
+
+
+def available() -> bool:
+    """Whether the native step ops are loaded (built or found on the first call: seconds, once per machine)."""
+    return _load()[0]
+
+
+def status() -> str:
+    """What became of the native step library in this process, and why."""
+    return _load()[1]

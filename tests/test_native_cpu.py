@@ -1,0 +1,172 @@
+"""The native CPU kernels (recurrent/kernels/cpu: fused step ops compiled on this machine) against
+torch.nn, where they run and where they must not, their step math at the extremes, and the fallback
+when there is no compiler."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from helpers import grads, hidden_arg, initial_states, ops_called, pair, scripted, triton_forced
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import recurrent
+from recurrent.kernels import cpu, products
+
+pytestmark = [
+    pytest.mark.skipif(not products.ONEDNN, reason="the native kernels run on the fast CPU path (oneDNN's products)"),
+    pytest.mark.skipif(triton_forced(), reason="the TorchScript backend's CPU path"),
+    pytest.mark.skipif(os.environ.get("RECURRENT_NATIVE_CPU") == "0", reason="native CPU kernels switched off"),
+]
+HAS_COMPILER = shutil.which(os.environ.get("CXX", "c++")) is not None
+KINDS = ["RNN_tanh", "RNN_relu", "GRU", "LSTM"]
+
+
+def module_pair(kind: str, *args, **kwargs):
+    name, _, nonlinearity = kind.partition("_")
+    extras = {"nonlinearity": nonlinearity} if nonlinearity else {}
+    return pair(name, *args, **kwargs, **extras)
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler here")
+def test_the_library_builds_and_loads_where_there_is_a_compiler():
+    assert cpu.available(), cpu.status()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    kind=st.sampled_from(KINDS),
+    layers=st.integers(1, 2),
+    bidirectional=st.booleans(),
+    hidden=st.integers(1, 40),  # sizes that are not a multiple of the vector width: the loops' tails
+    lengths=st.lists(st.integers(1, 6), min_size=1, max_size=5),
+    packed=st.booleans(),
+    with_states=st.booleans(),
+    batch_first=st.booleans(),
+)
+def test_native_layers_equal_torch_nn(kind, layers, bidirectional, hidden, lengths, packed, with_states, batch_first):
+    """Outputs, final states and the gradients of input, initial states and every parameter."""
+    if not cpu.available():
+        pytest.skip(cpu.status())
+    torch.manual_seed(len(lengths) * 100 + hidden)
+    reference, ours = module_pair(kind, 3, hidden, layers, bidirectional=bidirectional, batch_first=batch_first)
+    steps, batch = max(lengths), len(lengths)
+    x = torch.randn(*((batch, steps) if batch_first else (steps, batch)), 3, requires_grad=True)
+    states = initial_states(kind, hidden, 0, (layers * (2 if bidirectional else 1), batch), torch.float32)
+    states = states if with_states else []
+    results = []
+    for module in (reference, ours):
+        data = pack_padded_sequence(x, torch.tensor(lengths), batch_first, enforce_sorted=False) if packed else x
+        out, finals = module(data, hidden_arg(states))
+        outs = [out.data if packed else out, *(finals if isinstance(finals, tuple) else (finals,))]
+        results.append(outs + grads(outs, [x, *states, *module.parameters()]))
+    for i, (a, e) in enumerate(zip(results[1], results[0])):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5, msg=lambda m: f"tensor {i}: {m}")
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_native_step_ops_run_on_the_fast_path_only(kind, grad):
+    """float32 eager CPU calls run the kind's step op (and its backward); float64, a scripted module
+    and a projected LSTM do not, and a scripted model's code never refers to the library's ops."""
+    if not cpu.available():
+        pytest.skip(cpu.status())
+    _, layer = module_pair(kind, 4, 8, 2, bidirectional=True)
+    op = "recurrent_cpu::" + {"GRU": "gru_cell", "LSTM": "lstm_cell"}.get(kind, "rnn_cell")
+    x = torch.randn(5, 3, 4, requires_grad=grad)
+
+    called = ops_called(layer, x, grad)
+    assert op in called and (not grad or op + "_backward" in called), sorted(called)
+    assert op not in ops_called(layer.double(), x.detach().double().requires_grad_(grad), grad)
+    compiled = scripted(layer.float())
+    assert op not in ops_called(compiled, x, grad)
+    assert "recurrent_cpu" not in str(compiled.inlined_graph)
+    if kind == "LSTM":
+        projected = recurrent.LSTM(4, 8, proj_size=3)
+        assert op not in ops_called(projected, x, grad)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 200.0])
+def test_the_step_math_holds_at_the_extremes(scale):
+    """One LSTM, GRU and RNN step op against the formulas in ATen ops, pre-activations up to ±600
+    (sigmoid and tanh saturate; the exponential is clamped there), infinities and NaN kept. The ops
+    write what the backward keeps into gi."""
+    if not cpu.available():
+        pytest.skip(cpu.status())
+    torch.manual_seed(0)
+    hidden = 37
+    special = torch.tensor([float("inf"), float("-inf"), float("nan"), 0.0, -0.0, 88.5, -88.5, 1e-30])
+
+    def rows(width):
+        t = torch.randn(1, 6, width) * scale
+        t[0, 0, : special.numel()] = special
+        return t
+
+    ops = torch.ops.recurrent_cpu
+    gh, gi, c = rows(4 * hidden), rows(4 * hidden), rows(hidden)
+    gates, h, c_new = gi.clone(), torch.empty(1, 6, hidden), torch.empty(1, 6, hidden)
+    ops.lstm_cell(list(gh.unbind(0)), gates, c, h, c_new)
+    i, f, g, o = (gh + gi).chunk(4, -1)
+    i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+    expected_c = f * c + i * g
+    for actual, expected in [(gates, torch.cat([i, f, g, o], -1)), (c_new, expected_c), (h, o * expected_c.tanh())]:
+        torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6, equal_nan=True)
+    gh, gi, h0 = rows(3 * hidden), rows(3 * hidden), rows(hidden)
+    gates, ghn, h_new = gi.clone(), torch.empty(1, 6, hidden), torch.empty(1, 6, hidden)
+    ops.gru_cell(list(gh.unbind(0)), gates, h0, ghn, h_new)
+    r, z = (gh[..., : 2 * hidden] + gi[..., : 2 * hidden]).sigmoid().chunk(2, -1)
+    n = (gi[..., 2 * hidden :] + r * gh[..., 2 * hidden :]).tanh()
+    torch.testing.assert_close(h_new, (1 - z) * n + z * h0, rtol=1e-6, atol=2e-6, equal_nan=True)
+    torch.testing.assert_close(gates, torch.cat([r, z, n], -1), rtol=1e-6, atol=1e-6, equal_nan=True)
+    assert torch.equal(ghn.nan_to_num(), gh[..., 2 * hidden :].nan_to_num())
+    for relu in (False, True):
+        gh, gi = rows(hidden), rows(hidden)
+        h = gi.clone()
+        ops.rnn_cell(list(gh.unbind(0)), h, relu)
+        expected = (gh + gi).relu() if relu else (gh + gi).tanh()
+        torch.testing.assert_close(h, expected, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+def test_bad_operands_raise_naming_what_was_expected():
+    if not cpu.available():
+        pytest.skip(cpu.status())
+    gh = [torch.zeros(2, 8)]
+    with pytest.raises(RuntimeError, match="gi must be float32 CPU rows of width 8"):
+        torch.ops.recurrent_cpu.rnn_cell(gh, torch.zeros(1, 2, 8, dtype=torch.float64), False)
+
+
+FALLBACK = textwrap.dedent(
+    """
+    import torch, recurrent
+    from recurrent.kernels import cpu
+    torch.manual_seed(0)
+    reference = torch.nn.LSTM(4, 8, 2, bidirectional=True)
+    ours = recurrent.LSTM(4, 8, 2, bidirectional=True)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(5, 3, 4)
+    torch.testing.assert_close(ours(x)[0], reference(x)[0], rtol=1e-5, atol=1e-5)
+    print(cpu.available(), cpu.status())
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "cxx,reason",
+    [("no-such-compiler-here", "no C++ compiler"), ("false", "false failed")],
+    ids=["no compiler", "compile fails"],
+)
+def test_without_a_working_compiler_the_aten_fast_path_runs(cxx, reason, tmp_path):
+    if cxx == "false" and shutil.which("false") is None:
+        pytest.skip("no `false` program here")
+    env = {**os.environ, "CXX": cxx, "RECURRENT_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", FALLBACK], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("False") and reason in done.stdout, done.stdout
+    assert not list(tmp_path.rglob("*.so"))
