@@ -95,15 +95,14 @@ def pieces(reps: int) -> None:
                 reps,
             ),
         )
-    grad = torch.randn(1, 3584, 512)
-    for width in (28, 128):
-        x = torch.randn(1, 3584, width)
+    for gates, width in ((512, 28), (512, 128), (128, 128), (192, 128)):
+        grad, x = torch.randn(1, 3584, gates), torch.randn(1, 3584, width)
         show(
-            f"weight gradient, 3584 rows of a 512-wide gradient times {width}-wide inputs",
+            f"weight gradient, 3584 rows of a {gates}-wide gradient times {width}-wide inputs",
             interleaved(
                 {
-                    "MKL (transposed in place)": lambda x=x: torch.bmm(grad.transpose(1, 2), x),
-                    "oneDNN (products.weight_grad)": lambda x=x: products.weight_grad(grad, [x]),
+                    "MKL (transposed in place)": lambda grad=grad, x=x: torch.bmm(grad.transpose(1, 2), x),
+                    "oneDNN (products.weight_grad)": lambda grad=grad, x=x: products.weight_grad(grad, [x]),
                 },
                 reps,
             ),

@@ -98,3 +98,25 @@ def test_tanh_through_the_logistic_is_tanh():
     assert ends[0] == 1 and ends[1] == -1 and ends[2].isnan()
     x64 = torch.linspace(-20, 20, 10001, dtype=torch.float64)
     torch.testing.assert_close(tanh_(x64.clone()), torch.tanh(x64), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("sizes", [[5, 1100, 3], [0, 512], [1024]], ids=["uneven", "empty block", "two chunks"])
+def test_weight_grads_through_onednn_equal_the_plain_product(sizes):
+    """products.weight_grad (oneDNN, the inputs copied transposed 512 rows at a time) against the sum
+    of gradᵀ · x written out in float64, over row blocks that straddle the chunks."""
+    torch.manual_seed(0)
+    blocks = [torch.randn(2, n, 7) for n in sizes]
+    grad = torch.randn(2, sum(sizes), 200)
+    expected = torch.bmm(grad.double().transpose(1, 2), torch.cat(blocks, 1).double())
+    torch.testing.assert_close(products.weight_grad(grad, blocks).double(), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,extras", [("GRU", {}), ("LSTM", {}), ("RNN", {"nonlinearity": "tanh"})])
+def test_wide_layers_take_onednn_weight_grads_and_equal_torch_nn(name, extras):
+    """With more than 128 gate columns the weight gradients go through oneDNN: a packed
+    bidirectional layer of 200 hidden units (RNN: 200 columns) against torch.nn."""
+    torch.manual_seed(0)
+    reference, ours = pair(name, INPUT, 200, 1, bidirectional=True, **extras)
+    x = torch.randn(STEPS, BATCH, INPUT, requires_grad=True)
+    for i, (a, e) in enumerate(zip(run(ours, x, True), run(reference, x, True))):
+        torch.testing.assert_close(a, e, **TOL, msg=lambda m: f"tensor {i}: {m}")

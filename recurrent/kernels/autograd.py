@@ -85,6 +85,13 @@ def _layer_forward(spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: 
     return hs, finals, saved, (w_ih, w_hh, extra)
 
 
+def _weight_grad(grad: Tensor, blocks: List[Tensor], fast: bool) -> Tensor:
+    """Σ over rows of gradᵀ · x (x as row blocks): through oneDNN on the fast path from 192 gate
+    columns on, where it beat MKL's transposed product despite its transposed copy of x; at 128 they
+    tied, and MKL's needs no copy (benchmarks/cpu_ops.py)."""
+    return weight_grad(grad, blocks) if fast and grad.size(2) > 128 else blocks_product(grad, blocks)
+
+
 class LayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec: LayerSpec, rows: Tensor, states: int, *tensors: Tensor):
@@ -121,12 +128,10 @@ class LayerFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             w_ih_t = w_ih.transpose(1, 2).contiguous() if fast else w_ih.transpose(1, 2)
             dx = sum_directions(rows_linear(dgi, w_ih_t, None, fast), spec.reverse)
-        inputs = per_direction(rows, spec.reverse)
-        stacked: Dict[str, Tensor] = (
-            {"weight_ih": weight_grad(dgi, [inputs]), "weight_hh": weight_grad(dgh, h_prev)}
-            if fast
-            else {"weight_ih": torch.bmm(dgi.transpose(1, 2), inputs), "weight_hh": blocks_product(dgh, h_prev)}
-        )
+        stacked: Dict[str, Tensor] = {
+            "weight_ih": _weight_grad(dgi, [per_direction(rows, spec.reverse)], fast),
+            "weight_hh": _weight_grad(dgh, h_prev, fast),
+        }
         if spec.bias:
             stacked["bias_ih"] = dgi.sum(1)
             # Where the kind folds b_hh into gi both gradients are that one sum: a copy, not the same tensor.

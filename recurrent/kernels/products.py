@@ -114,8 +114,9 @@ def weight_grad(grad: Tensor, blocks: List[Tensor]) -> Tensor:
     """Σ over rows of gradᵀ · x per direction through oneDNN, x given as consecutive row blocks
     (D, ·, K) and grad (D, R, G): (D, G, K). oneDNN reads the transposed grad in place as its
     weight; x is copied transposed 512 rows at a time, so the copy stays small beside the
-    layer's buffers. Against MKL's transposed product: 1.6 against 2.6 ms for 3,584 rows, G = 512,
-    K = 128; 0.55 against 1.1 ms for K = 28 (AMD EPYC, 2 threads, benchmarks/cpu_ops.py)."""
+    layer's buffers. Against MKL's transposed product, 3,584 rows: 1.5 to 1.6 against 2.5 ms for
+    G = 512, K = 128; 0.51 to 0.53 against 1.0 ms for K = 28; a tie at G = K = 128 (AMD EPYC,
+    2 threads, benchmarks/cpu_ops.py)."""
     directions, chunk = grad.size(0), 512
     total = grad.new_zeros(directions, blocks[0].size(2), grad.size(2))  # (D, K, G): the product's own layout
     start = 0
