@@ -3,8 +3,10 @@
     python benchmarks/profile_ops.py [--shape fmnist-gru2] [--threads T] [--steps N]
 
 Profiles N fwd+bwd steps of each (after warm-up) with torch.profiler and sums the self CPU time of
-ATen ops into matrix products (mm, bmm, addmm, baddbmm), copies (copy_, cat, stack, index ops) and
-everything else (elementwise gate math, reductions), and counts the minor page faults per step
+ATen ops, oneDNN's (the fast CPU path's products and weight packing) and our native step ops
+(``recurrent_cpu::``) into matrix products (mm, bmm, addmm, baddbmm, oneDNN's linear), copies
+(copy_, cat, stack, index ops, weight packing) and everything else (elementwise gate math, the step
+ops, reductions), and counts the minor page faults per step
 (getrusage, outside the profiler): every fresh multi-megabyte buffer that the allocator has handed
 back to the OS is faulted in again page by page. The shapes are speed.py's.
 """
@@ -26,7 +28,7 @@ from speed import KINDS, SHAPES, flat, quiet_fd2  # noqa: E402
 
 import recurrent  # noqa: E402
 
-MATMUL = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"}
+MATMUL = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "mkldnn::_linear_pointwise"}
 COPIES = {
     "aten::copy_",
     "aten::cat",
@@ -36,6 +38,7 @@ COPIES = {
     "aten::index_add",
     "aten::clone",
     "aten::contiguous",
+    "mkldnn::_reorder_linear_weight",
 }
 
 
@@ -58,11 +61,11 @@ def breakdown(model: nn.Module, x: torch.Tensor, steps: int) -> dict[str, float]
             step()
     totals = {"matrix products": 0.0, "copies": 0.0, "other ops": 0.0}
     for event in prof.key_averages():
-        if not event.key.startswith("aten::"):
+        if not event.key.startswith(("aten::", "mkldnn::", "recurrent_cpu::")):
             continue
         kind = "matrix products" if event.key in MATMUL else "copies" if event.key in COPIES else "other ops"
         totals[kind] += event.self_cpu_time_total / 1e3 / steps
-    totals["all ATen ops"] = sum(totals.values())
+    totals["all ops"] = sum(totals.values())
     totals["page faults"] = faults
     return totals
 

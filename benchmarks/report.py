@@ -76,6 +76,16 @@ TARGETS: list[tuple[str, str, Optional[list[str]], list[str], str, str, str, flo
     ),
     (
         "cpu",
+        "LSTM, Fashion-MNIST and N=64 L=100 H=256, inference and fwd+bwd ≤ 1.0× torch.nn (oneDNN's fused layer)",
+        ["fmnist-lstm2", "lstm-L100-H256"],
+        ["inference", "fwd+bwd"],
+        "recurrent",
+        REFERENCE,
+        "median_ms",
+        1.0,
+    ),
+    (
+        "cpu",
         "recurrent ≥ 2× faster than eager cells (time ratio ≤ 0.5), every shape and mode",
         None,
         ["inference", "fwd+bwd"],
