@@ -20,14 +20,8 @@ from torch import Tensor
 
 from ..._jit import script
 from ..common import carry_rows, step_rows
-from ..products import linear, pack
+from ..products import direction_linears, pack
 from . import build  # noqa: F401 - declares the step ops' schemas, which scripting these loops resolves
-
-
-@script
-def products(x: Tensor, packed: List[Tensor], b: Optional[Tensor]) -> List[Tensor]:
-    """x wᵀ (+ b) for every direction through oneDNN: x (D, N, K) → D tensors (N, G)."""
-    return [linear(x[d], packed[d], None if b is None else b[d, 0]) for d in range(len(packed))]
 
 
 @script
@@ -69,7 +63,7 @@ def lstm_forward(
         end = start + size
         h_t = hs[:, start:end]
         c_t = cs[:, start:end] if save else gi.new_empty(directions, size, hidden)
-        gh = products(step_rows(h, size), packed, b_hh)
+        gh = direction_linears(step_rows(h, size), packed, b_hh)
         torch.ops.recurrent_cpu.lstm_cell(gh, gi[:, start:end], step_rows(c, size), h_t, c_t)
         h = carry_rows(h_t, h)
         c = carry_rows(c_t, c)
@@ -101,7 +95,7 @@ def lstm_backward(
             each_rows(dh, size), grad_hs[:, start:end], step_rows(dc, size), gates[:, start:end],
             before(cs, c0, batch_sizes, t, start), cs[:, start:end], dgates_t,
         )  # fmt: skip
-        dh = carry_each(products(dgates_t, packed, None), dh)
+        dh = carry_each(direction_linears(dgates_t, packed, None), dh)
         dc = carry_rows(dc_t, dc)
         end = start
     return dgates, dgates, [torch.stack(dh), dc], extra[:0]
@@ -123,7 +117,7 @@ def gru_forward(
         end = start + size
         h_rows, h_t = step_rows(h, size), hs[:, start:end]
         ghn_t = ghn[:, start:end] if save else ghn[:, :size]
-        torch.ops.recurrent_cpu.gru_cell(products(h_rows, packed, b_hh), gi[:, start:end], h_rows, ghn_t, h_t)
+        torch.ops.recurrent_cpu.gru_cell(direction_linears(h_rows, packed, b_hh), gi[:, start:end], h_rows, ghn_t, h_t)
         h = carry_rows(h_t, h)
         start = end
     saved: List[Tensor] = [gi, ghn] if save else []
@@ -152,7 +146,7 @@ def gru_backward(
             each_rows(dh, size), grad_hs[:, start:end], gates[:, start:end], ghn[:, start:end],
             before(hs, h0, batch_sizes, t, start), dgi[:, start:end], dgh[:, start:end],
         )  # fmt: skip
-        back = products(dgh[:, start:end], packed, None)
+        back = direction_linears(dgh[:, start:end], packed, None)
         dh = carry_each([back[d].add_(direct[d]) for d in range(directions)], dh)
         end = start
     return dgi, dgh, [torch.stack(dh)], extra[:0]
@@ -170,7 +164,7 @@ def rnn_forward(
     for size in batch_sizes:
         end = start + size
         h_t = gi[:, start:end]
-        torch.ops.recurrent_cpu.rnn_cell(products(step_rows(h, size), packed, b_hh), h_t, relu)
+        torch.ops.recurrent_cpu.rnn_cell(direction_linears(step_rows(h, size), packed, b_hh), h_t, relu)
         h = carry_rows(h_t, h)
         start = end
     return gi, [h.clone()], extra[:0]
@@ -194,6 +188,6 @@ def rnn_backward(
         da_t = da[:, start:end]
         dh_t = each_rows(dh, batch_sizes[t])
         torch.ops.recurrent_cpu.rnn_cell_backward(dh_t, grad_hs[:, start:end], hs[:, start:end], da_t, relu)
-        dh = carry_each(products(da_t, packed, None), dh)
+        dh = carry_each(direction_linears(da_t, packed, None), dh)
         end = start
     return da, da, [torch.stack(dh)], extra[:0]
