@@ -3,9 +3,9 @@
     python benchmarks/profile_ops.py [--shape fmnist-gru2] [--threads T] [--steps N]
 
 Profiles N fwd+bwd steps of each (after warm-up) with torch.profiler and sums the self CPU time of
-ATen ops, oneDNN's (the fast CPU path's products and weight packing) and our native step ops
+ATen ops, oneDNN's (the fast CPU path's products and weight packing) and our native sequence ops
 (``recurrent_cpu::``) into matrix products (mm, bmm, addmm, baddbmm, oneDNN's linear), copies
-(copy_, cat, stack, index ops, weight packing) and everything else (elementwise gate math, the step
+(copy_, cat, stack, index ops, weight packing) and everything else (elementwise gate math, the sequence
 ops, reductions), and counts the minor page faults per step
 (getrusage, outside the profiler): every fresh multi-megabyte buffer that the allocator has handed
 back to the OS is faulted in again page by page. The shapes are speed.py's.

@@ -1,6 +1,6 @@
-"""The native CPU kernels (recurrent/kernels/cpu: fused step ops compiled on this machine) against
-torch.nn, where they run and where they must not, their step math at the extremes, and the fallback
-when there is no compiler."""
+"""The native CPU kernels (recurrent/kernels/cpu: each kind's sequence as one op compiled on this
+machine) against torch.nn, where they run and where they must not, their gate math at the extremes,
+and the fallback when there is no compiler."""
 
 from __future__ import annotations
 
@@ -71,15 +71,41 @@ def test_native_layers_equal_torch_nn(kind, layers, bidirectional, hidden, lengt
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5, msg=lambda m: f"tensor {i}: {m}")
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("kind", KINDS)
+def test_many_rows_split_between_threads_equal_torch_nn(kind, threads):
+    """Batches past one tile of rows (64), cut into one block per thread, with packed sequences of
+    different lengths in each block, both directions: outputs, final states, every gradient."""
+    if not cpu.available():
+        pytest.skip(cpu.status())
+    torch.manual_seed(threads)
+    reference, ours = module_pair(kind, 3, 10, 2, bidirectional=True)
+    lengths = torch.randint(1, 7, (150,))
+    x = torch.randn(6, 150, 3, requires_grad=True)
+    states = initial_states(kind, 10, 0, (4, 150), torch.float32)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        results = []
+        for module in (reference, ours):
+            out, finals = module(pack_padded_sequence(x, lengths, enforce_sorted=False), hidden_arg(states))
+            outs = [out.data, *(finals if isinstance(finals, tuple) else (finals,))]
+            results.append(outs + grads(outs, [x, *states, *module.parameters()]))
+    finally:
+        torch.set_num_threads(before)
+    for i, (a, e) in enumerate(zip(results[1], results[0])):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5, msg=lambda m: f"tensor {i}: {m}")
+
+
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_native_step_ops_run_on_the_fast_path_only(kind, grad):
-    """float32 eager CPU calls run the kind's step op (and its backward); float64, a scripted module
-    and a projected LSTM do not, and a scripted model's code never refers to the library's ops."""
+def test_native_ops_run_on_the_fast_path_only(kind, grad):
+    """float32 eager CPU calls run the kind's sequence op (and its backward); float64, a scripted
+    module and a projected LSTM do not, and a scripted model's code never refers to the library's ops."""
     if not cpu.available():
         pytest.skip(cpu.status())
     _, layer = module_pair(kind, 4, 8, 2, bidirectional=True)
-    op = "recurrent_cpu::" + {"GRU": "gru_cell", "LSTM": "lstm_cell"}.get(kind, "rnn_cell")
+    op = "recurrent_cpu::" + {"GRU": "gru_sequence", "LSTM": "lstm_sequence"}.get(kind, "rnn_sequence")
     x = torch.randn(5, 3, 4, requires_grad=grad)
 
     called = ops_called(layer, x, grad)
@@ -94,10 +120,11 @@ def test_native_step_ops_run_on_the_fast_path_only(kind, grad):
 
 
 @pytest.mark.parametrize("scale", [1.0, 30.0, 200.0])
-def test_the_step_math_holds_at_the_extremes(scale):
-    """One LSTM, GRU and RNN step op against the formulas in ATen ops, pre-activations up to ±600
-    (sigmoid and tanh saturate; the exponential is clamped there), infinities and NaN kept. The ops
-    write what the backward keeps into gi."""
+def test_the_gate_math_holds_at_the_extremes(scale):
+    """One step of each kind's sequence op (W_hh = 0, so the pre-activations are what we give)
+    against the formulas in ATen ops, pre-activations up to ±600 (sigmoid and tanh saturate; the
+    exponential is clamped there), infinities and NaN kept. The ops write what the backward keeps
+    into gi."""
     if not cpu.available():
         pytest.skip(cpu.status())
     torch.manual_seed(0)
@@ -109,37 +136,41 @@ def test_the_step_math_holds_at_the_extremes(scale):
         t[0, 0, : special.numel()] = special
         return t
 
-    ops = torch.ops.recurrent_cpu
-    gh, gi, c = rows(4 * hidden), rows(4 * hidden), rows(hidden)
-    gates, h, c_new = gi.clone(), torch.empty(1, 6, hidden), torch.empty(1, 6, hidden)
-    ops.lstm_cell(list(gh.unbind(0)), gates, c, h, c_new)
-    i, f, g, o = (gh + gi).chunk(4, -1)
+    def no_w_hh(gates):
+        return torch.zeros(1, hidden, gates * hidden)
+
+    ops, h0 = torch.ops.recurrent_cpu, torch.randn(1, 6, hidden)  # finite: 0·inf in the product would be NaN
+    gi, c = rows(4 * hidden), rows(hidden)
+    gates = gi.clone()
+    h, _, c_new, _ = ops.lstm_sequence(gates, h0, c, no_w_hh(4), [6], False)
+    i, f, g, o = gi.chunk(4, -1)
     i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
     expected_c = f * c + i * g
     for actual, expected in [(gates, torch.cat([i, f, g, o], -1)), (c_new, expected_c), (h, o * expected_c.tanh())]:
         torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6, equal_nan=True)
-    gh, gi, h0 = rows(3 * hidden), rows(3 * hidden), rows(hidden)
-    gates, ghn, h_new = gi.clone(), torch.empty(1, 6, hidden), torch.empty(1, 6, hidden)
-    ops.gru_cell(list(gh.unbind(0)), gates, h0, ghn, h_new)
+    gi, gh, h0 = rows(3 * hidden), rows(3 * hidden)[:, 0], torch.randn(1, 6, hidden) * scale  # W_hh·inf is NaN
+    gates = gi.clone()
+    h_new, _, ghn = ops.gru_sequence(gates, h0, no_w_hh(3), gh, [6], True)
     r, z = (gh[..., : 2 * hidden] + gi[..., : 2 * hidden]).sigmoid().chunk(2, -1)
     n = (gi[..., 2 * hidden :] + r * gh[..., 2 * hidden :]).tanh()
     torch.testing.assert_close(h_new, (1 - z) * n + z * h0, rtol=1e-6, atol=2e-6, equal_nan=True)
     torch.testing.assert_close(gates, torch.cat([r, z, n], -1), rtol=1e-6, atol=1e-6, equal_nan=True)
-    assert torch.equal(ghn.nan_to_num(), gh[..., 2 * hidden :].nan_to_num())
+    assert torch.equal(ghn.nan_to_num(), gh[:, None, 2 * hidden :].expand(1, 6, hidden).nan_to_num())
     for relu in (False, True):
-        gh, gi = rows(hidden), rows(hidden)
+        gi = rows(hidden)
         h = gi.clone()
-        ops.rnn_cell(list(gh.unbind(0)), h, relu)
-        expected = (gh + gi).relu() if relu else (gh + gi).tanh()
-        torch.testing.assert_close(h, expected, rtol=1e-6, atol=1e-6, equal_nan=True)
+        ops.rnn_sequence(h, torch.randn(1, 6, hidden), no_w_hh(1), [6], relu)
+        torch.testing.assert_close(h, gi.relu() if relu else gi.tanh(), rtol=1e-6, atol=1e-6, equal_nan=True)
 
 
 def test_bad_operands_raise_naming_what_was_expected():
     if not cpu.available():
         pytest.skip(cpu.status())
-    gh = [torch.zeros(2, 8)]
-    with pytest.raises(RuntimeError, match="gi must be float32 CPU rows of width 8"):
-        torch.ops.recurrent_cpu.rnn_cell(gh, torch.zeros(1, 2, 8, dtype=torch.float64), False)
+    h0, w_hh_t = torch.zeros(1, 2, 8), torch.zeros(1, 8, 8)
+    with pytest.raises(RuntimeError, match=r"gi must be a contiguous float32 CPU tensor of shape \[1, 6, 8\]"):
+        torch.ops.recurrent_cpu.rnn_sequence(torch.zeros(1, 6, 8, dtype=torch.float64), h0, w_hh_t, [2, 2, 2], False)
+    with pytest.raises(RuntimeError, match="batch_sizes must not increase"):
+        torch.ops.recurrent_cpu.rnn_sequence(torch.zeros(1, 6, 8), h0, w_hh_t, [1, 2, 3], False)
 
 
 FALLBACK = textwrap.dedent(

@@ -8,7 +8,8 @@ every row as consecutive row blocks (:func:`.common.previous_blocks`), ``extra``
 weights only some kinds have (the LSTM's projection w_hr, (D, P, H)), and ``b_hh`` is None when
 the kind folds it into the input projection. ``saved`` is the kind's own list of activations; a
 kind's kernels on every backend save the same list, so any backend's backward can follow any
-backend's forward.
+backend's forward. dgh may hold only the last columns of the hidden gates' gradient where its first
+ones equal dgi's (the native GRU's: r and z equal, n differs).
 Around it this module does, for a whole layer and both directions: the input projection of every
 row as one product before the loop, and after it the input, weight and bias gradients as single
 products and reductions over all rows.
@@ -128,14 +129,14 @@ class LayerFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             w_ih_t = w_ih.transpose(1, 2).contiguous() if fast else w_ih.transpose(1, 2)
             dx = sum_directions(rows_linear(dgi, w_ih_t, None, fast), spec.reverse)
-        stacked: Dict[str, Tensor] = {
-            "weight_ih": _weight_grad(dgi, [per_direction(rows, spec.reverse)], fast),
-            "weight_hh": _weight_grad(dgh, h_prev, fast),
-        }
+        stacked: Dict[str, Tensor] = {"weight_ih": _weight_grad(dgi, [per_direction(rows, spec.reverse)], fast)}
+        # A narrower dgh is the last columns of the hidden gates' gradient, the first ones being dgi's.
+        hidden = [dgi[:, :, : dgi.size(2) - dgh.size(2)], dgh] if dgh.size(2) < dgi.size(2) else [dgh]
+        stacked["weight_hh"] = torch.cat([_weight_grad(part, h_prev, fast) for part in hidden], 1)
         if spec.bias:
             stacked["bias_ih"] = dgi.sum(1)
             # Where the kind folds b_hh into gi both gradients are that one sum: a copy, not the same tensor.
-            stacked["bias_hh"] = stacked["bias_ih"].clone() if dgh is dgi else dgh.sum(1)
+            stacked["bias_hh"] = stacked["bias_ih"].clone() if dgh is dgi else torch.cat([p.sum(1) for p in hidden], 1)
         if spec.proj:
             stacked["weight_hr"] = dextra[0]
         return (None, dx, None, *dstate0, *unstack_grads(stacked, spec.directions, spec.bias, spec.proj))

@@ -1,4 +1,4 @@
-"""Native CPU kernels: the TorchScript loops of :mod:`.loops` around fused step ops that
+"""Native CPU kernels: each kind's whole time loop as one C++ op (:mod:`.sequences`), which
 :mod:`.build` compiles on the user's machine. The eager layers take them for float32 CPU calls on
 the fast path (:func:`..products.fast_cpu`) when the library loaded; otherwise, and for a projected
 LSTM, the TorchScript kernels' ATen fast path runs.
@@ -10,16 +10,16 @@ from functools import partial
 from typing import Optional
 
 from ..registry import Kernel
-from . import loops
+from . import sequences
 from .build import available, status
 
 __all__ = ["available", "native_kernel", "status"]
 
 _KERNELS = {
-    "LSTM": Kernel(loops.lstm_forward, loops.lstm_backward),
-    "GRU": Kernel(loops.gru_forward, loops.gru_backward),
-    "RNN_TANH": Kernel(partial(loops.rnn_forward, relu=False), partial(loops.rnn_backward, relu=False)),
-    "RNN_RELU": Kernel(partial(loops.rnn_forward, relu=True), partial(loops.rnn_backward, relu=True)),
+    "LSTM": Kernel(sequences.lstm_forward, sequences.lstm_backward),
+    "GRU": Kernel(sequences.gru_forward, sequences.gru_backward),
+    "RNN_TANH": Kernel(partial(sequences.rnn_forward, relu=False), partial(sequences.rnn_backward, relu=False)),
+    "RNN_RELU": Kernel(partial(sequences.rnn_forward, relu=True), partial(sequences.rnn_backward, relu=True)),
 }
 
 

@@ -1,4 +1,4 @@
-"""Builds the native step library (``steps.cpp``) on the user's machine and loads it into
+"""Builds the native sequence library (``sequences.cpp``) on the user's machine and loads it into
 ``torch.ops.recurrent_cpu``.
 
 The op schemas are declared here, at import, so that the TorchScript loops of :mod:`.loops` compile
@@ -29,18 +29,22 @@ import torch
 from ..._cache import cached_file
 
 LOG = logging.getLogger("recurrent")
-SOURCE = Path(__file__).with_name("steps.cpp")
+SOURCE = Path(__file__).with_name("sequences.cpp")
+HEADERS = [Path(__file__).with_name("gate_math.h")]
 
 SCHEMAS = [
-    # The forward ops overwrite gi (the step's input projections) with what the backward keeps.
-    "lstm_cell(Tensor[] gh, Tensor(a!) gi, Tensor c, Tensor(b!) h, Tensor(c!) c_new) -> ()",
-    "lstm_cell_backward(Tensor[] dh, Tensor grad_h, Tensor dc, Tensor gates, Tensor c_prev, Tensor c, "
-    "Tensor(a!) dgates) -> Tensor",
-    "gru_cell(Tensor[] gh, Tensor(a!) gi, Tensor h, Tensor(b!) ghn, Tensor(c!) h_new) -> ()",
-    "gru_cell_backward(Tensor[] dh, Tensor grad_h, Tensor gates, Tensor ghn, Tensor h_prev, Tensor(a!) dgi, "
-    "Tensor(b!) dgh) -> Tensor",
-    "rnn_cell(Tensor[] gh, Tensor(a!) gi, bool relu) -> ()",
-    "rnn_cell_backward(Tensor[] dh, Tensor grad_h, Tensor h, Tensor(a!) da, bool relu) -> ()",
+    # The forward ops overwrite gi (the input projections) with what the backward keeps.
+    "lstm_sequence(Tensor(a!) gi, Tensor h0, Tensor c0, Tensor w_hh_t, int[] batch_sizes, bool save) "
+    "-> (Tensor, Tensor, Tensor, Tensor)",
+    "lstm_sequence_backward(Tensor grad_hs, Tensor dh_n, Tensor dc_n, Tensor gates, Tensor cs, Tensor c0, "
+    "Tensor w_hh, int[] batch_sizes) -> (Tensor, Tensor, Tensor)",
+    "gru_sequence(Tensor(a!) gi, Tensor h0, Tensor w_hh_t, Tensor? b_hh, int[] batch_sizes, bool save) "
+    "-> (Tensor, Tensor, Tensor)",
+    "gru_sequence_backward(Tensor grad_hs, Tensor dh_n, Tensor gates, Tensor ghn, Tensor hs, Tensor h0, "
+    "Tensor w_hh, int[] batch_sizes) -> (Tensor, Tensor, Tensor)",
+    "rnn_sequence(Tensor(a!) gi, Tensor h0, Tensor w_hh_t, int[] batch_sizes, bool relu) -> Tensor",
+    "rnn_sequence_backward(Tensor grad_hs, Tensor dh_n, Tensor hs, Tensor w_hh, int[] batch_sizes, bool relu, "
+    "Tensor(a!) da) -> Tensor",
 ]
 _LIBRARY = torch.library.Library("recurrent_cpu", "DEF")
 for _schema in SCHEMAS:
@@ -90,16 +94,24 @@ def _build(compiler: str, flags: List[str], out: Path) -> None:
 
 
 def _self_check() -> None:
-    """One LSTM step against the same math in ATen ops: a miscompiled library is not used."""
+    """Two LSTM steps over one row past a tile and an odd width, against the same math in ATen ops:
+    a miscompiled library, or a torch whose brgemm cannot run here, is not used."""
     gen = torch.Generator().manual_seed(0)
-    gh, gi, c = (torch.randn(1, 3, n, generator=gen) * 3 for n in (32, 32, 8))
-    h, c_new = torch.empty(1, 3, 8), torch.empty(1, 3, 8)
-    i, f, g, o = (gh + gi).chunk(4, -1)
-    torch.ops.recurrent_cpu.lstm_cell(list(gh.unbind(0)), gi, c, h, c_new)
-    c_ref = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    h_ref = torch.sigmoid(o) * torch.tanh(c_ref)
-    if not (torch.allclose(c_new, c_ref, atol=1e-5) and torch.allclose(h, h_ref, atol=1e-5)):
-        raise RuntimeError("its LSTM step disagrees with ATen's")
+    hidden, rows = 9, 33
+    gi = torch.randn(1, 2 * rows, 4 * hidden, generator=gen) * 3
+    h0, c0 = torch.randn(1, rows, hidden, generator=gen), torch.randn(1, rows, hidden, generator=gen)
+    w_hh = torch.randn(1, 4 * hidden, hidden, generator=gen) / 3
+    h, c, hs_ref = h0[0], c0[0], []
+    for t in range(2):
+        i, f, g, o = (gi[0, t * rows : (t + 1) * rows] + h @ w_hh[0].t()).chunk(4, -1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        hs_ref.append(h)
+    w_hh_t = w_hh.transpose(1, 2).contiguous()
+    hs, h_n, c_n, _ = torch.ops.recurrent_cpu.lstm_sequence(gi.clone(), h0, c0, w_hh_t, [rows, rows], False)
+    expected = (torch.cat(hs_ref)[None], h[None], c[None])
+    if not all(torch.allclose(a, e, atol=1e-5) for a, e in zip((hs, h_n, c_n), expected)):
+        raise RuntimeError("its LSTM disagrees with ATen's")
 
 
 @functools.cache
@@ -109,25 +121,26 @@ def _load() -> Tuple[bool, str]:
     try:
         compiler, version = _compiler()
         flags = _flags()
-        key = "\n".join([SOURCE.read_text(), compiler, version, *flags, torch.__version__, _cpu()])
-        name = f"steps-{hashlib.sha256(key.encode()).hexdigest()[:24]}.so"
+        sources = [path.read_text() for path in (SOURCE, *HEADERS)]
+        key = "\n".join([*sources, compiler, version, *flags, torch.__version__, _cpu()])
+        name = f"sequences-{hashlib.sha256(key.encode()).hexdigest()[:24]}.so"
         start = time.perf_counter()
-        path = cached_file("cpu-steps", name, lambda partial: _build(compiler, flags, partial))
+        path = cached_file("cpu-sequences", name, lambda partial: _build(compiler, flags, partial))
         built = time.perf_counter() - start
         torch.ops.load_library(str(path))
         _self_check()
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        LOG.info("recurrent: native CPU steps not used: %s", err)
+        LOG.info("recurrent: native CPU kernels not used: %s", err)
         return False, f"not used: {err}"
-    LOG.info("recurrent: native CPU steps loaded from %s (%.1f s)", path, built)
+    LOG.info("recurrent: native CPU kernels loaded from %s (%.1f s)", path, built)
     return True, f"loaded from {path} ({built:.1f} s to build or find)"
 
 
 def available() -> bool:
-    """Whether the native step ops are loaded (built or found on the first call: seconds, once per machine)."""
+    """Whether the native sequence ops are loaded (built or found on the first call: seconds, once per machine)."""
     return _load()[0]
 
 
 def status() -> str:
-    """What became of the native step library in this process, and why."""
+    """What became of the native sequence library in this process, and why."""
     return _load()[1]

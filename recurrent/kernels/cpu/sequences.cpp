@@ -1,0 +1,377 @@
+// Each cell kind's whole layer-direction, forward and backward, as one op: the native CPU kernels
+// (recurrent/kernels/cpu). build.py compiles this file on the user's machine, for its own vector
+// units (-march=native), and loads it into torch.ops.recurrent_cpu.
+//
+// The rows of a recurrence are independent of each other, so the batch is cut into one block of rows
+// per thread (per direction too), and each block runs the whole sequence alone: no synchronisation
+// between steps, and a block's W_hh and states stay in its core's cache. Per step, a block takes its
+// rows kTile at a time: the hidden product (oneDNN's brgemm micro-kernel, at::native::cpublas) adds
+// W_hh h into the tile's gate rows, and the gate math runs over the tile while it is still in cache.
+//
+// Tensors are float32 on the CPU and contiguous: sequences (D, R, W) hold the packed rows of every
+// step (step t's rows start at offset[t]; batch_sizes as in PackedSequence, a padded batch being all
+// equal sizes), states (D, N, W), W_hh (D, G, H) and its transpose (D, H, G). The row loops are plain
+// C++ that the compiler vectorizes (`omp simd`: the gate blocks of one row are distinct, which the
+// compiler cannot prove).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/native/CPUBlas.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+#include "gate_math.h"
+
+#ifndef CPUBLAS_BRGEMM_F32F32F32
+#error "this torch has no float32 brgemm (at::native::cpublas::brgemm, torch >= 2.7)"
+#endif
+
+namespace {
+
+using at::Tensor;
+using recurrent_cpu::sigmoid_;
+using recurrent_cpu::tanh_;
+
+// Rows per product and gate-math pass: a tile's gates (64 x 4H floats) stay in L2 between the two.
+constexpr int64_t kTile = 64;
+
+// Where each step's rows lie in a sequence: step t's rows are offset[t] .. offset[t] + size[t].
+struct Steps {
+  std::vector<int64_t> size, offset;
+  int64_t rows = 0;
+  explicit Steps(at::IntArrayRef batch_sizes) {
+    for (const int64_t s : batch_sizes) {
+      TORCH_CHECK(s >= 0 && (size.empty() || s <= size.back()), "recurrent_cpu: batch_sizes must not increase, got ",
+                  batch_sizes);
+      size.push_back(s);
+      offset.push_back(rows);
+      rows += s;
+    }
+  }
+  int64_t count() const { return static_cast<int64_t>(size.size()); }
+};
+
+void check(const Tensor& t, at::IntArrayRef shape, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.device().is_cpu() && t.is_contiguous() && t.sizes() == shape,
+              "recurrent_cpu: ", name, " must be a contiguous float32 CPU tensor of shape ", shape, ", got ", t.sizes(),
+              " ", t.scalar_type(), " on ", t.device(), t.is_contiguous() ? "" : " (not contiguous)");
+}
+
+float* data(const Tensor& t) { return t.data_ptr<float>(); }
+
+// c (m, n) = a (m, k) b (k, n) (+ c when `add`), row-major with leading dimensions lda, ldb, ldc.
+void product(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+             int64_t ldc, bool add) {
+  if (m > 0) at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, add, a, b, c, false);
+}
+
+// Runs block(d, r0, r1) for each direction d and block of batch rows [r0, r1): about one block per
+// thread, each running the whole sequence for its rows.
+template <typename Block>
+void for_blocks(int64_t D, int64_t N, const Block& block) {
+  const int64_t per_direction = std::max<int64_t>(1, (at::get_num_threads() + D - 1) / D);
+  const int64_t rows = std::max<int64_t>(1, (N + per_direction - 1) / per_direction);
+  const int64_t blocks = (N + rows - 1) / rows;
+  at::parallel_for(0, D * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) block(b / blocks, (b % blocks) * rows, std::min(N, (b % blocks + 1) * rows));
+  });
+}
+
+// Calls tile(t, a, b) for every step t of the sequence (backwards when `reverse`) and every tile
+// [a, b) of the block's rows that step t updates (those below its batch size).
+template <typename Tile>
+void for_tiles(const Steps& steps, int64_t r0, int64_t r1, bool reverse, const Tile& tile) {
+  for (int64_t i = 0; i < steps.count(); ++i) {
+    const int64_t t = reverse ? steps.count() - 1 - i : i;
+    const int64_t end = std::min(r1, steps.size[t]);
+    for (int64_t a = r0; a < end; a += kTile) tile(t, a, std::min(end, a + kTile));
+  }
+}
+
+void copy_row(float* to, const float* from, int64_t H) { std::memcpy(to, from, H * sizeof(float)); }
+
+// Row r's state before step t, of a state written into the sequence buffer `seq` (D = 1 slice) step
+// by step: the initial state's row at t = 0.
+const float* before(const Steps& steps, const float* seq, const float* initial, int64_t t, int64_t r, int64_t W) {
+  return t > 0 ? seq + (steps.offset[t - 1] + r) * W : initial + r * W;
+}
+
+// Copies into `finals` (one direction's (N, W)) each of the rows [r0, r1) at its last step in `seq`.
+void last_rows(const Steps& steps, const float* seq, float* finals, int64_t r0, int64_t r1, int64_t W) {
+  int64_t t = steps.count() - 1;
+  for (int64_t r = r0; r < r1; ++r) {
+    while (t > 0 && steps.size[t] <= r) --t;  // the later a row, the sooner it ends: r's last step
+    copy_row(finals + r * W, seq + (steps.offset[t] + r) * W, W);
+  }
+}
+
+// LSTM, gate order (i, f, g, o), from a = W_ih x + b_ih + W_hh h + b_hh: gates (σ(a_i), σ(a_f),
+// tanh(a_g), σ(a_o)) over a, c' = f c + i g, h' = o tanh(c'). c' may go over c (each element is read
+// before it is written), so those two are not __restrict.
+void lstm_row(float* __restrict a, const float* c, float* c_new, float* __restrict h, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const float i = sigmoid_(a[j]), f = sigmoid_(a[H + j]), g = tanh_(a[2 * H + j]), o = sigmoid_(a[3 * H + j]);
+    const float cell = f * c[j] + i * g;
+    a[j] = i;
+    a[H + j] = f;
+    a[2 * H + j] = g;
+    a[3 * H + j] = o;
+    c_new[j] = cell;
+    h[j] = o * tanh_(cell);
+  }
+}
+
+// gi: W_ih x + b_ih + b_hh for every row, overwritten with the gates. Returns (hs, h_n, c_n, cs),
+// cs empty unless `save` (the cell state then lives in c_n, updated in place).
+std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_sequence(const Tensor& gi, const Tensor& h0, const Tensor& c0,
+                                                         const Tensor& w_hh_t, at::IntArrayRef batch_sizes, bool save) {
+  const Steps steps(batch_sizes);
+  const int64_t D = h0.size(0), N = h0.size(1), H = h0.size(2), G = 4 * H, R = steps.rows;
+  check(gi, {D, R, G}, "gi"), check(h0, {D, N, H}, "h0"), check(c0, {D, N, H}, "c0"), check(w_hh_t, {D, H, G}, "w_hh_t");
+  Tensor hs = at::empty({D, R, H}, gi.options()), cs = at::empty({D, save ? R : 0, H}, gi.options());
+  Tensor h_n = at::empty({D, N, H}, gi.options()), c_n = save ? at::empty({D, N, H}, gi.options()) : c0.clone();
+  for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
+    const float *h0_ = data(h0) + d * N * H, *c0_ = data(c0) + d * N * H, *w = data(w_hh_t) + d * H * G;
+    float *hs_ = data(hs) + d * R * H, *gates = data(gi) + d * R * G;
+    float *c_seq = save ? data(cs) + d * R * H : nullptr, *c_state = data(c_n) + d * N * H;
+    for_tiles(steps, r0, r1, false, [&](int64_t t, int64_t a, int64_t b) {
+      float* tile = gates + (steps.offset[t] + a) * G;
+      product(b - a, G, H, before(steps, hs_, h0_, t, a, H), H, w, G, tile, G, true);
+      for (int64_t r = a; r < b; ++r) {
+        const float* c = save ? before(steps, c_seq, c0_, t, r, H) : c_state + r * H;
+        float* c_new = save ? c_seq + (steps.offset[t] + r) * H : c_state + r * H;
+        lstm_row(tile + (r - a) * G, c, c_new, hs_ + (steps.offset[t] + r) * H, H);
+      }
+    });
+    last_rows(steps, hs_, data(h_n) + d * N * H, r0, r1, H);
+    if (save) last_rows(steps, c_seq, data(c_n) + d * N * H, r0, r1, H);
+  });
+  return {hs, h_n, c_n, cs};
+}
+
+// The LSTM step's gradients from dh' = dh + grad_h and dc', with the saved gates and c, c' (t = tanh(c')):
+// dc = dc' + dh' o (1 − t²); da = (dc g i(1 − i), dc c f(1 − f), dc i (1 − g²), dh' t o(1 − o)); dc_prev = dc f,
+// over dc.
+void lstm_backward_row(const float* __restrict dh, const float* __restrict grad_h, float* __restrict dc,
+                       const float* __restrict gates, const float* __restrict c_prev, const float* __restrict c,
+                       float* __restrict dgates, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const float i = gates[j], f = gates[H + j], g = gates[2 * H + j], o = gates[3 * H + j];
+    const float d_h = dh[j] + grad_h[j];
+    const float t = tanh_(c[j]);
+    const float d_c = dc[j] + d_h * o * (1.0f - t * t);
+    dgates[j] = d_c * g * i * (1.0f - i);
+    dgates[H + j] = d_c * c_prev[j] * f * (1.0f - f);
+    dgates[2 * H + j] = d_c * i * (1.0f - g * g);
+    dgates[3 * H + j] = d_h * t * o * (1.0f - o);
+    dc[j] = d_c * f;
+  }
+}
+
+// Returns (dgates, dh0, dc0); gates and cs as lstm_sequence saved them, dh' = dgates W_hh per step.
+std::tuple<Tensor, Tensor, Tensor> lstm_sequence_backward(const Tensor& grad_hs, const Tensor& dh_n, const Tensor& dc_n,
+                                                          const Tensor& gates, const Tensor& cs, const Tensor& c0,
+                                                          const Tensor& w_hh, at::IntArrayRef batch_sizes) {
+  const Steps steps(batch_sizes);
+  const int64_t D = c0.size(0), N = c0.size(1), H = c0.size(2), G = 4 * H, R = steps.rows;
+  check(grad_hs, {D, R, H}, "grad_hs"), check(dh_n, {D, N, H}, "dh_n"), check(dc_n, {D, N, H}, "dc_n");
+  check(gates, {D, R, G}, "gates"), check(cs, {D, R, H}, "cs"), check(c0, {D, N, H}, "c0");
+  check(w_hh, {D, G, H}, "w_hh");
+  Tensor dgates = at::empty({D, R, G}, gates.options()), dh = dh_n.clone(), dc = dc_n.clone();
+  for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
+    float *dh_ = data(dh) + d * N * H, *dc_ = data(dc) + d * N * H;
+    const float *c_seq = data(cs) + d * R * H, *w = data(w_hh) + d * G * H;
+    for_tiles(steps, r0, r1, true, [&](int64_t t, int64_t a, int64_t b) {
+      const int64_t row = d * R + steps.offset[t];
+      for (int64_t r = a; r < b; ++r) {
+        const float* c_prev = before(steps, c_seq, data(c0) + d * N * H, t, r, H);
+        lstm_backward_row(dh_ + r * H, data(grad_hs) + (row + r) * H, dc_ + r * H, data(gates) + (row + r) * G, c_prev,
+                          data(cs) + (row + r) * H, data(dgates) + (row + r) * G, H);
+      }
+      product(b - a, H, G, data(dgates) + (row + a) * G, G, w, H, dh_ + a * H, H, false);
+    });
+  });
+  return {dgates, dh, dc};
+}
+
+// GRU, gate order (r, z, n), gh = W_hh h + b_hh: r = σ(gi_r + gh_r), z = σ(gi_z + gh_z),
+// n = tanh(gi_n + r gh_n), h' = n + z (h − n); (r, z, n) go into gi.
+void gru_row(const float* __restrict gh, float* __restrict gi, const float* __restrict h, float* __restrict h_new,
+             int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const float r = sigmoid_(gh[j] + gi[j]);
+    const float z = sigmoid_(gh[H + j] + gi[H + j]);
+    const float n = tanh_(gi[2 * H + j] + r * gh[2 * H + j]);
+    gi[j] = r;
+    gi[H + j] = z;
+    gi[2 * H + j] = n;
+    h_new[j] = n + z * (h[j] - n);
+  }
+}
+
+// gi: W_ih x + b_ih for every row, overwritten with (r, z, n). Returns (hs, h_n, ghn): ghn (W_hn h +
+// b_hn for every row) is empty unless `save`.
+std::tuple<Tensor, Tensor, Tensor> gru_sequence(const Tensor& gi, const Tensor& h0, const Tensor& w_hh_t,
+                                                const std::optional<Tensor>& b_hh, at::IntArrayRef batch_sizes,
+                                                bool save) {
+  const Steps steps(batch_sizes);
+  const int64_t D = h0.size(0), N = h0.size(1), H = h0.size(2), G = 3 * H, R = steps.rows;
+  check(gi, {D, R, G}, "gi"), check(h0, {D, N, H}, "h0"), check(w_hh_t, {D, H, G}, "w_hh_t");
+  if (b_hh) check(*b_hh, {D, G}, "b_hh");
+  Tensor hs = at::empty({D, R, H}, gi.options()), ghn = at::empty({D, save ? R : 0, H}, gi.options());
+  Tensor h_n = at::empty({D, N, H}, gi.options());
+  for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
+    std::vector<float> gh(kTile * G);
+    const float *h0_ = data(h0) + d * N * H, *w = data(w_hh_t) + d * H * G;
+    float* hs_ = data(hs) + d * R * H;
+    for_tiles(steps, r0, r1, false, [&](int64_t t, int64_t a, int64_t b) {
+      const int64_t row = d * R + steps.offset[t];
+      for (int64_t r = 0; b_hh && r < b - a; ++r) copy_row(gh.data() + r * G, data(*b_hh) + d * G, G);
+      product(b - a, G, H, before(steps, hs_, h0_, t, a, H), H, w, G, gh.data(), G, b_hh.has_value());
+      for (int64_t r = a; r < b; ++r) {
+        const float* gh_row = gh.data() + (r - a) * G;
+        gru_row(gh_row, data(gi) + (row + r) * G, before(steps, hs_, h0_, t, r, H), data(hs) + (row + r) * H, H);
+        if (save) copy_row(data(ghn) + (row + r) * H, gh_row + 2 * H, H);
+      }
+    });
+    last_rows(steps, hs_, data(h_n) + d * N * H, r0, r1, H);
+  });
+  return {hs, h_n, ghn};
+}
+
+// The GRU step's gradients from dh' = dh + grad_h: da_n = dh' (1 − z)(1 − n²), da_z = dh' (h − n) z(1 − z),
+// da_r = da_n gh_n r(1 − r); dgi = (da_r, da_z, da_n), dgh = (da_r, da_z, da_n r), of which dghn = da_n r;
+// dh becomes dh' z, the part of dh_prev that does not go through W_hh.
+void gru_backward_row(float* __restrict dh, const float* __restrict grad_h, const float* __restrict gates,
+                      const float* __restrict ghn_, const float* __restrict h_prev, float* __restrict dgi,
+                      float* __restrict dgh, float* __restrict dghn, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const float r = gates[j], z = gates[H + j], n = gates[2 * H + j], ghn = ghn_[j];
+    const float d_h = dh[j] + grad_h[j];
+    const float da_n = d_h * (1.0f - z) * (1.0f - n * n);
+    const float da_z = d_h * (h_prev[j] - n) * z * (1.0f - z);
+    const float da_r = da_n * ghn * r * (1.0f - r);
+    dgi[j] = da_r;
+    dgi[H + j] = da_z;
+    dgi[2 * H + j] = da_n;
+    dgh[j] = da_r;
+    dgh[H + j] = da_z;
+    dgh[2 * H + j] = da_n * r;
+    dghn[j] = da_n * r;
+    dh[j] = d_h * z;
+  }
+}
+
+// Returns (dgi, dghn, dh0): the hidden gates' gradient dgh equals dgi but in its n block, which is
+// dghn (D, R, H); dh_prev = dh' z + dgh W_hh per step.
+std::tuple<Tensor, Tensor, Tensor> gru_sequence_backward(const Tensor& grad_hs, const Tensor& dh_n, const Tensor& gates,
+                                                         const Tensor& ghn, const Tensor& hs, const Tensor& h0,
+                                                         const Tensor& w_hh, at::IntArrayRef batch_sizes) {
+  const Steps steps(batch_sizes);
+  const int64_t D = h0.size(0), N = h0.size(1), H = h0.size(2), G = 3 * H, R = steps.rows;
+  check(grad_hs, {D, R, H}, "grad_hs"), check(dh_n, {D, N, H}, "dh_n"), check(gates, {D, R, G}, "gates");
+  check(ghn, {D, R, H}, "ghn"), check(hs, {D, R, H}, "hs"), check(h0, {D, N, H}, "h0"), check(w_hh, {D, G, H}, "w_hh");
+  Tensor dgi = at::empty({D, R, G}, gates.options()), dghn = at::empty({D, R, H}, gates.options()), dh = dh_n.clone();
+  for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
+    std::vector<float> dgh(kTile * G);
+    float* dh_ = data(dh) + d * N * H;
+    const float* w = data(w_hh) + d * G * H;
+    for_tiles(steps, r0, r1, true, [&](int64_t t, int64_t a, int64_t b) {
+      const int64_t row = d * R + steps.offset[t];
+      for (int64_t r = a; r < b; ++r) {
+        const float* h_prev = before(steps, data(hs) + d * R * H, data(h0) + d * N * H, t, r, H);
+        gru_backward_row(dh_ + r * H, data(grad_hs) + (row + r) * H, data(gates) + (row + r) * G,
+                         data(ghn) + (row + r) * H, h_prev, data(dgi) + (row + r) * G, dgh.data() + (r - a) * G,
+                         data(dghn) + (row + r) * H, H);
+      }
+      product(b - a, H, G, dgh.data(), G, w, H, dh_ + a * H, H, true);
+    });
+  });
+  return {dgi, dghn, dh};
+}
+
+// Elman: h' = tanh(a) or relu(a) over a = gh + gi.
+void rnn_row(float* __restrict a, int64_t H, bool relu) {
+  if (relu) {
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) a[j] = a[j] > 0.0f ? a[j] : (a[j] == a[j] ? 0.0f : a[j]);  // NaN kept, as torch.relu
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) a[j] = tanh_(a[j]);
+  }
+}
+
+// gi: W_ih x + b_ih + b_hh for every row, overwritten with the outputs (hs). Returns h_n.
+Tensor rnn_sequence(const Tensor& gi, const Tensor& h0, const Tensor& w_hh_t, at::IntArrayRef batch_sizes, bool relu) {
+  const Steps steps(batch_sizes);
+  const int64_t D = h0.size(0), N = h0.size(1), H = h0.size(2), R = steps.rows;
+  check(gi, {D, R, H}, "gi"), check(h0, {D, N, H}, "h0"), check(w_hh_t, {D, H, H}, "w_hh_t");
+  Tensor h_n = at::empty({D, N, H}, gi.options());
+  for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
+    const float *h0_ = data(h0) + d * N * H, *w = data(w_hh_t) + d * H * H;
+    float* hs = data(gi) + d * R * H;
+    for_tiles(steps, r0, r1, false, [&](int64_t t, int64_t a, int64_t b) {
+      float* tile = hs + (steps.offset[t] + a) * H;
+      product(b - a, H, H, before(steps, hs, h0_, t, a, H), H, w, H, tile, H, true);
+      for (int64_t r = a; r < b; ++r) rnn_row(tile + (r - a) * H, H, relu);
+    });
+    last_rows(steps, hs, data(h_n) + d * N * H, r0, r1, H);
+  });
+  return h_n;
+}
+
+// da = (dh + grad_h) act'(a), from the output h': 1 − h'² for tanh, [h' > 0] for relu (torch's
+// threshold_backward: the gradient passes unless h' <= 0). da may be grad_h itself (each element is
+// read before it is written), so those two are not __restrict.
+void rnn_backward_row(const float* __restrict dh, const float* grad_h, const float* __restrict h, float* da, int64_t H,
+                      bool relu) {
+  if (relu) {
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) da[j] = h[j] <= 0.0f ? 0.0f : dh[j] + grad_h[j];
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) da[j] = (dh[j] + grad_h[j]) * (1.0f - h[j] * h[j]);
+  }
+}
+
+// Writes da for every row (da may be grad_hs); returns dh0. dh_prev = da W_hh per step.
+Tensor rnn_sequence_backward(const Tensor& grad_hs, const Tensor& dh_n, const Tensor& hs, const Tensor& w_hh,
+                             at::IntArrayRef batch_sizes, bool relu, const Tensor& da) {
+  const Steps steps(batch_sizes);
+  const int64_t D = dh_n.size(0), N = dh_n.size(1), H = dh_n.size(2), R = steps.rows;
+  check(grad_hs, {D, R, H}, "grad_hs"), check(dh_n, {D, N, H}, "dh_n"), check(hs, {D, R, H}, "hs");
+  check(w_hh, {D, H, H}, "w_hh"), check(da, {D, R, H}, "da");
+  Tensor dh = dh_n.clone();
+  for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
+    float* dh_ = data(dh) + d * N * H;
+    const float* w = data(w_hh) + d * H * H;
+    for_tiles(steps, r0, r1, true, [&](int64_t t, int64_t a, int64_t b) {
+      const int64_t row = d * R + steps.offset[t];
+      for (int64_t r = a; r < b; ++r) {
+        rnn_backward_row(dh_ + r * H, data(grad_hs) + (row + r) * H, data(hs) + (row + r) * H, data(da) + (row + r) * H,
+                         H, relu);
+      }
+      product(b - a, H, H, data(da) + (row + a) * H, H, w, H, dh_ + a * H, H, false);
+    });
+  });
+  return dh;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(recurrent_cpu, CPU, m) {
+  m.impl("lstm_sequence", &lstm_sequence);
+  m.impl("lstm_sequence_backward", &lstm_sequence_backward);
+  m.impl("gru_sequence", &gru_sequence);
+  m.impl("gru_sequence_backward", &gru_sequence_backward);
+  m.impl("rnn_sequence", &rnn_sequence);
+  m.impl("rnn_sequence_backward", &rnn_sequence_backward);
+}

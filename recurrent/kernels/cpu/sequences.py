@@ -1,0 +1,88 @@
+"""The native CPU kernels: each kind's kernel pair (contract: :mod:`..autograd`) as calls of its
+sequence ops (``torch.ops.recurrent_cpu.*``, :mod:`.build`), which run the whole time loop in C++.
+
+What they save is what the TorchScript kernels save, written where the forward op already had it:
+the forward ops overwrite gi, which the layer made for this call alone, with the gates (LSTM, GRU)
+or the outputs (RNN). The GRU's backward hands back the hidden gates' gradient as its n block only
+(the r and z blocks are dgi's): a buffer the size of the sequence less at the backward's peak.
+Plain Python: only the eager layers call them (a scripted model never refers to these ops).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import build  # noqa: F401 - declares the ops' schemas
+
+_ops = torch.ops.recurrent_cpu
+Forward = Tuple[Tensor, List[Tensor], List[Tensor]]
+Backward = Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]
+
+
+def lstm_forward(
+    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
+    batch_sizes: List[int], save: bool,
+) -> Forward:  # fmt: skip
+    """Returns (hs, [h_n, c_n], saved); with ``save``, saved = [gates (i, f, g, o) (in gi), c] for every row."""
+    h0, c0 = (s.contiguous() for s in state0)
+    hs, h_n, c_n, cs = _ops.lstm_sequence(gi, h0, c0, w_hh_t.contiguous(), batch_sizes, save)
+    return hs, [h_n, c_n], [gi, cs] if save else []
+
+
+def lstm_backward(
+    grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
+    saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int],
+) -> Backward:  # fmt: skip
+    """Returns (dgates, dgates, [dh0, dc0], []); the op's comment has the formulas."""
+    dh_n, dc_n = (g.contiguous() for g in grad_finals)
+    dgates, dh0, dc0 = _ops.lstm_sequence_backward(
+        grad_hs.contiguous(), dh_n, dc_n, saved[0], saved[1], state0[1].contiguous(), w_hh.contiguous(), batch_sizes
+    )
+    return dgates, dgates, [dh0, dc0], []
+
+
+def gru_forward(
+    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
+    batch_sizes: List[int], save: bool,
+) -> Forward:  # fmt: skip
+    """Returns (hs, [h_n], saved); with ``save``, saved = [(r, z, n) (in gi), W_hn h + b_hn] for every row."""
+    b = None if b_hh is None else b_hh.reshape(b_hh.size(0), -1).contiguous()
+    hs, h_n, ghn = _ops.gru_sequence(gi, state0[0].contiguous(), w_hh_t.contiguous(), b, batch_sizes, save)
+    return hs, [h_n], [gi, ghn] if save else []
+
+
+def gru_backward(
+    grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
+    saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int],
+) -> Backward:  # fmt: skip
+    """Returns (dgi, dgh's n block, [dh0], [])."""
+    dgi, dghn, dh0 = _ops.gru_sequence_backward(
+        grad_hs.contiguous(), grad_finals[0].contiguous(), saved[0], saved[1], hs, state0[0].contiguous(),
+        w_hh.contiguous(), batch_sizes,
+    )  # fmt: skip
+    return dgi, dghn, [dh0], []
+
+
+def rnn_forward(
+    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
+    batch_sizes: List[int], save: bool, relu: bool,
+) -> Forward:  # fmt: skip
+    """Returns (hs, [h_n], []): the outputs (written into gi) are all the backward needs."""
+    h_n = _ops.rnn_sequence(gi, state0[0].contiguous(), w_hh_t.contiguous(), batch_sizes, relu)
+    return gi, [h_n], []
+
+
+def rnn_backward(
+    grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
+    saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int], relu: bool,
+) -> Backward:  # fmt: skip
+    """Returns (da, da, [dh0], []): da = (dh' + grad) act'(a), dh = da W_hh."""
+    grad_hs = grad_hs.contiguous()
+    # Two directions' grad_hs is the backward's own copy of the incoming gradient (split_directions):
+    # da overwrites it, one buffer of the sequence's size less at the backward's peak.
+    da = grad_hs if grad_hs.size(0) == 2 else torch.empty_like(hs)
+    dh0 = _ops.rnn_sequence_backward(grad_hs, grad_finals[0].contiguous(), hs, w_hh.contiguous(), batch_sizes, relu, da)
+    return da, da, [dh0], []
