@@ -121,56 +121,64 @@ def test_native_ops_run_on_the_fast_path_only(kind, grad):
 
 @pytest.mark.parametrize("scale", [1.0, 30.0, 200.0])
 def test_the_gate_math_holds_at_the_extremes(scale):
-    """One step of each kind's sequence op (W_hh = 0, so the pre-activations are what we give)
-    against the formulas in ATen ops, pre-activations up to ±600 (sigmoid and tanh saturate; the
-    exponential is clamped there), infinities and NaN kept. The ops write what the backward keeps
-    into gi."""
+    """One step of each kind's sequence op against the formulas in ATen ops, pre-activations up to
+    ±600 (sigmoid and tanh saturate; the exponential is clamped there), infinities and NaN kept. The
+    pre-activations come in through the biases (x and the weights zero: 0·inf would be NaN in a
+    product), so each of the 6 rows gets the same ones; c0 differs per row."""
     if not cpu.available():
         pytest.skip(cpu.status())
     torch.manual_seed(0)
-    hidden = 37
+    hidden, ops = 37, torch.ops.recurrent_cpu
     special = torch.tensor([float("inf"), float("-inf"), float("nan"), 0.0, -0.0, 88.5, -88.5, 1e-30])
 
-    def rows(width):
-        t = torch.randn(1, 6, width) * scale
-        t[0, 0, : special.numel()] = special
+    def values(*shape):
+        t = torch.randn(*shape) * scale
+        t.view(-1, shape[-1])[0, : special.numel()] = special
         return t
 
-    def no_w_hh(gates):
-        return torch.zeros(1, hidden, gates * hidden)
+    def zeros(gates):  # x, W_ih, h0 and W_hh
+        return (
+            torch.zeros(1, 6, 1),
+            torch.zeros(1, gates * hidden, 1),
+            torch.zeros(1, 6, hidden),
+            torch.zeros(1, gates * hidden, hidden),
+        )
 
-    ops, h0 = torch.ops.recurrent_cpu, torch.randn(1, 6, hidden)  # finite: 0·inf in the product would be NaN
-    gi, c = rows(4 * hidden), rows(hidden)
-    gates = gi.clone()
-    h, _, c_new, _ = ops.lstm_sequence(gates, h0, c, no_w_hh(4), [6], False)
-    i, f, g, o = gi.chunk(4, -1)
+    x, w_ih, h0, w_hh = zeros(4)
+    a, c = values(1, 4 * hidden), values(1, 6, hidden)
+    h, _, c_new, gates, _ = ops.lstm_sequence(x, w_ih, a, h0, c, w_hh, [6], True)
+    i, f, g, o = a[:, None].chunk(4, -1)
     i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
     expected_c = f * c + i * g
-    for actual, expected in [(gates, torch.cat([i, f, g, o], -1)), (c_new, expected_c), (h, o * expected_c.tanh())]:
-        torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6, equal_nan=True)
-    gi, gh, h0 = rows(3 * hidden), rows(3 * hidden)[:, 0], torch.randn(1, 6, hidden) * scale  # W_hh·inf is NaN
-    gates = gi.clone()
-    h_new, _, ghn = ops.gru_sequence(gates, h0, no_w_hh(3), gh, [6], True)
-    r, z = (gh[..., : 2 * hidden] + gi[..., : 2 * hidden]).sigmoid().chunk(2, -1)
-    n = (gi[..., 2 * hidden :] + r * gh[..., 2 * hidden :]).tanh()
+    expected = [(gates, torch.cat([i, f, g, o], -1).expand(1, 6, -1)), (c_new, expected_c), (h, o * expected_c.tanh())]
+    for actual, wanted in expected:
+        torch.testing.assert_close(actual, wanted, rtol=1e-6, atol=1e-6, equal_nan=True)
+    x, w_ih, h0, w_hh = zeros(3)
+    gi, gh, h0 = values(1, 3 * hidden), values(1, 3 * hidden), torch.randn(1, 6, hidden) * scale
+    h_new, _, gates, ghn = ops.gru_sequence(x, w_ih, gi, h0, w_hh, gh, [6], True)
+    r, z = (gh[:, None, : 2 * hidden] + gi[:, None, : 2 * hidden]).sigmoid().chunk(2, -1)
+    n = (gi[:, None, 2 * hidden :] + r * gh[:, None, 2 * hidden :]).tanh()
     torch.testing.assert_close(h_new, (1 - z) * n + z * h0, rtol=1e-6, atol=2e-6, equal_nan=True)
-    torch.testing.assert_close(gates, torch.cat([r, z, n], -1), rtol=1e-6, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(gates, torch.cat([r, z, n], -1).expand(1, 6, -1), rtol=1e-6, atol=1e-6, equal_nan=True)
     assert torch.equal(ghn.nan_to_num(), gh[:, None, 2 * hidden :].expand(1, 6, hidden).nan_to_num())
     for relu in (False, True):
-        gi = rows(hidden)
-        h = gi.clone()
-        ops.rnn_sequence(h, torch.randn(1, 6, hidden), no_w_hh(1), [6], relu)
-        torch.testing.assert_close(h, gi.relu() if relu else gi.tanh(), rtol=1e-6, atol=1e-6, equal_nan=True)
+        x, w_ih, h0, w_hh = zeros(1)
+        a = values(1, hidden)
+        h, _ = ops.rnn_sequence(x, w_ih, a, h0, w_hh, [6], relu)
+        wanted = (a.relu() if relu else a.tanh())[:, None].expand(1, 6, -1)
+        torch.testing.assert_close(h, wanted, rtol=1e-6, atol=1e-6, equal_nan=True)
 
 
 def test_bad_operands_raise_naming_what_was_expected():
     if not cpu.available():
         pytest.skip(cpu.status())
-    h0, w_hh_t = torch.zeros(1, 2, 8), torch.zeros(1, 8, 8)
-    with pytest.raises(RuntimeError, match=r"gi must be a contiguous float32 CPU tensor of shape \[1, 6, 8\]"):
-        torch.ops.recurrent_cpu.rnn_sequence(torch.zeros(1, 6, 8, dtype=torch.float64), h0, w_hh_t, [2, 2, 2], False)
+    x, w_ih, h0, w_hh = torch.zeros(1, 6, 3), torch.zeros(1, 8, 3), torch.zeros(1, 2, 8), torch.zeros(1, 8, 8)
+    with pytest.raises(RuntimeError, match=r"x must be a contiguous float32 CPU tensor of shape \[1, 6, 3\]"):
+        torch.ops.recurrent_cpu.rnn_sequence(x.double(), w_ih, None, h0, w_hh, [2, 2, 2], False)
+    with pytest.raises(RuntimeError, match=r"w_hh must be .* of shape \[1, 8, 8\], got \[1, 8, 7\]"):
+        torch.ops.recurrent_cpu.rnn_sequence(x, w_ih, None, h0, w_hh[..., :7], [2, 2, 2], False)
     with pytest.raises(RuntimeError, match="batch_sizes must not increase"):
-        torch.ops.recurrent_cpu.rnn_sequence(torch.zeros(1, 6, 8), h0, w_hh_t, [1, 2, 3], False)
+        torch.ops.recurrent_cpu.rnn_sequence(x, w_ih, None, h0, w_hh, [1, 2, 3], False)
 
 
 FALLBACK = textwrap.dedent(

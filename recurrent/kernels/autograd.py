@@ -9,7 +9,10 @@ weights only some kinds have (the LSTM's projection w_hr, (D, P, H)), and ``b_hh
 the kind folds it into the input projection. ``saved`` is the kind's own list of activations; a
 kind's kernels on every backend save the same list, so any backend's backward can follow any
 backend's forward. dgh may hold only the last columns of the hidden gates' gradient where its first
-ones equal dgi's (the native GRU's: r and z equal, n differs).
+ones equal dgi's (the native GRU's: r and z equal, n differs). A kernel may make the input
+projections itself, in its time loop: its ``rows_forward(x, w_ih, b_ih, state0, w_hh, b_hh, extra,
+batch_sizes, save)`` takes each direction's input rows x (D, T, I) and the stacked weights instead
+of gi (the native CPU kernels: no sequence-sized gi buffer without gradients).
 Around it this module does, for a whole layer and both directions: the input projection of every
 row as one product before the loop, and after it the input, weight and bias gradients as single
 products and reductions over all rows.
@@ -81,7 +84,11 @@ def gate_inputs(inputs: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], fast: bool
 def _layer_forward(spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: List[Tensor], save: bool):
     """(hs, finals, saved, stacked weights) of one layer on the spec's kernel."""
     w_ih, w_hh, b_ih, b_hh, extra = stack_weights(params, spec.directions, spec.bias, spec.proj, spec.fold_bias)
-    gi = gate_inputs(per_direction(rows, spec.reverse), w_ih, b_ih, spec.fast)
+    x = per_direction(rows, spec.reverse)
+    if spec.kernel.rows_forward is not None:
+        hs, finals, saved = spec.kernel.rows_forward(x, w_ih, b_ih, state0, w_hh, b_hh, extra, spec.batch_sizes, save)
+        return hs, finals, saved, (w_ih, w_hh, extra)
+    gi = gate_inputs(x, w_ih, b_ih, spec.fast)
     hs, finals, saved = spec.kernel.forward(gi, state0, w_hh.transpose(1, 2), b_hh, extra, spec.batch_sizes, save)
     return hs, finals, saved, (w_ih, w_hh, extra)
 

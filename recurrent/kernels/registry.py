@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from functools import cache, partial
-from typing import Callable, Dict, List, NamedTuple, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from torch import Tensor
 
@@ -24,10 +24,12 @@ from .rnn import rnn_backward, rnn_forward
 
 
 class Kernel(NamedTuple):
-    """A layer-direction's sequence forward and its hand-written backward (contract: :mod:`.autograd`)."""
+    """A layer-direction's sequence forward and its hand-written backward (contract: :mod:`.autograd`);
+    a kernel that makes its input projections itself has ``rows_forward`` instead of ``forward``."""
 
-    forward: Callable[..., Tuple[Tensor, List[Tensor], List[Tensor]]]
+    forward: Optional[Callable[..., Tuple[Tensor, List[Tensor], List[Tensor]]]]
     backward: Callable[..., Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]]
+    rows_forward: Optional[Callable[..., Tuple[Tensor, List[Tensor], List[Tensor]]]] = None
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from .build import available, status
 __all__ = ["available", "native_kernel", "status"]
 
 _KERNELS = {
-    "LSTM": Kernel(sequences.lstm_forward, sequences.lstm_backward),
-    "GRU": Kernel(sequences.gru_forward, sequences.gru_backward),
-    "RNN_TANH": Kernel(partial(sequences.rnn_forward, relu=False), partial(sequences.rnn_backward, relu=False)),
-    "RNN_RELU": Kernel(partial(sequences.rnn_forward, relu=True), partial(sequences.rnn_backward, relu=True)),
+    "LSTM": Kernel(None, sequences.lstm_backward, sequences.lstm_forward),
+    "GRU": Kernel(None, sequences.gru_backward, sequences.gru_forward),
+    "RNN_TANH": Kernel(None, partial(sequences.rnn_backward, relu=False), partial(sequences.rnn_forward, relu=False)),
+    "RNN_RELU": Kernel(None, partial(sequences.rnn_backward, relu=True), partial(sequences.rnn_forward, relu=True)),
 }
 
 

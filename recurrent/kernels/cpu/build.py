@@ -33,16 +33,17 @@ SOURCE = Path(__file__).with_name("sequences.cpp")
 HEADERS = [Path(__file__).with_name("gate_math.h")]
 
 SCHEMAS = [
-    # The forward ops overwrite gi (the input projections) with what the backward keeps.
-    "lstm_sequence(Tensor(a!) gi, Tensor h0, Tensor c0, Tensor w_hh_t, int[] batch_sizes, bool save) "
-    "-> (Tensor, Tensor, Tensor, Tensor)",
+    # x: each direction's input rows (D, R, I); the weights as the layer stacks them (D, G, ·).
+    "lstm_sequence(Tensor x, Tensor w_ih, Tensor? bias, Tensor h0, Tensor c0, Tensor w_hh, int[] batch_sizes, "
+    "bool save) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
     "lstm_sequence_backward(Tensor grad_hs, Tensor dh_n, Tensor dc_n, Tensor gates, Tensor cs, Tensor c0, "
     "Tensor w_hh, int[] batch_sizes) -> (Tensor, Tensor, Tensor)",
-    "gru_sequence(Tensor(a!) gi, Tensor h0, Tensor w_hh_t, Tensor? b_hh, int[] batch_sizes, bool save) "
-    "-> (Tensor, Tensor, Tensor)",
+    "gru_sequence(Tensor x, Tensor w_ih, Tensor? b_ih, Tensor h0, Tensor w_hh, Tensor? b_hh, int[] batch_sizes, "
+    "bool save) -> (Tensor, Tensor, Tensor, Tensor)",
     "gru_sequence_backward(Tensor grad_hs, Tensor dh_n, Tensor gates, Tensor ghn, Tensor hs, Tensor h0, "
     "Tensor w_hh, int[] batch_sizes) -> (Tensor, Tensor, Tensor)",
-    "rnn_sequence(Tensor(a!) gi, Tensor h0, Tensor w_hh_t, int[] batch_sizes, bool relu) -> Tensor",
+    "rnn_sequence(Tensor x, Tensor w_ih, Tensor? bias, Tensor h0, Tensor w_hh, int[] batch_sizes, bool relu) "
+    "-> (Tensor, Tensor)",
     "rnn_sequence_backward(Tensor grad_hs, Tensor dh_n, Tensor hs, Tensor w_hh, int[] batch_sizes, bool relu, "
     "Tensor(a!) da) -> Tensor",
 ]
@@ -94,21 +95,22 @@ def _build(compiler: str, flags: List[str], out: Path) -> None:
 
 
 def _self_check() -> None:
-    """Two LSTM steps over one row past a tile and an odd width, against the same math in ATen ops:
-    a miscompiled library, or a torch whose brgemm cannot run here, is not used."""
+    """Two LSTM steps over one row past a tile and odd widths, against the same math in ATen ops: a
+    miscompiled library, or a torch whose brgemm cannot run here, is not used."""
     gen = torch.Generator().manual_seed(0)
-    hidden, rows = 9, 33
-    gi = torch.randn(1, 2 * rows, 4 * hidden, generator=gen) * 3
+    hidden, rows = 9, 65
+    x = torch.randn(1, 2 * rows, 5, generator=gen)
+    w_ih, w_hh = torch.randn(1, 4 * hidden, 5, generator=gen), torch.randn(1, 4 * hidden, hidden, generator=gen) / 3
     h0, c0 = torch.randn(1, rows, hidden, generator=gen), torch.randn(1, rows, hidden, generator=gen)
-    w_hh = torch.randn(1, 4 * hidden, hidden, generator=gen) / 3
+    bias = torch.randn(1, 4 * hidden, generator=gen)
     h, c, hs_ref = h0[0], c0[0], []
     for t in range(2):
-        i, f, g, o = (gi[0, t * rows : (t + 1) * rows] + h @ w_hh[0].t()).chunk(4, -1)
+        a = x[0, t * rows : (t + 1) * rows] @ w_ih[0].t() + bias[0] + h @ w_hh[0].t()
+        i, f, g, o = a.chunk(4, -1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         hs_ref.append(h)
-    w_hh_t = w_hh.transpose(1, 2).contiguous()
-    hs, h_n, c_n, _ = torch.ops.recurrent_cpu.lstm_sequence(gi.clone(), h0, c0, w_hh_t, [rows, rows], False)
+    hs, h_n, c_n, _, _ = torch.ops.recurrent_cpu.lstm_sequence(x, w_ih, bias, h0, c0, w_hh, [rows, rows], False)
     expected = (torch.cat(hs_ref)[None], h[None], c[None])
     if not all(torch.allclose(a, e, atol=1e-5) for a, e in zip((hs, h_n, c_n), expected)):
         raise RuntimeError("its LSTM disagrees with ATen's")

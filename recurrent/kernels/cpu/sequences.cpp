@@ -63,10 +63,45 @@ void check(const Tensor& t, at::IntArrayRef shape, const char* name) {
 
 float* data(const Tensor& t) { return t.data_ptr<float>(); }
 
-// c (m, n) = a (m, k) b (k, n) (+ c when `add`), row-major with leading dimensions lda, ldb, ldc.
-void product(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-             int64_t ldc, bool add) {
-  if (m > 0) at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, add, a, b, c, false);
+// A weight cut into panels of kPanel columns of (K, N), each stored as its own (K, kPanel) rows, so
+// that the product's pass over a panel reads consecutive memory: in the plain layout each of the K
+// rows it reads lies N floats from the last, a page apart at N = 1024. Made from w (D, K, N), or
+// from w (D, N, K) when `transposed` (W_ih and W_hh as the layer stacks them, for x Wᵀ).
+constexpr int64_t kPanel = 64;
+
+struct Panels {
+  int64_t K, N, count;
+  std::vector<float> data;
+  Panels(const Tensor& w, bool transposed)
+      : K(w.size(transposed ? 2 : 1)), N(w.size(transposed ? 1 : 2)), count((N + kPanel - 1) / kPanel) {
+    const int64_t D = w.size(0);
+    const float* from = w.data_ptr<float>();
+    data.resize(D * count * K * kPanel);
+    at::parallel_for(0, D * count, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t d = p / count, n0 = (p % count) * kPanel, width = std::min(kPanel, N - n0);
+        float* to = data.data() + p * K * kPanel;
+        for (int64_t k = 0; k < K; ++k) {
+          for (int64_t n = 0; n < width; ++n) {
+            to[k * kPanel + n] = transposed ? from[(d * N + n0 + n) * K + k] : from[(d * K + k) * N + n0 + n];
+          }
+        }
+      }
+    });
+  }
+  const float* panel(int64_t d, int64_t p) const { return data.data() + (d * count + p) * K * kPanel; }
+};
+
+// c (m, N) = a (m, K) · direction d's weight (+ c when `add`), one brgemm micro-kernel call per panel.
+void product(int64_t m, const float* a, int64_t lda, const Panels& w, int64_t d, float* c, int64_t ldc, bool add) {
+  for (int64_t p = 0; m > 0 && p < w.count; ++p) {
+    const int64_t n0 = p * kPanel, width = std::min(kPanel, w.N - n0);
+    if (w.K == 0) {  // an empty product: c stays, or is zero
+      for (int64_t r = 0; r < m && !add; ++r) std::fill_n(c + r * ldc + n0, width, 0.0f);
+      continue;
+    }
+    at::native::cpublas::brgemm(m, width, w.K, lda, kPanel, ldc, add, a, w.panel(d, p), c + n0, false);
+  }
 }
 
 // Runs block(d, r0, r1) for each direction d and block of batch rows [r0, r1): about one block per
@@ -100,6 +135,17 @@ const float* before(const Steps& steps, const float* seq, const float* initial, 
   return t > 0 ? seq + (steps.offset[t - 1] + r) * W : initial + r * W;
 }
 
+// The input side of a tile's pre-activations, into out (m rows, leading dimension G): its rows of x
+// (one direction's, I wide) times W_ihᵀ, plus the bias where there is one.
+void input_side(int64_t m, const float* x, const Panels& w_ih, int64_t d, const float* bias, float* out, int64_t G) {
+  for (int64_t r = 0; bias != nullptr && r < m; ++r) copy_row(out + r * G, bias, G);
+  product(m, x, w_ih.K, w_ih, d, out, G, bias != nullptr);
+}
+
+const float* direction(const std::optional<Tensor>& bias, int64_t d, int64_t G) {
+  return bias ? data(*bias) + d * G : nullptr;
+}
+
 // Copies into `finals` (one direction's (N, W)) each of the rows [r0, r1) at its last step in `seq`.
 void last_rows(const Steps& steps, const float* seq, float* finals, int64_t r0, int64_t r1, int64_t W) {
   int64_t t = steps.count() - 1;
@@ -126,22 +172,31 @@ void lstm_row(float* __restrict a, const float* c, float* c_new, float* __restri
   }
 }
 
-// gi: W_ih x + b_ih + b_hh for every row, overwritten with the gates. Returns (hs, h_n, c_n, cs),
-// cs empty unless `save` (the cell state then lives in c_n, updated in place).
-std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_sequence(const Tensor& gi, const Tensor& h0, const Tensor& c0,
-                                                         const Tensor& w_hh_t, at::IntArrayRef batch_sizes, bool save) {
+// x: each direction's input rows (D, R, I); bias: b_ih + b_hh (D, G). Returns (hs, h_n, c_n, gates,
+// cs), gates and cs for every row when `save`, else empty (the cell state then lives in c_n).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_sequence(const Tensor& x, const Tensor& w_ih,
+                                                                 const std::optional<Tensor>& bias, const Tensor& h0,
+                                                                 const Tensor& c0, const Tensor& w_hh,
+                                                                 at::IntArrayRef batch_sizes, bool save) {
   const Steps steps(batch_sizes);
-  const int64_t D = h0.size(0), N = h0.size(1), H = h0.size(2), G = 4 * H, R = steps.rows;
-  check(gi, {D, R, G}, "gi"), check(h0, {D, N, H}, "h0"), check(c0, {D, N, H}, "c0"), check(w_hh_t, {D, H, G}, "w_hh_t");
-  Tensor hs = at::empty({D, R, H}, gi.options()), cs = at::empty({D, save ? R : 0, H}, gi.options());
-  Tensor h_n = at::empty({D, N, H}, gi.options()), c_n = save ? at::empty({D, N, H}, gi.options()) : c0.clone();
+  const int64_t D = h0.size(0), N = h0.size(1), H = h0.size(2), G = 4 * H, R = steps.rows, I = x.size(-1);
+  check(x, {D, R, I}, "x"), check(w_ih, {D, G, I}, "w_ih"), check(h0, {D, N, H}, "h0"), check(c0, {D, N, H}, "c0");
+  check(w_hh, {D, G, H}, "w_hh");
+  if (bias) check(*bias, {D, G}, "bias");
+  const auto options = x.options();
+  Tensor hs = at::empty({D, R, H}, options), gates = at::empty({D, save ? R : 0, G}, options);
+  Tensor cs = at::empty({D, save ? R : 0, H}, options), h_n = at::empty({D, N, H}, options);
+  Tensor c_n = save ? at::empty({D, N, H}, options) : c0.clone();
+  const Panels w_i(w_ih, true), w_h(w_hh, true);
   for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
-    const float *h0_ = data(h0) + d * N * H, *c0_ = data(c0) + d * N * H, *w = data(w_hh_t) + d * H * G;
-    float *hs_ = data(hs) + d * R * H, *gates = data(gi) + d * R * G;
-    float *c_seq = save ? data(cs) + d * R * H : nullptr, *c_state = data(c_n) + d * N * H;
+    std::vector<float> scratch(save ? 0 : kTile * G);
+    const float *h0_ = data(h0) + d * N * H, *c0_ = data(c0) + d * N * H, *x_ = data(x) + d * R * I;
+    float *hs_ = data(hs) + d * R * H, *c_seq = save ? data(cs) + d * R * H : nullptr, *c_state = data(c_n) + d * N * H;
     for_tiles(steps, r0, r1, false, [&](int64_t t, int64_t a, int64_t b) {
-      float* tile = gates + (steps.offset[t] + a) * G;
-      product(b - a, G, H, before(steps, hs_, h0_, t, a, H), H, w, G, tile, G, true);
+      const int64_t row = steps.offset[t] + a;
+      float* tile = save ? data(gates) + (d * R + row) * G : scratch.data();
+      input_side(b - a, x_ + row * I, w_i, d, direction(bias, d, G), tile, G);
+      product(b - a, before(steps, hs_, h0_, t, a, H), H, w_h, d, tile, G, true);
       for (int64_t r = a; r < b; ++r) {
         const float* c = save ? before(steps, c_seq, c0_, t, r, H) : c_state + r * H;
         float* c_new = save ? c_seq + (steps.offset[t] + r) * H : c_state + r * H;
@@ -151,7 +206,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_sequence(const Tensor& gi, const
     last_rows(steps, hs_, data(h_n) + d * N * H, r0, r1, H);
     if (save) last_rows(steps, c_seq, data(c_n) + d * N * H, r0, r1, H);
   });
-  return {hs, h_n, c_n, cs};
+  return {hs, h_n, c_n, gates, cs};
 }
 
 // The LSTM step's gradients from dh' = dh + grad_h and dc', with the saved gates and c, c' (t = tanh(c')):
@@ -184,9 +239,10 @@ std::tuple<Tensor, Tensor, Tensor> lstm_sequence_backward(const Tensor& grad_hs,
   check(gates, {D, R, G}, "gates"), check(cs, {D, R, H}, "cs"), check(c0, {D, N, H}, "c0");
   check(w_hh, {D, G, H}, "w_hh");
   Tensor dgates = at::empty({D, R, G}, gates.options()), dh = dh_n.clone(), dc = dc_n.clone();
+  const Panels w(w_hh, false);
   for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
     float *dh_ = data(dh) + d * N * H, *dc_ = data(dc) + d * N * H;
-    const float *c_seq = data(cs) + d * R * H, *w = data(w_hh) + d * G * H;
+    const float* c_seq = data(cs) + d * R * H;
     for_tiles(steps, r0, r1, true, [&](int64_t t, int64_t a, int64_t b) {
       const int64_t row = d * R + steps.offset[t];
       for (int64_t r = a; r < b; ++r) {
@@ -194,7 +250,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_sequence_backward(const Tensor& grad_hs,
         lstm_backward_row(dh_ + r * H, data(grad_hs) + (row + r) * H, dc_ + r * H, data(gates) + (row + r) * G, c_prev,
                           data(cs) + (row + r) * H, data(dgates) + (row + r) * G, H);
       }
-      product(b - a, H, G, data(dgates) + (row + a) * G, G, w, H, dh_ + a * H, H, false);
+      product(b - a, data(dgates) + (row + a) * G, G, w, d, dh_ + a * H, H, false);
     });
   });
   return {dgates, dh, dc};
@@ -216,34 +272,40 @@ void gru_row(const float* __restrict gh, float* __restrict gi, const float* __re
   }
 }
 
-// gi: W_ih x + b_ih for every row, overwritten with (r, z, n). Returns (hs, h_n, ghn): ghn (W_hn h +
-// b_hn for every row) is empty unless `save`.
-std::tuple<Tensor, Tensor, Tensor> gru_sequence(const Tensor& gi, const Tensor& h0, const Tensor& w_hh_t,
-                                                const std::optional<Tensor>& b_hh, at::IntArrayRef batch_sizes,
-                                                bool save) {
+// x: each direction's input rows (D, R, I). Returns (hs, h_n, gates, ghn): with `save`, the gates
+// (r, z, n) and ghn = W_hn h + b_hn for every row, else both empty.
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_sequence(const Tensor& x, const Tensor& w_ih,
+                                                        const std::optional<Tensor>& b_ih, const Tensor& h0,
+                                                        const Tensor& w_hh, const std::optional<Tensor>& b_hh,
+                                                        at::IntArrayRef batch_sizes, bool save) {
   const Steps steps(batch_sizes);
-  const int64_t D = h0.size(0), N = h0.size(1), H = h0.size(2), G = 3 * H, R = steps.rows;
-  check(gi, {D, R, G}, "gi"), check(h0, {D, N, H}, "h0"), check(w_hh_t, {D, H, G}, "w_hh_t");
+  const int64_t D = h0.size(0), N = h0.size(1), H = h0.size(2), G = 3 * H, R = steps.rows, I = x.size(-1);
+  check(x, {D, R, I}, "x"), check(w_ih, {D, G, I}, "w_ih"), check(h0, {D, N, H}, "h0"), check(w_hh, {D, G, H}, "w_hh");
+  if (b_ih) check(*b_ih, {D, G}, "b_ih");
   if (b_hh) check(*b_hh, {D, G}, "b_hh");
-  Tensor hs = at::empty({D, R, H}, gi.options()), ghn = at::empty({D, save ? R : 0, H}, gi.options());
-  Tensor h_n = at::empty({D, N, H}, gi.options());
+  const auto options = x.options();
+  Tensor hs = at::empty({D, R, H}, options), h_n = at::empty({D, N, H}, options);
+  Tensor gates = at::empty({D, save ? R : 0, G}, options), ghn = at::empty({D, save ? R : 0, H}, options);
+  const Panels w_i(w_ih, true), w_h(w_hh, true);
   for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
-    std::vector<float> gh(kTile * G);
-    const float *h0_ = data(h0) + d * N * H, *w = data(w_hh_t) + d * H * G;
+    std::vector<float> gh(kTile * G), scratch(save ? 0 : kTile * G);
+    const float *h0_ = data(h0) + d * N * H, *x_ = data(x) + d * R * I;
     float* hs_ = data(hs) + d * R * H;
     for_tiles(steps, r0, r1, false, [&](int64_t t, int64_t a, int64_t b) {
-      const int64_t row = d * R + steps.offset[t];
-      for (int64_t r = 0; b_hh && r < b - a; ++r) copy_row(gh.data() + r * G, data(*b_hh) + d * G, G);
-      product(b - a, G, H, before(steps, hs_, h0_, t, a, H), H, w, G, gh.data(), G, b_hh.has_value());
+      const int64_t row = steps.offset[t] + a;
+      float* gi = save ? data(gates) + (d * R + row) * G : scratch.data();
+      input_side(b - a, x_ + row * I, w_i, d, direction(b_ih, d, G), gi, G);
+      input_side(b - a, before(steps, hs_, h0_, t, a, H), w_h, d, direction(b_hh, d, G), gh.data(), G);
       for (int64_t r = a; r < b; ++r) {
         const float* gh_row = gh.data() + (r - a) * G;
-        gru_row(gh_row, data(gi) + (row + r) * G, before(steps, hs_, h0_, t, r, H), data(hs) + (row + r) * H, H);
-        if (save) copy_row(data(ghn) + (row + r) * H, gh_row + 2 * H, H);
+        const int64_t here = steps.offset[t] + r;
+        gru_row(gh_row, gi + (r - a) * G, before(steps, hs_, h0_, t, r, H), hs_ + here * H, H);
+        if (save) copy_row(data(ghn) + (d * R + here) * H, gh_row + 2 * H, H);
       }
     });
     last_rows(steps, hs_, data(h_n) + d * N * H, r0, r1, H);
   });
-  return {hs, h_n, ghn};
+  return {hs, h_n, gates, ghn};
 }
 
 // The GRU step's gradients from dh' = dh + grad_h: da_n = dh' (1 − z)(1 − n²), da_z = dh' (h − n) z(1 − z),
@@ -280,10 +342,10 @@ std::tuple<Tensor, Tensor, Tensor> gru_sequence_backward(const Tensor& grad_hs, 
   check(grad_hs, {D, R, H}, "grad_hs"), check(dh_n, {D, N, H}, "dh_n"), check(gates, {D, R, G}, "gates");
   check(ghn, {D, R, H}, "ghn"), check(hs, {D, R, H}, "hs"), check(h0, {D, N, H}, "h0"), check(w_hh, {D, G, H}, "w_hh");
   Tensor dgi = at::empty({D, R, G}, gates.options()), dghn = at::empty({D, R, H}, gates.options()), dh = dh_n.clone();
+  const Panels w(w_hh, false);
   for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
     std::vector<float> dgh(kTile * G);
     float* dh_ = data(dh) + d * N * H;
-    const float* w = data(w_hh) + d * G * H;
     for_tiles(steps, r0, r1, true, [&](int64_t t, int64_t a, int64_t b) {
       const int64_t row = d * R + steps.offset[t];
       for (int64_t r = a; r < b; ++r) {
@@ -292,7 +354,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_sequence_backward(const Tensor& grad_hs, 
                          data(ghn) + (row + r) * H, h_prev, data(dgi) + (row + r) * G, dgh.data() + (r - a) * G,
                          data(dghn) + (row + r) * H, H);
       }
-      product(b - a, H, G, dgh.data(), G, w, H, dh_ + a * H, H, true);
+      product(b - a, dgh.data(), G, w, d, dh_ + a * H, H, true);
     });
   });
   return {dgi, dghn, dh};
@@ -309,23 +371,28 @@ void rnn_row(float* __restrict a, int64_t H, bool relu) {
   }
 }
 
-// gi: W_ih x + b_ih + b_hh for every row, overwritten with the outputs (hs). Returns h_n.
-Tensor rnn_sequence(const Tensor& gi, const Tensor& h0, const Tensor& w_hh_t, at::IntArrayRef batch_sizes, bool relu) {
+// x: each direction's input rows (D, R, I); bias: b_ih + b_hh (D, H). Returns (hs, h_n).
+std::tuple<Tensor, Tensor> rnn_sequence(const Tensor& x, const Tensor& w_ih, const std::optional<Tensor>& bias,
+                                        const Tensor& h0, const Tensor& w_hh, at::IntArrayRef batch_sizes, bool relu) {
   const Steps steps(batch_sizes);
-  const int64_t D = h0.size(0), N = h0.size(1), H = h0.size(2), R = steps.rows;
-  check(gi, {D, R, H}, "gi"), check(h0, {D, N, H}, "h0"), check(w_hh_t, {D, H, H}, "w_hh_t");
-  Tensor h_n = at::empty({D, N, H}, gi.options());
+  const int64_t D = h0.size(0), N = h0.size(1), H = h0.size(2), R = steps.rows, I = x.size(-1);
+  check(x, {D, R, I}, "x"), check(w_ih, {D, H, I}, "w_ih"), check(h0, {D, N, H}, "h0"), check(w_hh, {D, H, H}, "w_hh");
+  if (bias) check(*bias, {D, H}, "bias");
+  Tensor hs = at::empty({D, R, H}, x.options()), h_n = at::empty({D, N, H}, x.options());
+  const Panels w_i(w_ih, true), w_h(w_hh, true);
   for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
-    const float *h0_ = data(h0) + d * N * H, *w = data(w_hh_t) + d * H * H;
-    float* hs = data(gi) + d * R * H;
+    const float *h0_ = data(h0) + d * N * H, *x_ = data(x) + d * R * I;
+    float* hs_ = data(hs) + d * R * H;
     for_tiles(steps, r0, r1, false, [&](int64_t t, int64_t a, int64_t b) {
-      float* tile = hs + (steps.offset[t] + a) * H;
-      product(b - a, H, H, before(steps, hs, h0_, t, a, H), H, w, H, tile, H, true);
+      const int64_t row = steps.offset[t] + a;
+      float* tile = hs_ + row * H;
+      input_side(b - a, x_ + row * I, w_i, d, direction(bias, d, H), tile, H);
+      product(b - a, before(steps, hs_, h0_, t, a, H), H, w_h, d, tile, H, true);
       for (int64_t r = a; r < b; ++r) rnn_row(tile + (r - a) * H, H, relu);
     });
-    last_rows(steps, hs, data(h_n) + d * N * H, r0, r1, H);
+    last_rows(steps, hs_, data(h_n) + d * N * H, r0, r1, H);
   });
-  return h_n;
+  return {hs, h_n};
 }
 
 // da = (dh + grad_h) act'(a), from the output h': 1 − h'² for tanh, [h' > 0] for relu (torch's
@@ -350,16 +417,16 @@ Tensor rnn_sequence_backward(const Tensor& grad_hs, const Tensor& dh_n, const Te
   check(grad_hs, {D, R, H}, "grad_hs"), check(dh_n, {D, N, H}, "dh_n"), check(hs, {D, R, H}, "hs");
   check(w_hh, {D, H, H}, "w_hh"), check(da, {D, R, H}, "da");
   Tensor dh = dh_n.clone();
+  const Panels w(w_hh, false);
   for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
     float* dh_ = data(dh) + d * N * H;
-    const float* w = data(w_hh) + d * H * H;
     for_tiles(steps, r0, r1, true, [&](int64_t t, int64_t a, int64_t b) {
       const int64_t row = d * R + steps.offset[t];
       for (int64_t r = a; r < b; ++r) {
         rnn_backward_row(dh_ + r * H, data(grad_hs) + (row + r) * H, data(hs) + (row + r) * H, data(da) + (row + r) * H,
                          H, relu);
       }
-      product(b - a, H, H, data(da) + (row + a) * H, H, w, H, dh_ + a * H, H, false);
+      product(b - a, data(da) + (row + a) * H, H, w, d, dh_ + a * H, H, false);
     });
   });
   return dh;

@@ -1,10 +1,11 @@
 """The native CPU kernels: each kind's kernel pair (contract: :mod:`..autograd`) as calls of its
-sequence ops (``torch.ops.recurrent_cpu.*``, :mod:`.build`), which run the whole time loop in C++.
+sequence ops (``torch.ops.recurrent_cpu.*``, :mod:`.build`), which run the whole time loop in C++,
+input projections included (``rows_forward``): without gradients no sequence-sized buffer of gate
+inputs is made, and with them the gates go straight into the saved buffer.
 
-What they save is what the TorchScript kernels save, written where the forward op already had it:
-the forward ops overwrite gi, which the layer made for this call alone, with the gates (LSTM, GRU)
-or the outputs (RNN). The GRU's backward hands back the hidden gates' gradient as its n block only
-(the r and z blocks are dgi's): a buffer the size of the sequence less at the backward's peak.
+What they save is what the TorchScript kernels save. The GRU's backward hands back the hidden gates'
+gradient as its n block only (the r and z blocks are dgi's): a buffer the size of the sequence less
+at the backward's peak.
 Plain Python: only the eager layers call them (a scripted model never refers to these ops).
 """
 
@@ -22,14 +23,21 @@ Forward = Tuple[Tensor, List[Tensor], List[Tensor]]
 Backward = Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]
 
 
+def _flat(bias: Optional[Tensor]) -> Optional[Tensor]:
+    """A stacked bias (D, 1, G) as the ops take it: (D, G)."""
+    return None if bias is None else bias.reshape(bias.size(0), -1).contiguous()
+
+
 def lstm_forward(
-    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
-    batch_sizes: List[int], save: bool,
+    x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], state0: List[Tensor], w_hh: Tensor, b_hh: Optional[Tensor],
+    extra: List[Tensor], batch_sizes: List[int], save: bool,
 ) -> Forward:  # fmt: skip
-    """Returns (hs, [h_n, c_n], saved); with ``save``, saved = [gates (i, f, g, o) (in gi), c] for every row."""
+    """Returns (hs, [h_n, c_n], saved); with ``save``, saved = [gates (i, f, g, o), c] for every row."""
     h0, c0 = (s.contiguous() for s in state0)
-    hs, h_n, c_n, cs = _ops.lstm_sequence(gi, h0, c0, w_hh_t.contiguous(), batch_sizes, save)
-    return hs, [h_n, c_n], [gi, cs] if save else []
+    hs, h_n, c_n, gates, cs = _ops.lstm_sequence(
+        x.contiguous(), w_ih.contiguous(), _flat(b_ih), h0, c0, w_hh.contiguous(), batch_sizes, save
+    )
+    return hs, [h_n, c_n], [gates, cs] if save else []
 
 
 def lstm_backward(
@@ -45,13 +53,15 @@ def lstm_backward(
 
 
 def gru_forward(
-    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
-    batch_sizes: List[int], save: bool,
+    x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], state0: List[Tensor], w_hh: Tensor, b_hh: Optional[Tensor],
+    extra: List[Tensor], batch_sizes: List[int], save: bool,
 ) -> Forward:  # fmt: skip
-    """Returns (hs, [h_n], saved); with ``save``, saved = [(r, z, n) (in gi), W_hn h + b_hn] for every row."""
-    b = None if b_hh is None else b_hh.reshape(b_hh.size(0), -1).contiguous()
-    hs, h_n, ghn = _ops.gru_sequence(gi, state0[0].contiguous(), w_hh_t.contiguous(), b, batch_sizes, save)
-    return hs, [h_n], [gi, ghn] if save else []
+    """Returns (hs, [h_n], saved); with ``save``, saved = [(r, z, n), W_hn h + b_hn] for every row."""
+    hs, h_n, gates, ghn = _ops.gru_sequence(
+        x.contiguous(), w_ih.contiguous(), _flat(b_ih), state0[0].contiguous(), w_hh.contiguous(), _flat(b_hh),
+        batch_sizes, save,
+    )  # fmt: skip
+    return hs, [h_n], [gates, ghn] if save else []
 
 
 def gru_backward(
@@ -67,12 +77,14 @@ def gru_backward(
 
 
 def rnn_forward(
-    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
-    batch_sizes: List[int], save: bool, relu: bool,
+    x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], state0: List[Tensor], w_hh: Tensor, b_hh: Optional[Tensor],
+    extra: List[Tensor], batch_sizes: List[int], save: bool, relu: bool,
 ) -> Forward:  # fmt: skip
-    """Returns (hs, [h_n], []): the outputs (written into gi) are all the backward needs."""
-    h_n = _ops.rnn_sequence(gi, state0[0].contiguous(), w_hh_t.contiguous(), batch_sizes, relu)
-    return gi, [h_n], []
+    """Returns (hs, [h_n], []): the outputs are all the backward needs."""
+    hs, h_n = _ops.rnn_sequence(
+        x.contiguous(), w_ih.contiguous(), _flat(b_ih), state0[0].contiguous(), w_hh.contiguous(), batch_sizes, relu
+    )
+    return hs, [h_n], []
 
 
 def rnn_backward(
