@@ -97,6 +97,29 @@ def test_many_rows_split_between_threads_equal_torch_nn(kind, threads):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5, msg=lambda m: f"tensor {i}: {m}")
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["one direction", "two directions"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_retained_graph_gives_torch_nns_gradients_twice(kind, bidirectional):
+    """Two backwards through one graph (retain_graph=True) accumulate torch.nn's gradients twice. The
+    RNN's first backward writes over its saved outputs, the second recomputes the layer; the lower
+    layer's outputs, the upper one's input, stay as they were for the upper layer's second backward."""
+    if not cpu.available():
+        pytest.skip(cpu.status())
+    torch.manual_seed(1)
+    reference, ours = module_pair(kind, 3, 6, 2, bidirectional=bidirectional)
+    results = []
+    for module in (reference, ours):
+        x = torch.randn(5, 4, 3, generator=torch.Generator().manual_seed(2), requires_grad=True)
+        out = module(x)[0]
+        loss = (out * torch.linspace(-1, 1, out.size(-1))).sum()
+        loss.backward(retain_graph=True)
+        first = [p.grad.clone() for p in module.parameters()]
+        loss.backward()
+        results.append([x.grad, *first, *(p.grad for p in module.parameters())])
+    for i, (a, e) in enumerate(zip(results[1], results[0])):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5, msg=lambda m: f"tensor {i}: {m}")
+
+
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_native_ops_run_on_the_fast_path_only(kind, grad):

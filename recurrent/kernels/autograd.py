@@ -9,7 +9,11 @@ weights only some kinds have (the LSTM's projection w_hr, (D, P, H)), and ``b_hh
 the kind folds it into the input projection. ``saved`` is the kind's own list of activations; a
 kind's kernels on every backend save the same list, so any backend's backward can follow any
 backend's forward. dgh may hold only the last columns of the hidden gates' gradient where its first
-ones equal dgi's (the native GRU's: r and z equal, n differs). A kernel may make the input
+ones equal dgi's (the native GRU's: r and z equal, n differs), or be a :class:`SummedWeight`. A
+kernel with ``overwrites_saved`` writes its gradients over its saved activations in its backward,
+and with ``overwrites_hs`` over hs too (then the layer's own); a second backward then recomputes
+the layer, as with ``create_graph``; one with ``joined_grad`` gets
+grad_hs as a :class:`JoinedGrad`. A kernel may make the input
 projections itself, in its time loop: its ``rows_forward(x, w_ih, b_ih, state0, w_hh, b_hh, extra,
 batch_sizes, save)`` takes each direction's input rows x (D, T, I) and the stacked weights instead
 of gi (the native CPU kernels: no sequence-sized gi buffer without gradients).
@@ -100,6 +104,31 @@ def _weight_grad(grad: Tensor, blocks: List[Tensor], fast: bool) -> Tensor:
     return weight_grad(grad, blocks) if fast and grad.size(2) > 128 else blocks_product(grad, blocks)
 
 
+class JoinedGrad(NamedTuple):
+    """The incoming gradient as a ``joined_grad`` kernel takes it: the output rows' (T, D·H) and the
+    second direction's row order (None for one direction), instead of a per-direction copy."""
+
+    rows: Tensor
+    reverse: Optional[Tensor]
+
+
+class SummedWeight(NamedTuple):
+    """A kernel's dgh given as the hidden weight gradient it summed itself (D, G, H), and the gate
+    gradient rows (D, R, G) whose sum is the hidden bias gradient."""
+
+    weight: Tensor
+    rows: Tensor
+
+
+def _hidden_grads(dgi: Tensor, dgh, h_prev: List[Tensor], fast: bool) -> Tuple[Tensor, List[Tensor]]:
+    """(dW_hh, the rows whose sum is db_hh, as column blocks) from a kernel's dgh: the hidden gates'
+    whole gradient, its last columns (the first ones being dgi's), or a :class:`SummedWeight`."""
+    if isinstance(dgh, SummedWeight):
+        return dgh.weight, [dgh.rows]
+    hidden = [dgi[:, :, : dgi.size(2) - dgh.size(2)], dgh] if dgh.size(2) < dgi.size(2) else [dgh]
+    return torch.cat([_weight_grad(part, h_prev, fast) for part in hidden], 1), hidden
+
+
 class LayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec: LayerSpec, rows: Tensor, states: int, *tensors: Tensor):
@@ -120,12 +149,21 @@ class LayerFunction(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor, *grad_finals: Tensor):
         if torch.is_grad_enabled() or _batched(grad_out) or any(_batched(g) for g in grad_finals):
             return _autograd_backward(ctx, grad_out, grad_finals)
+        if getattr(ctx, "spent", False):  # a second backward (retain_graph) after the kernel reused hs
+            return _autograd_backward(ctx, grad_out, grad_finals)
         spec: LayerSpec = ctx.spec
         states, params, extras = ctx.counts
         rows, *rest = ctx.saved_tensors
         state0, (w_ih, w_hh, hs, *rest) = rest[:states], rest[states + params :]
         extra, saved = rest[:extras], rest[extras:]
-        grad_hs = split_directions(grad_out, spec.reverse)
+        if spec.kernel.joined_grad:
+            grad_hs = JoinedGrad(grad_out.contiguous(), spec.reverse)
+        else:
+            grad_hs = split_directions(grad_out, spec.reverse)
+        ctx.spent = spec.kernel.overwrites_saved
+        if spec.kernel.overwrites_hs:
+            # hs is the layer's own unless one direction's output went on to the next layer as a view.
+            hs = hs if spec.last or spec.reverse is not None else hs.clone()
         h_prev = previous_blocks(state0[0], hs, spec.batch_sizes)
         dgi, dgh, dstate0, dextra = spec.kernel.backward(
             grad_hs, list(grad_finals), state0, hs, h_prev, saved, w_hh, extra, spec.batch_sizes
@@ -137,13 +175,12 @@ class LayerFunction(torch.autograd.Function):
             w_ih_t = w_ih.transpose(1, 2).contiguous() if fast else w_ih.transpose(1, 2)
             dx = sum_directions(rows_linear(dgi, w_ih_t, None, fast), spec.reverse)
         stacked: Dict[str, Tensor] = {"weight_ih": _weight_grad(dgi, [per_direction(rows, spec.reverse)], fast)}
-        # A narrower dgh is the last columns of the hidden gates' gradient, the first ones being dgi's.
-        hidden = [dgi[:, :, : dgi.size(2) - dgh.size(2)], dgh] if dgh.size(2) < dgi.size(2) else [dgh]
-        stacked["weight_hh"] = torch.cat([_weight_grad(part, h_prev, fast) for part in hidden], 1)
+        stacked["weight_hh"], hidden = _hidden_grads(dgi, dgh, h_prev, fast)
         if spec.bias:
             stacked["bias_ih"] = dgi.sum(1)
             # Where the kind folds b_hh into gi both gradients are that one sum: a copy, not the same tensor.
-            stacked["bias_hh"] = stacked["bias_ih"].clone() if dgh is dgi else torch.cat([p.sum(1) for p in hidden], 1)
+            folded = hidden[0] is dgi
+            stacked["bias_hh"] = stacked["bias_ih"].clone() if folded else torch.cat([p.sum(1) for p in hidden], 1)
         if spec.proj:
             stacked["weight_hr"] = dextra[0]
         return (None, dx, None, *dstate0, *unstack_grads(stacked, spec.directions, spec.bias, spec.proj))

@@ -30,6 +30,9 @@ class Kernel(NamedTuple):
     forward: Optional[Callable[..., Tuple[Tensor, List[Tensor], List[Tensor]]]]
     backward: Callable[..., Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]]
     rows_forward: Optional[Callable[..., Tuple[Tensor, List[Tensor], List[Tensor]]]] = None
+    overwrites_saved: bool = False  # its backward writes over its saved activations (contract: .autograd)
+    overwrites_hs: bool = False  # ... and over the saved outputs
+    joined_grad: bool = False  # its backward reads the output rows' gradient as they are (.autograd.JoinedGrad)
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,17 @@ from .build import available, status
 
 __all__ = ["available", "native_kernel", "status"]
 
+
+def _native(forward, backward, overwrites_hs: bool = False) -> Kernel:
+    # The backward ops write their gradients over the saved gates (and the RNN's over its outputs).
+    return Kernel(None, backward, forward, overwrites_saved=True, overwrites_hs=overwrites_hs, joined_grad=True)
+
+
 _KERNELS = {
-    "LSTM": Kernel(None, sequences.lstm_backward, sequences.lstm_forward),
-    "GRU": Kernel(None, sequences.gru_backward, sequences.gru_forward),
-    "RNN_TANH": Kernel(None, partial(sequences.rnn_backward, relu=False), partial(sequences.rnn_forward, relu=False)),
-    "RNN_RELU": Kernel(None, partial(sequences.rnn_backward, relu=True), partial(sequences.rnn_forward, relu=True)),
+    "LSTM": _native(sequences.lstm_forward, sequences.lstm_backward),
+    "GRU": _native(sequences.gru_forward, sequences.gru_backward),
+    "RNN_TANH": _native(partial(sequences.rnn_forward, relu=False), partial(sequences.rnn_backward, relu=False), True),
+    "RNN_RELU": _native(partial(sequences.rnn_forward, relu=True), partial(sequences.rnn_backward, relu=True), True),
 }
 
 

@@ -33,19 +33,23 @@ SOURCE = Path(__file__).with_name("sequences.cpp")
 HEADERS = [Path(__file__).with_name("gate_math.h")]
 
 SCHEMAS = [
-    # x: each direction's input rows (D, R, I); the weights as the layer stacks them (D, G, ·).
+    # x: each direction's input rows (D, R, I); the weights as the layer stacks them (D, G, ·); grad_out:
+    # the gradient of the layer's output rows (R, D·H), reverse: the second direction's row order.
     "lstm_sequence(Tensor x, Tensor w_ih, Tensor? bias, Tensor h0, Tensor c0, Tensor w_hh, int[] batch_sizes, "
     "bool save) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
-    "lstm_sequence_backward(Tensor grad_hs, Tensor dh_n, Tensor dc_n, Tensor gates, Tensor cs, Tensor c0, "
-    "Tensor w_hh, int[] batch_sizes) -> (Tensor, Tensor, Tensor)",
+    "lstm_sequence_backward(Tensor grad_out, Tensor? reverse, Tensor dh_n, Tensor dc_n, Tensor gates, Tensor cs, "
+    "Tensor c0, Tensor w_hh, int[] batch_sizes) -> (Tensor, Tensor, Tensor)",
     "gru_sequence(Tensor x, Tensor w_ih, Tensor? b_ih, Tensor h0, Tensor w_hh, Tensor? b_hh, int[] batch_sizes, "
     "bool save) -> (Tensor, Tensor, Tensor, Tensor)",
-    "gru_sequence_backward(Tensor grad_hs, Tensor dh_n, Tensor gates, Tensor ghn, Tensor hs, Tensor h0, "
-    "Tensor w_hh, int[] batch_sizes) -> (Tensor, Tensor, Tensor)",
+    "gru_sequence_backward(Tensor grad_out, Tensor? reverse, Tensor dh_n, Tensor gates, Tensor ghn, Tensor hs, "
+    "Tensor h0, Tensor w_hh, int[] batch_sizes) -> (Tensor, Tensor, Tensor)",
     "rnn_sequence(Tensor x, Tensor w_ih, Tensor? bias, Tensor h0, Tensor w_hh, int[] batch_sizes, bool relu) "
     "-> (Tensor, Tensor)",
-    "rnn_sequence_backward(Tensor grad_hs, Tensor dh_n, Tensor hs, Tensor w_hh, int[] batch_sizes, bool relu, "
-    "Tensor(a!) da) -> Tensor",
+    # The backward ops write their gradients over saved buffers (gates, ghn, the RNN's hs) without
+    # declaring it: the layer's backward runs them on its own buffers, and autograd's check of saved
+    # tensors would refuse a second backward, which the layer handles itself (autograd.py).
+    "rnn_sequence_backward(Tensor grad_out, Tensor? reverse, Tensor dh_n, Tensor hs, Tensor h0, Tensor w_hh, "
+    "int[] batch_sizes, bool relu) -> (Tensor, Tensor)",
 ]
 _LIBRARY = torch.library.Library("recurrent_cpu", "DEF")
 for _schema in SCHEMAS:

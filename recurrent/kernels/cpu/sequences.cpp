@@ -17,10 +17,12 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/native/CPUBlas.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 #include <tuple>
 #include <vector>
 
@@ -146,6 +148,28 @@ const float* direction(const std::optional<Tensor>& bias, int64_t d, int64_t G) 
   return bias ? data(*bias) + d * G : nullptr;
 }
 
+// The incoming gradient of the layer's output rows (R, D·H), as each direction reads it: row i of
+// direction 0 is row i, of direction 1 row reverse[i] (its rows run backwards in time), from column
+// d·H on. Read in place: no per-direction copy of a buffer the size of the output.
+struct GradRows {
+  const float* base;
+  int64_t width, H;
+  const int64_t* reverse;
+  const float* operator()(int64_t d, int64_t i) const { return base + (d == 0 ? i : reverse[i]) * width + d * H; }
+};
+
+GradRows grad_rows(const Tensor& grad, const std::optional<Tensor>& reverse, int64_t D, int64_t R, int64_t H) {
+  check(grad, {R, D * H}, "grad_out");
+  TORCH_CHECK(D == 1 || reverse.has_value(), "recurrent_cpu: two directions need the reverse index");
+  if (reverse) {
+    TORCH_CHECK(reverse->scalar_type() == at::kLong && reverse->device().is_cpu() && reverse->is_contiguous() &&
+                    reverse->sizes() == at::IntArrayRef{R},
+                "recurrent_cpu: reverse must be a contiguous int64 CPU tensor of shape [", R, "], got ",
+                reverse->sizes(), " ", reverse->scalar_type());
+  }
+  return {data(grad), D * H, H, reverse ? reverse->data_ptr<int64_t>() : nullptr};
+}
+
 // Copies into `finals` (one direction's (N, W)) each of the rows [r0, r1) at its last step in `seq`.
 void last_rows(const Steps& steps, const float* seq, float* finals, int64_t r0, int64_t r1, int64_t W) {
   int64_t t = steps.count() - 1;
@@ -211,34 +235,36 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_sequence(const Tensor& x
 
 // The LSTM step's gradients from dh' = dh + grad_h and dc', with the saved gates and c, c' (t = tanh(c')):
 // dc = dc' + dh' o (1 − t²); da = (dc g i(1 − i), dc c f(1 − f), dc i (1 − g²), dh' t o(1 − o)); dc_prev = dc f,
-// over dc.
+// over dc. da goes over the gates (each column's gates are read before its da is written).
 void lstm_backward_row(const float* __restrict dh, const float* __restrict grad_h, float* __restrict dc,
-                       const float* __restrict gates, const float* __restrict c_prev, const float* __restrict c,
-                       float* __restrict dgates, int64_t H) {
+                       float* __restrict gates, const float* __restrict c_prev, const float* __restrict c, int64_t H) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     const float i = gates[j], f = gates[H + j], g = gates[2 * H + j], o = gates[3 * H + j];
     const float d_h = dh[j] + grad_h[j];
     const float t = tanh_(c[j]);
     const float d_c = dc[j] + d_h * o * (1.0f - t * t);
-    dgates[j] = d_c * g * i * (1.0f - i);
-    dgates[H + j] = d_c * c_prev[j] * f * (1.0f - f);
-    dgates[2 * H + j] = d_c * i * (1.0f - g * g);
-    dgates[3 * H + j] = d_h * t * o * (1.0f - o);
+    gates[j] = d_c * g * i * (1.0f - i);
+    gates[H + j] = d_c * c_prev[j] * f * (1.0f - f);
+    gates[2 * H + j] = d_c * i * (1.0f - g * g);
+    gates[3 * H + j] = d_h * t * o * (1.0f - o);
     dc[j] = d_c * f;
   }
 }
 
-// Returns (dgates, dh0, dc0); gates and cs as lstm_sequence saved them, dh' = dgates W_hh per step.
-std::tuple<Tensor, Tensor, Tensor> lstm_sequence_backward(const Tensor& grad_hs, const Tensor& dh_n, const Tensor& dc_n,
+// Returns (dgates, dh0, dc0), dgates written over the saved gates (the layer's own buffer: one the
+// size of the sequence less); gates and cs as lstm_sequence saved them, dh' = dgates W_hh per step.
+std::tuple<Tensor, Tensor, Tensor> lstm_sequence_backward(const Tensor& grad_out, const std::optional<Tensor>& reverse,
+                                                          const Tensor& dh_n, const Tensor& dc_n,
                                                           const Tensor& gates, const Tensor& cs, const Tensor& c0,
                                                           const Tensor& w_hh, at::IntArrayRef batch_sizes) {
   const Steps steps(batch_sizes);
   const int64_t D = c0.size(0), N = c0.size(1), H = c0.size(2), G = 4 * H, R = steps.rows;
-  check(grad_hs, {D, R, H}, "grad_hs"), check(dh_n, {D, N, H}, "dh_n"), check(dc_n, {D, N, H}, "dc_n");
+  const GradRows grad = grad_rows(grad_out, reverse, D, R, H);
+  check(dh_n, {D, N, H}, "dh_n"), check(dc_n, {D, N, H}, "dc_n");
   check(gates, {D, R, G}, "gates"), check(cs, {D, R, H}, "cs"), check(c0, {D, N, H}, "c0");
   check(w_hh, {D, G, H}, "w_hh");
-  Tensor dgates = at::empty({D, R, G}, gates.options()), dh = dh_n.clone(), dc = dc_n.clone();
+  Tensor dh = dh_n.clone(), dc = dc_n.clone();
   const Panels w(w_hh, false);
   for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
     float *dh_ = data(dh) + d * N * H, *dc_ = data(dc) + d * N * H;
@@ -247,13 +273,13 @@ std::tuple<Tensor, Tensor, Tensor> lstm_sequence_backward(const Tensor& grad_hs,
       const int64_t row = d * R + steps.offset[t];
       for (int64_t r = a; r < b; ++r) {
         const float* c_prev = before(steps, c_seq, data(c0) + d * N * H, t, r, H);
-        lstm_backward_row(dh_ + r * H, data(grad_hs) + (row + r) * H, dc_ + r * H, data(gates) + (row + r) * G, c_prev,
-                          data(cs) + (row + r) * H, data(dgates) + (row + r) * G, H);
+        lstm_backward_row(dh_ + r * H, grad(d, steps.offset[t] + r), dc_ + r * H, data(gates) + (row + r) * G, c_prev,
+                          data(cs) + (row + r) * H, H);
       }
-      product(b - a, data(dgates) + (row + a) * G, G, w, d, dh_ + a * H, H, false);
+      product(b - a, data(gates) + (row + a) * G, G, w, d, dh_ + a * H, H, false);
     });
   });
-  return {dgates, dh, dc};
+  return {gates, dh, dc};
 }
 
 // GRU, gate order (r, z, n), gh = W_hh h + b_hh: r = σ(gi_r + gh_r), z = σ(gi_z + gh_z),
@@ -309,11 +335,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_sequence(const Tensor& x, const T
 }
 
 // The GRU step's gradients from dh' = dh + grad_h: da_n = dh' (1 − z)(1 − n²), da_z = dh' (h − n) z(1 − z),
-// da_r = da_n gh_n r(1 − r); dgi = (da_r, da_z, da_n), dgh = (da_r, da_z, da_n r), of which dghn = da_n r;
-// dh becomes dh' z, the part of dh_prev that does not go through W_hh.
-void gru_backward_row(float* __restrict dh, const float* __restrict grad_h, const float* __restrict gates,
-                      const float* __restrict ghn_, const float* __restrict h_prev, float* __restrict dgi,
-                      float* __restrict dgh, float* __restrict dghn, int64_t H) {
+// da_r = da_n gh_n r(1 − r); dgi = (da_r, da_z, da_n) over the gates, dgh = (da_r, da_z, da_n r), of
+// which dghn = da_n r over ghn (each column is read before it is written); dh becomes dh' z, the part
+// of dh_prev that does not go through W_hh.
+void gru_backward_row(float* __restrict dh, const float* __restrict grad_h, float* __restrict gates,
+                      float* __restrict ghn_, const float* __restrict h_prev, float* __restrict dgh, int64_t H) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
     const float r = gates[j], z = gates[H + j], n = gates[2 * H + j], ghn = ghn_[j];
@@ -321,27 +347,30 @@ void gru_backward_row(float* __restrict dh, const float* __restrict grad_h, cons
     const float da_n = d_h * (1.0f - z) * (1.0f - n * n);
     const float da_z = d_h * (h_prev[j] - n) * z * (1.0f - z);
     const float da_r = da_n * ghn * r * (1.0f - r);
-    dgi[j] = da_r;
-    dgi[H + j] = da_z;
-    dgi[2 * H + j] = da_n;
+    gates[j] = da_r;
+    gates[H + j] = da_z;
+    gates[2 * H + j] = da_n;
     dgh[j] = da_r;
     dgh[H + j] = da_z;
     dgh[2 * H + j] = da_n * r;
-    dghn[j] = da_n * r;
+    ghn_[j] = da_n * r;
     dh[j] = d_h * z;
   }
 }
 
-// Returns (dgi, dghn, dh0): the hidden gates' gradient dgh equals dgi but in its n block, which is
-// dghn (D, R, H); dh_prev = dh' z + dgh W_hh per step.
-std::tuple<Tensor, Tensor, Tensor> gru_sequence_backward(const Tensor& grad_hs, const Tensor& dh_n, const Tensor& gates,
+// Returns (dgi, dghn, dh0), written over the saved gates and ghn (the layer's own buffers): the
+// hidden gates' gradient dgh equals dgi but in its n block, which is dghn (D, R, H);
+// dh_prev = dh' z + dgh W_hh per step.
+std::tuple<Tensor, Tensor, Tensor> gru_sequence_backward(const Tensor& grad_out, const std::optional<Tensor>& reverse,
+                                                         const Tensor& dh_n, const Tensor& gates,
                                                          const Tensor& ghn, const Tensor& hs, const Tensor& h0,
                                                          const Tensor& w_hh, at::IntArrayRef batch_sizes) {
   const Steps steps(batch_sizes);
   const int64_t D = h0.size(0), N = h0.size(1), H = h0.size(2), G = 3 * H, R = steps.rows;
-  check(grad_hs, {D, R, H}, "grad_hs"), check(dh_n, {D, N, H}, "dh_n"), check(gates, {D, R, G}, "gates");
+  const GradRows grad = grad_rows(grad_out, reverse, D, R, H);
+  check(dh_n, {D, N, H}, "dh_n"), check(gates, {D, R, G}, "gates");
   check(ghn, {D, R, H}, "ghn"), check(hs, {D, R, H}, "hs"), check(h0, {D, N, H}, "h0"), check(w_hh, {D, G, H}, "w_hh");
-  Tensor dgi = at::empty({D, R, G}, gates.options()), dghn = at::empty({D, R, H}, gates.options()), dh = dh_n.clone();
+  Tensor dh = dh_n.clone();
   const Panels w(w_hh, false);
   for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
     std::vector<float> dgh(kTile * G);
@@ -350,14 +379,13 @@ std::tuple<Tensor, Tensor, Tensor> gru_sequence_backward(const Tensor& grad_hs, 
       const int64_t row = d * R + steps.offset[t];
       for (int64_t r = a; r < b; ++r) {
         const float* h_prev = before(steps, data(hs) + d * R * H, data(h0) + d * N * H, t, r, H);
-        gru_backward_row(dh_ + r * H, data(grad_hs) + (row + r) * H, data(gates) + (row + r) * G,
-                         data(ghn) + (row + r) * H, h_prev, data(dgi) + (row + r) * G, dgh.data() + (r - a) * G,
-                         data(dghn) + (row + r) * H, H);
+        gru_backward_row(dh_ + r * H, grad(d, steps.offset[t] + r), data(gates) + (row + r) * G,
+                         data(ghn) + (row + r) * H, h_prev, dgh.data() + (r - a) * G, H);
       }
       product(b - a, dgh.data(), G, w, d, dh_ + a * H, H, true);
     });
   });
-  return {dgi, dghn, dh};
+  return {gates, ghn, dh};
 }
 
 // Elman: h' = tanh(a) or relu(a) over a = gh + gi.
@@ -395,41 +423,55 @@ std::tuple<Tensor, Tensor> rnn_sequence(const Tensor& x, const Tensor& w_ih, con
   return {hs, h_n};
 }
 
-// da = (dh + grad_h) act'(a), from the output h': 1 − h'² for tanh, [h' > 0] for relu (torch's
-// threshold_backward: the gradient passes unless h' <= 0). da may be grad_h itself (each element is
-// read before it is written), so those two are not __restrict.
-void rnn_backward_row(const float* __restrict dh, const float* grad_h, const float* __restrict h, float* da, int64_t H,
+// da = (dh + grad_h) act'(a) over the output h': act' is 1 − h'² for tanh, [h' > 0] for relu (torch's
+// threshold_backward: the gradient passes unless h' <= 0).
+void rnn_backward_row(const float* __restrict dh, const float* __restrict grad_h, float* __restrict h, int64_t H,
                       bool relu) {
   if (relu) {
 #pragma omp simd
-    for (int64_t j = 0; j < H; ++j) da[j] = h[j] <= 0.0f ? 0.0f : dh[j] + grad_h[j];
+    for (int64_t j = 0; j < H; ++j) h[j] = h[j] <= 0.0f ? 0.0f : dh[j] + grad_h[j];
   } else {
 #pragma omp simd
-    for (int64_t j = 0; j < H; ++j) da[j] = (dh[j] + grad_h[j]) * (1.0f - h[j] * h[j]);
+    for (int64_t j = 0; j < H; ++j) h[j] = (dh[j] + grad_h[j]) * (1.0f - h[j] * h[j]);
   }
 }
 
-// Writes da for every row (da may be grad_hs); returns dh0. dh_prev = da W_hh per step.
-Tensor rnn_sequence_backward(const Tensor& grad_hs, const Tensor& dh_n, const Tensor& hs, const Tensor& w_hh,
-                             at::IntArrayRef batch_sizes, bool relu, const Tensor& da) {
+// Writes da over the outputs hs, the layer's own buffer (its callers got copies): one sequence-sized
+// buffer less. So dW_hh = Σ_t da_tᵀ h_{t−1} is summed here, step by step, while h_{t−1} is still
+// there (step t−1 comes later in the backward), each block of rows into its own sum.
+// Returns (dh0, dW_hh (D, H, H)); dh_prev = da W_hh per step.
+std::tuple<Tensor, Tensor> rnn_sequence_backward(const Tensor& grad_out, const std::optional<Tensor>& reverse,
+                                                 const Tensor& dh_n, const Tensor& hs,
+                                                 const Tensor& h0, const Tensor& w_hh, at::IntArrayRef batch_sizes,
+                                                 bool relu) {
   const Steps steps(batch_sizes);
   const int64_t D = dh_n.size(0), N = dh_n.size(1), H = dh_n.size(2), R = steps.rows;
-  check(grad_hs, {D, R, H}, "grad_hs"), check(dh_n, {D, N, H}, "dh_n"), check(hs, {D, R, H}, "hs");
-  check(w_hh, {D, H, H}, "w_hh"), check(da, {D, R, H}, "da");
-  Tensor dh = dh_n.clone();
+  const GradRows grad = grad_rows(grad_out, reverse, D, R, H);
+  check(dh_n, {D, N, H}, "dh_n"), check(hs, {D, R, H}, "hs");
+  check(h0, {D, N, H}, "h0"), check(w_hh, {D, H, H}, "w_hh");
+  Tensor dh = dh_n.clone(), dw = at::zeros({D, H, H}, hs.options());
   const Panels w(w_hh, false);
+  std::mutex adding;
   for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
-    float* dh_ = data(dh) + d * N * H;
+    std::vector<float> sum(H * H), da_t(H * kTile);
+    float *dh_ = data(dh) + d * N * H, *hs_ = data(hs) + d * R * H;
     for_tiles(steps, r0, r1, true, [&](int64_t t, int64_t a, int64_t b) {
-      const int64_t row = d * R + steps.offset[t];
+      float* da = hs_ + (steps.offset[t] + a) * H;
       for (int64_t r = a; r < b; ++r) {
-        rnn_backward_row(dh_ + r * H, data(grad_hs) + (row + r) * H, data(hs) + (row + r) * H, data(da) + (row + r) * H,
-                         H, relu);
+        rnn_backward_row(dh_ + r * H, grad(d, steps.offset[t] + r), da + (r - a) * H, H, relu);
       }
-      product(b - a, data(da) + (row + a) * H, H, w, d, dh_ + a * H, H, false);
+      for (int64_t j = 0; j < H; ++j) {  // the tile's da transposed: (H, b − a)
+        for (int64_t r = 0; r < b - a; ++r) da_t[j * kTile + r] = da[r * H + j];
+      }
+      const float* h_prev = before(steps, hs_, data(h0) + d * N * H, t, a, H);
+      at::native::cpublas::brgemm(H, H, b - a, kTile, H, H, true, da_t.data(), h_prev, sum.data(), false);
+      product(b - a, da, H, w, d, dh_ + a * H, H, false);
     });
+    const std::lock_guard<std::mutex> lock(adding);
+    float* total = data(dw) + d * H * H;
+    for (int64_t i = 0; i < H * H; ++i) total[i] += sum[i];
   });
-  return dh;
+  return {dh, dw};
 }
 
 }  // namespace

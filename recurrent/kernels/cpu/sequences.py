@@ -3,9 +3,11 @@ sequence ops (``torch.ops.recurrent_cpu.*``, :mod:`.build`), which run the whole
 input projections included (``rows_forward``): without gradients no sequence-sized buffer of gate
 inputs is made, and with them the gates go straight into the saved buffer.
 
-What they save is what the TorchScript kernels save. The GRU's backward hands back the hidden gates'
-gradient as its n block only (the r and z blocks are dgi's): a buffer the size of the sequence less
-at the backward's peak.
+What they save is what the TorchScript kernels save. To keep the backward's peak memory down, each
+backward reads the incoming gradient as the output rows' (``JoinedGrad``: no per-direction copy)
+and writes the gate gradients over the saved gates; the GRU's hands back the hidden gates' gradient
+as its n block only (the r and z blocks are dgi's), over the saved ghn; the RNN's writes its
+activation gradients over the saved outputs and sums dW_hh itself.
 Plain Python: only the eager layers call them (a scripted model never refers to these ops).
 """
 
@@ -16,6 +18,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..autograd import JoinedGrad, SummedWeight
 from . import build  # noqa: F401 - declares the ops' schemas
 
 _ops = torch.ops.recurrent_cpu
@@ -41,13 +44,13 @@ def lstm_forward(
 
 
 def lstm_backward(
-    grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
+    grad_hs: JoinedGrad, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
     saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int],
 ) -> Backward:  # fmt: skip
     """Returns (dgates, dgates, [dh0, dc0], []); the op's comment has the formulas."""
     dh_n, dc_n = (g.contiguous() for g in grad_finals)
     dgates, dh0, dc0 = _ops.lstm_sequence_backward(
-        grad_hs.contiguous(), dh_n, dc_n, saved[0], saved[1], state0[1].contiguous(), w_hh.contiguous(), batch_sizes
+        *grad_hs, dh_n, dc_n, saved[0], saved[1], state0[1].contiguous(), w_hh.contiguous(), batch_sizes
     )
     return dgates, dgates, [dh0, dc0], []
 
@@ -65,12 +68,12 @@ def gru_forward(
 
 
 def gru_backward(
-    grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
+    grad_hs: JoinedGrad, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
     saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int],
 ) -> Backward:  # fmt: skip
     """Returns (dgi, dgh's n block, [dh0], [])."""
     dgi, dghn, dh0 = _ops.gru_sequence_backward(
-        grad_hs.contiguous(), grad_finals[0].contiguous(), saved[0], saved[1], hs, state0[0].contiguous(),
+        *grad_hs, grad_finals[0].contiguous(), saved[0], saved[1], hs, state0[0].contiguous(),
         w_hh.contiguous(), batch_sizes,
     )  # fmt: skip
     return dgi, dghn, [dh0], []
@@ -88,13 +91,12 @@ def rnn_forward(
 
 
 def rnn_backward(
-    grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
+    grad_hs: JoinedGrad, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
     saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int], relu: bool,
 ) -> Backward:  # fmt: skip
-    """Returns (da, da, [dh0], []): da = (dh' + grad) act'(a), dh = da W_hh."""
-    grad_hs = grad_hs.contiguous()
-    # Two directions' grad_hs is the backward's own copy of the incoming gradient (split_directions):
-    # da overwrites it, one buffer of the sequence's size less at the backward's peak.
-    da = grad_hs if grad_hs.size(0) == 2 else torch.empty_like(hs)
-    dh0 = _ops.rnn_sequence_backward(grad_hs, grad_finals[0].contiguous(), hs, w_hh.contiguous(), batch_sizes, relu, da)
-    return da, da, [dh0], []
+    """Returns (da, dW_hh summed, [dh0], []), da = (dh' + grad) act'(a) written over hs, dh = da W_hh."""
+    dh0, dw_hh = _ops.rnn_sequence_backward(
+        *grad_hs, grad_finals[0].contiguous(), hs, state0[0].contiguous(), w_hh.contiguous(), batch_sizes,
+        relu,
+    )  # fmt: skip
+    return hs, SummedWeight(dw_hh, hs), [dh0], []
