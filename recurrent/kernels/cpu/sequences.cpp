@@ -4,13 +4,13 @@
 //
 // The rows of a recurrence are independent of each other, so the batch is cut into one block of rows
 // per thread (per direction too), and each block runs the whole sequence alone: no synchronisation
-// between steps, and a block's W_hh and states stay in its core's cache. Per step, a block takes its
-// rows kTile at a time: the hidden product (oneDNN's brgemm micro-kernel, at::native::cpublas) adds
-// W_hh h into the tile's gate rows, and the gate math runs over the tile while it is still in cache.
+// between steps, and a block's states stay in its core's cache. Per step, a block takes its rows
+// kTile at a time: oneDNN's brgemm micro-kernel (at::native::cpublas) makes the tile's input
+// projections and adds W_hh h to them, and the gate math runs over the tile while it is still in cache.
 //
 // Tensors are float32 on the CPU and contiguous: sequences (D, R, W) hold the packed rows of every
 // step (step t's rows start at offset[t]; batch_sizes as in PackedSequence, a padded batch being all
-// equal sizes), states (D, N, W), W_hh (D, G, H) and its transpose (D, H, G). The row loops are plain
+// equal sizes), states (D, N, W), weights as the layer stacks them, (D, G, W). The row loops are plain
 // C++ that the compiler vectorizes (`omp simd`: the gate blocks of one row are distinct, which the
 // compiler cannot prove).
 #include <ATen/Parallel.h>
@@ -29,7 +29,7 @@
 #include "gate_math.h"
 
 #ifndef CPUBLAS_BRGEMM_F32F32F32
-#error "this torch has no float32 brgemm (at::native::cpublas::brgemm, torch >= 2.7)"
+#error "this torch has no float32 brgemm (at::native::cpublas::brgemm): the ATen fast path runs instead"
 #endif
 
 namespace {
