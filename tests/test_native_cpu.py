@@ -202,6 +202,13 @@ def test_bad_operands_raise_naming_what_was_expected():
         torch.ops.recurrent_cpu.rnn_sequence(x, w_ih, None, h0, w_hh[..., :7], [2, 2, 2], False)
     with pytest.raises(RuntimeError, match="batch_sizes must not increase"):
         torch.ops.recurrent_cpu.rnn_sequence(x, w_ih, None, h0, w_hh, [1, 2, 3], False)
+    grad, hs, h0 = torch.zeros(6, 16), torch.zeros(2, 6, 8), torch.zeros(2, 2, 8)
+    w_hh = torch.zeros(2, 8, 8)
+    with pytest.raises(RuntimeError, match="two directions need the reverse index"):
+        torch.ops.recurrent_cpu.rnn_sequence_backward(grad, None, h0, hs, h0, w_hh, [2, 2, 2], False)
+    with pytest.raises(RuntimeError, match="reverse must hold row numbers below 6"):
+        reverse = torch.tensor([5, 4, 3, 2, 1, 6])
+        torch.ops.recurrent_cpu.rnn_sequence_backward(grad, reverse, h0, hs, h0, w_hh, [2, 2, 2], False)
 
 
 FALLBACK = textwrap.dedent(

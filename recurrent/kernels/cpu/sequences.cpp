@@ -145,7 +145,8 @@ void input_side(int64_t m, const float* x, const Panels& w_ih, int64_t d, const 
   product(m, x, w_ih.K, w_ih, d, out, G, bias != nullptr);
 }
 
-const float* direction(const std::optional<Tensor>& bias, int64_t d, int64_t G) {
+// Direction d's bias (width G) of an optional (D, G) one: null where there is none.
+const float* bias_of(const std::optional<Tensor>& bias, int64_t d, int64_t G) {
   return bias ? data(*bias) + d * G : nullptr;
 }
 
@@ -167,6 +168,9 @@ GradRows grad_rows(const Tensor& grad, const std::optional<Tensor>& reverse, int
                     reverse->sizes() == at::IntArrayRef{R},
                 "recurrent_cpu: reverse must be a contiguous int64 CPU tensor of shape [", R, "], got ",
                 reverse->sizes(), " ", reverse->scalar_type());
+    const int64_t* rows = reverse->data_ptr<int64_t>();
+    TORCH_CHECK(std::all_of(rows, rows + R, [R](int64_t i) { return 0 <= i && i < R; }),
+                "recurrent_cpu: reverse must hold row numbers below ", R);
   }
   return {data(grad), D * H, H, reverse ? reverse->data_ptr<int64_t>() : nullptr};
 }
@@ -220,7 +224,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_sequence(const Tensor& x
     for_tiles(steps, r0, r1, false, [&](int64_t t, int64_t a, int64_t b) {
       const int64_t row = steps.offset[t] + a;
       float* tile = save ? data(gates) + (d * R + row) * G : scratch.data();
-      input_side(b - a, x_ + row * I, w_i, d, direction(bias, d, G), tile, G);
+      input_side(b - a, x_ + row * I, w_i, d, bias_of(bias, d, G), tile, G);
       product(b - a, before(steps, hs_, h0_, t, a, H), H, w_h, d, tile, G, true);
       for (int64_t r = a; r < b; ++r) {
         const float* c = save ? before(steps, c_seq, c0_, t, r, H) : c_state + r * H;
@@ -321,8 +325,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_sequence(const Tensor& x, const T
     for_tiles(steps, r0, r1, false, [&](int64_t t, int64_t a, int64_t b) {
       const int64_t row = steps.offset[t] + a;
       float* gi = save ? data(gates) + (d * R + row) * G : scratch.data();
-      input_side(b - a, x_ + row * I, w_i, d, direction(b_ih, d, G), gi, G);
-      input_side(b - a, before(steps, hs_, h0_, t, a, H), w_h, d, direction(b_hh, d, G), gh.data(), G);
+      input_side(b - a, x_ + row * I, w_i, d, bias_of(b_ih, d, G), gi, G);
+      input_side(b - a, before(steps, hs_, h0_, t, a, H), w_h, d, bias_of(b_hh, d, G), gh.data(), G);
       for (int64_t r = a; r < b; ++r) {
         const float* gh_row = gh.data() + (r - a) * G;
         const int64_t here = steps.offset[t] + r;
@@ -415,7 +419,7 @@ std::tuple<Tensor, Tensor> rnn_sequence(const Tensor& x, const Tensor& w_ih, con
     for_tiles(steps, r0, r1, false, [&](int64_t t, int64_t a, int64_t b) {
       const int64_t row = steps.offset[t] + a;
       float* tile = hs_ + row * H;
-      input_side(b - a, x_ + row * I, w_i, d, direction(bias, d, H), tile, H);
+      input_side(b - a, x_ + row * I, w_i, d, bias_of(bias, d, H), tile, H);
       product(b - a, before(steps, hs_, h0_, t, a, H), H, w_h, d, tile, H, true);
       for (int64_t r = a; r < b; ++r) rnn_row(tile + (r - a) * H, H, relu);
     });
