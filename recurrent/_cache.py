@@ -1,5 +1,5 @@
 """Where the library writes what it builds on the user's machine (generated Triton kernels, the
-native CPU step library): ``RECURRENT_CACHE_DIR``, else ``~/.cache/recurrent``; the temp directory
+native CPU library): ``RECURRENT_CACHE_DIR``, else ``~/.cache/recurrent``; the temp directory
 where neither can be written."""
 
 from __future__ import annotations

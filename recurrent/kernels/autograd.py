@@ -12,11 +12,11 @@ backend's forward. dgh may hold only the last columns of the hidden gates' gradi
 ones equal dgi's (the native GRU's: r and z equal, n differs), or be a :class:`SummedWeight`. A
 kernel with ``overwrites_saved`` writes its gradients over its saved activations in its backward,
 and with ``overwrites_hs`` over hs too (then the layer's own); a second backward then recomputes
-the layer, as with ``create_graph``; one with ``joined_grad`` gets
-grad_hs as a :class:`JoinedGrad`. A kernel may make the input
-projections itself, in its time loop: its ``rows_forward(x, w_ih, b_ih, state0, w_hh, b_hh, extra,
-batch_sizes, save)`` takes each direction's input rows x (D, T, I) and the stacked weights instead
-of gi (the native CPU kernels: no sequence-sized gi buffer without gradients).
+the layer, as with ``create_graph``. One with ``joined_grad`` gets grad_hs as a :class:`JoinedGrad`.
+A kernel may make the input projections itself, in its time loop: its ``rows_forward(x, w_ih, b_ih,
+state0, w_hh, b_hh, extra, batch_sizes, save)`` takes each direction's input rows x (D, T, I) and
+the stacked weights instead of gi (the native CPU kernels: no sequence-sized gi buffer without
+gradients).
 Around it this module does, for a whole layer and both directions: the input projection of every
 row as one product before the loop, and after it the input, weight and bias gradients as single
 products and reductions over all rows.
@@ -149,7 +149,7 @@ class LayerFunction(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor, *grad_finals: Tensor):
         if torch.is_grad_enabled() or _batched(grad_out) or any(_batched(g) for g in grad_finals):
             return _autograd_backward(ctx, grad_out, grad_finals)
-        if getattr(ctx, "spent", False):  # a second backward (retain_graph) after the kernel reused hs
+        if getattr(ctx, "spent", False):  # a second backward (retain_graph) after the kernel reused its buffers
             return _autograd_backward(ctx, grad_out, grad_finals)
         spec: LayerSpec = ctx.spec
         states, params, extras = ctx.counts

@@ -93,8 +93,7 @@ def gather_directions(per_dir: Tensor, reverse: Optional[Tensor]) -> Tensor:
 
 @script
 def split_directions(rows: Tensor, reverse: Optional[Tensor]) -> Tensor:
-    """(T, D·W) → (D, T, W): the inverse of :func:`join_directions` (backward only: writes with out=).
-    For two directions the result is a new tensor, which a backward kernel may overwrite."""
+    """(T, D·W) → (D, T, W): the inverse of :func:`join_directions` (backward only: writes with out=)."""
     if reverse is None:
         return rows.unsqueeze(0)
     width = rows.size(1) // 2

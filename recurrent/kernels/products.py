@@ -92,16 +92,10 @@ else:  # never called: no caller sets the flag without oneDNN
 
 
 @script
-def direction_linears(x: Tensor, packed: List[Tensor], b: Optional[Tensor]) -> List[Tensor]:
-    """x wᵀ + b per direction through oneDNN, one weight a direction (as :func:`pack` gives them, or
-    plain): x (D, N, K), b (D, 1, G) → D tensors (N, G)."""
-    return [linear(x[d], packed[d], None if b is None else b[d, 0]) for d in range(x.size(0))]
-
-
-@script
 def packed_linear(x: Tensor, packed: List[Tensor], b: Optional[Tensor]) -> Tensor:
-    """:func:`direction_linears` as one (D, N, G) tensor."""
-    outs = direction_linears(x, packed, b)
+    """x wᵀ + b per direction through oneDNN, one weight a direction (as :func:`pack` gives them, or
+    plain): x (D, N, K), b (D, 1, G) → (D, N, G)."""
+    outs = [linear(x[d], packed[d], None if b is None else b[d, 0]) for d in range(x.size(0))]
     return outs[0].unsqueeze(0) if len(outs) == 1 else torch.stack(outs)
 
 

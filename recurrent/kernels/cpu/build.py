@@ -1,8 +1,8 @@
 """Builds the native sequence library (``sequences.cpp``) on the user's machine and loads it into
 ``torch.ops.recurrent_cpu``.
 
-The op schemas are declared here, at import, so that the TorchScript loops of :mod:`.loops` compile
-whether or not the library ever loads; they are only called once :func:`available` says it did. The
+The op schemas are declared here, at import, whether or not the library ever loads; the ops are
+only called once :func:`available` says it did. The
 library is compiled once per machine with the C++ compiler at hand (``$CXX``, else ``c++``) against
 the installed torch's headers, for this CPU (``-march=native``), into the cache directory
 (``RECURRENT_CACHE_DIR``, else ``~/.cache/recurrent``), named by the hash of everything that went
