@@ -7,7 +7,8 @@ against its sigmoid and against the fast path's tanh (2σ(2a) − 1 in place) on
 time step's hidden product (128x128 rows, new ones every step as in a loop, times 128x512) through
 MKL (``torch.mm``), oneDNN with the weight as it is, and oneDNN with the weight packed; the input
 projection of the Fashion-MNIST shape (3584x28 and 3584x128 rows) through MKL and oneDNN; a weight
-gradient over those rows through MKL and through oneDNN (:func:`products.weight_grad`); one LSTM
+gradient over those rows (and 6400 rows of the L=100 LSTM's) through MKL, through oneDNN
+(:func:`products.weight_grad`) and through the native op (recurrent/kernels/cpu); one LSTM
 step's gate math as the fast path runs it and compiled by torch.compile (Inductor's C++ loop); an
 LSTM's time loop per step, torch.nn's (oneDNN) against the native sequence op (recurrent/kernels/cpu).
 Part two profiles our layer at the Fashion-MNIST shape (2 layers, N=128, L=28, H=128) and prints the
@@ -95,18 +96,18 @@ def pieces(reps: int) -> None:
                 reps,
             ),
         )
-    for gates, width in ((512, 28), (512, 128), (128, 128), (192, 128)):
-        grad, x = torch.randn(1, 3584, gates), torch.randn(1, 3584, width)
-        show(
-            f"weight gradient, 3584 rows of a {gates}-wide gradient times {width}-wide inputs",
-            interleaved(
-                {
-                    "MKL (transposed in place)": lambda grad=grad, x=x: torch.bmm(grad.transpose(1, 2), x),
-                    "oneDNN (products.weight_grad)": lambda grad=grad, x=x: products.weight_grad(grad, [x]),
-                },
-                reps,
-            ),
-        )
+    shapes = ((3584, 512, 28), (3584, 512, 128), (3584, 128, 128), (3584, 192, 128), (6400, 1024, 256))
+    for rows, gates, width in shapes:
+        grad, x = torch.randn(1, rows, gates), torch.randn(1, rows, width)
+        contenders = {
+            "MKL (transposed in place)": lambda grad=grad, x=x: torch.bmm(grad.transpose(1, 2), x),
+            "oneDNN (products.weight_grad)": lambda grad=grad, x=x: products.weight_grad(grad, [x]),
+        }
+        if cpu.available():
+            native = torch.ops.recurrent_cpu.weight_grad
+            contenders["native (recurrent_cpu.weight_grad)"] = lambda grad=grad, x=x: native(grad, [x])
+        title = f"weight gradient, {rows} rows of a {gates}-wide gradient times {width}-wide inputs"
+        show(title, interleaved(contenders, reps))
     compiled_step(reps, show)
     recurrence(reps, show)
 

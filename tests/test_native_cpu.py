@@ -5,6 +5,7 @@ and the fallback when there is no compiler."""
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -239,3 +240,40 @@ def test_without_a_working_compiler_the_aten_fast_path_runs(cxx, reason, tmp_pat
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("False") and reason in done.stdout, done.stdout
     assert not list(tmp_path.rglob("*.so"))
+
+
+WITHOUT_AVX512 = textwrap.dedent(
+    """
+    import sys, torch, recurrent
+    from recurrent.kernels.cpu import build
+    library = sys.argv[1]
+    build._build(build._compiler()[0], build._flags() + ["-mno-avx512f"], build.Path(library))
+    torch.ops.load_library(library)
+    build._self_check()
+    build._load = lambda: (True, "built without AVX-512")  # the layers call the ops just loaded
+    torch.manual_seed(0)
+    reference = torch.nn.LSTM(5, 13, 2, bidirectional=True)
+    ours = recurrent.LSTM(5, 13, 2, bidirectional=True)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(4, 7, 5, requires_grad=True)
+    outs = [m(x)[0] for m in (ours, reference)]
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for m, out in zip((ours, reference), outs):
+        out.sum().backward()
+    for a, b in zip(ours.parameters(), reference.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+    print("equal")
+    """
+)
+
+
+@pytest.mark.skipif(not HAS_COMPILER or platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 compiler")
+def test_the_library_built_without_avx512_equals_torch_nn(tmp_path):
+    """Compiled for AVX2 (8-float vectors, 2 rows per product call: the LSTM's other code path), the
+    library still gives torch.nn's outputs and gradients (13 hidden units: a part vector per row)."""
+    library = tmp_path / "sequences-avx2.so"
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_AVX512, str(library)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("equal"), done.stdout

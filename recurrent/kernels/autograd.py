@@ -97,11 +97,14 @@ def _layer_forward(spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: 
     return hs, finals, saved, (w_ih, w_hh, extra)
 
 
-def _weight_grad(grad: Tensor, blocks: List[Tensor], fast: bool) -> Tensor:
-    """Σ over rows of gradᵀ · x (x as row blocks): through oneDNN on the fast path from 192 gate
-    columns on, where it beat MKL's transposed product despite its transposed copy of x; at 128 they
-    tied, and MKL's needs no copy (benchmarks/cpu_ops.py)."""
-    return weight_grad(grad, blocks) if fast and grad.size(2) > 128 else blocks_product(grad, blocks)
+def _weight_grad(spec: LayerSpec, grad: Tensor, blocks: List[Tensor]) -> Tensor:
+    """Σ over rows of gradᵀ · x (x as row blocks). From 192 gate columns on, the kernel's own product
+    where it has one (no transposed copies), else oneDNN's, which beat MKL's transposed product there
+    despite its transposed copy of x; up to 128 MKL's, which needs no copy, tied with oneDNN's and
+    beat the kernel's, whose threads share out gate columns 64 at a time (benchmarks/cpu_ops.py)."""
+    if not (spec.fast and grad.size(2) > 128):
+        return blocks_product(grad, blocks)
+    return weight_grad(grad, blocks) if spec.kernel.weight_grad is None else spec.kernel.weight_grad(grad, blocks)
 
 
 class JoinedGrad(NamedTuple):
@@ -120,13 +123,13 @@ class SummedWeight(NamedTuple):
     rows: Tensor
 
 
-def _hidden_grads(dgi: Tensor, dgh, h_prev: List[Tensor], fast: bool) -> Tuple[Tensor, List[Tensor]]:
+def _hidden_grads(spec: LayerSpec, dgi: Tensor, dgh, h_prev: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
     """(dW_hh, the rows whose sum is db_hh, as column blocks) from a kernel's dgh: the hidden gates'
     whole gradient, its last columns (the first ones being dgi's), or a :class:`SummedWeight`."""
     if isinstance(dgh, SummedWeight):
         return dgh.weight, [dgh.rows]
     hidden = [dgi[:, :, : dgi.size(2) - dgh.size(2)], dgh] if dgh.size(2) < dgi.size(2) else [dgh]
-    return torch.cat([_weight_grad(part, h_prev, fast) for part in hidden], 1), hidden
+    return torch.cat([_weight_grad(spec, part, h_prev) for part in hidden], 1), hidden
 
 
 class LayerFunction(torch.autograd.Function):
@@ -174,8 +177,8 @@ class LayerFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             w_ih_t = w_ih.transpose(1, 2).contiguous() if fast else w_ih.transpose(1, 2)
             dx = sum_directions(rows_linear(dgi, w_ih_t, None, fast), spec.reverse)
-        stacked: Dict[str, Tensor] = {"weight_ih": _weight_grad(dgi, [per_direction(rows, spec.reverse)], fast)}
-        stacked["weight_hh"], hidden = _hidden_grads(dgi, dgh, h_prev, fast)
+        stacked: Dict[str, Tensor] = {"weight_ih": _weight_grad(spec, dgi, [per_direction(rows, spec.reverse)])}
+        stacked["weight_hh"], hidden = _hidden_grads(spec, dgi, dgh, h_prev)
         if spec.bias:
             stacked["bias_ih"] = dgi.sum(1)
             # Where the kind folds b_hh into gi both gradients are that one sum: a copy, not the same tensor.

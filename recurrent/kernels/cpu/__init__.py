@@ -18,7 +18,10 @@ __all__ = ["available", "native_kernel", "status"]
 
 def _native(forward, backward, overwrites_hs: bool = False) -> Kernel:
     # The backward ops write their gradients over the saved gates (and the RNN's over its outputs).
-    return Kernel(None, backward, forward, overwrites_saved=True, overwrites_hs=overwrites_hs, joined_grad=True)
+    return Kernel(
+        None, backward, forward, overwrites_saved=True, overwrites_hs=overwrites_hs, joined_grad=True,
+        weight_grad=sequences.weight_grad,
+    )  # fmt: skip
 
 
 _KERNELS = {

@@ -30,7 +30,7 @@ from ..._cache import cached_file
 
 LOG = logging.getLogger("recurrent")
 SOURCE = Path(__file__).with_name("sequences.cpp")
-HEADERS = [Path(__file__).with_name("gate_math.h")]
+HEADERS = [Path(__file__).with_name(name) for name in ("gate_math.h", "gate_sums.h")]
 
 SCHEMAS = [
     # x: each direction's input rows (D, R, I); the weights as the layer stacks them (D, G, ·); grad_out:
@@ -50,6 +50,8 @@ SCHEMAS = [
     # tensors would refuse a second backward, which the layer handles itself (autograd.py).
     "rnn_sequence_backward(Tensor grad_out, Tensor? reverse, Tensor dh_n, Tensor hs, Tensor h0, Tensor w_hh, "
     "int[] batch_sizes, bool relu) -> (Tensor, Tensor)",
+    # Σ over rows of gradᵀ x: grad (D, R, G), x as row blocks (D, ·, K) → (D, G, K).
+    "weight_grad(Tensor grad, Tensor[] blocks) -> Tensor",
 ]
 _LIBRARY = torch.library.Library("recurrent_cpu", "DEF")
 for _schema in SCHEMAS:

@@ -100,3 +100,13 @@ def rnn_backward(
         relu,
     )  # fmt: skip
     return hs, SummedWeight(dw_hh, hs), [dh0], []
+
+
+def weight_grad(grad: Tensor, blocks: List[Tensor]) -> Tensor:
+    """Σ over rows of gradᵀ x per direction: grad (D, R, G), x as row blocks (D, ·, K) → (D, G, K),
+    without transposed copies; a grad or block read with a column stride is copied first."""
+    return _ops.weight_grad(_unit_columns(grad), [_unit_columns(block) for block in blocks])
+
+
+def _unit_columns(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
