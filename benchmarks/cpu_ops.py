@@ -105,7 +105,7 @@ def pieces(reps: int) -> None:
         }
         if cpu.available():
             native = torch.ops.recurrent_cpu.weight_grad
-            contenders["native (recurrent_cpu.weight_grad)"] = lambda grad=grad, x=x: native(grad, [x])
+            contenders["native (recurrent_cpu.weight_grad)"] = lambda grad=grad, x=x: native(grad, [x], [], False)
         title = f"weight gradient, {rows} rows of a {gates}-wide gradient times {width}-wide inputs"
         show(title, interleaved(contenders, reps))
     compiled_step(reps, show)

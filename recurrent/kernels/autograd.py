@@ -46,7 +46,7 @@ an active torch.func transform, an open forward-AD dual level).
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -98,15 +98,42 @@ def _layer_forward(spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: 
 
 
 def _weight_grad(spec: LayerSpec, grad: Tensor, blocks: List[Tensor]) -> Tensor:
-    """Σ over rows of gradᵀ · x (x as row blocks). From 192 gate columns on, the kernel's own product
-    where it has one (no transposed copies), else oneDNN's, which beat MKL's transposed product there
-    despite its transposed copy of x. Up to 128, MKL's (no copy): the kernel's is faster there too
+    """Σ over rows of gradᵀ · x (x as row blocks), where the kernel has no product of its own: on the
+    fast path through oneDNN from 192 gate columns on, where it beat MKL's transposed product despite
+    its transposed copy of x; at 128 they tied, and MKL's needs no copy (benchmarks/cpu_ops.py)."""
+    return weight_grad(grad, blocks) if spec.fast and grad.size(2) > 128 else blocks_product(grad, blocks)
+
+
+def _sums(spec: LayerSpec, grad: Tensor, x: List[Tensor], h: List[Tensor], bias: bool) -> Tuple[Tensor, Any, Any]:
+    """(Σ gradᵀ x, Σ gradᵀ h where h has blocks, Σ grad where ``bias``; else None) over rows, x and h as
+    row blocks. From 192 gate columns on, the kernel's own products where it has them: one pass over
+    grad for all three, no transposed copies. Up to 128 the layer's: the kernel's is faster there too
     (3584 rows, 128 x 128: 0.33-0.41 against 0.56-0.62 ms, benchmarks/cpu_ops.py), but on narrow
     layers its sums, no further from float64's, drifted past the parity tests' 1e-5 from torch.nn's
     (RNN, H = 10, 500 rows: 1.1e-5) where MKL's stayed within."""
-    if not (spec.fast and grad.size(2) > 128):
-        return blocks_product(grad, blocks)
-    return weight_grad(grad, blocks) if spec.kernel.weight_grad is None else spec.kernel.weight_grad(grad, blocks)
+    if spec.kernel.weight_grad is not None and spec.fast and grad.size(2) > 128:
+        dw_x, dw_h, db = spec.kernel.weight_grad(grad, x, h, bias)
+        return dw_x, dw_h if h else None, db if bias else None
+    dw_h = _weight_grad(spec, grad, h) if h else None
+    return _weight_grad(spec, grad, x), dw_h, grad.sum(1) if bias else None
+
+
+def _weight_and_bias_grads(spec: LayerSpec, dgi: Tensor, dgh, x: Tensor, h_prev: List[Tensor]) -> Dict[str, Tensor]:
+    """The stacked weight and bias gradients from the kernel's gate gradients. Where dgh is dgi (the
+    LSTM's: b_hh folded, W_hh's gradient rows are the gates'), one pass over them makes all of them."""
+    joint = dgh is dgi
+    sums = _sums(spec, dgi, [x], h_prev if joint else [], spec.bias)
+    stacked = {"weight_ih": sums[0]}
+    if joint:
+        stacked["weight_hh"], hidden = sums[1], [dgi]
+    else:
+        stacked["weight_hh"], hidden = _hidden_grads(spec, dgi, dgh, h_prev)
+    if spec.bias:
+        stacked["bias_ih"] = sums[2]
+        # Where the kind folds b_hh into gi both gradients are that one sum: a copy, not the same tensor.
+        folded = hidden[0] is dgi
+        stacked["bias_hh"] = stacked["bias_ih"].clone() if folded else torch.cat([p.sum(1) for p in hidden], 1)
+    return stacked
 
 
 class JoinedGrad(NamedTuple):
@@ -131,7 +158,7 @@ def _hidden_grads(spec: LayerSpec, dgi: Tensor, dgh, h_prev: List[Tensor]) -> Tu
     if isinstance(dgh, SummedWeight):
         return dgh.weight, [dgh.rows]
     hidden = [dgi[:, :, : dgi.size(2) - dgh.size(2)], dgh] if dgh.size(2) < dgi.size(2) else [dgh]
-    return torch.cat([_weight_grad(spec, part, h_prev) for part in hidden], 1), hidden
+    return torch.cat([_sums(spec, part, h_prev, [], False)[0] for part in hidden], 1), hidden
 
 
 class LayerFunction(torch.autograd.Function):
@@ -179,13 +206,7 @@ class LayerFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             w_ih_t = w_ih.transpose(1, 2).contiguous() if fast else w_ih.transpose(1, 2)
             dx = sum_directions(rows_linear(dgi, w_ih_t, None, fast), spec.reverse)
-        stacked: Dict[str, Tensor] = {"weight_ih": _weight_grad(spec, dgi, [per_direction(rows, spec.reverse)])}
-        stacked["weight_hh"], hidden = _hidden_grads(spec, dgi, dgh, h_prev)
-        if spec.bias:
-            stacked["bias_ih"] = dgi.sum(1)
-            # Where the kind folds b_hh into gi both gradients are that one sum: a copy, not the same tensor.
-            folded = hidden[0] is dgi
-            stacked["bias_hh"] = stacked["bias_ih"].clone() if folded else torch.cat([p.sum(1) for p in hidden], 1)
+        stacked = _weight_and_bias_grads(spec, dgi, dgh, per_direction(rows, spec.reverse), h_prev)
         if spec.proj:
             stacked["weight_hr"] = dextra[0]
         return (None, dx, None, *dstate0, *unstack_grads(stacked, spec.directions, spec.bias, spec.proj))

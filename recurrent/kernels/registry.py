@@ -33,9 +33,9 @@ class Kernel(NamedTuple):
     overwrites_saved: bool = False  # its backward writes over its saved activations (contract: .autograd)
     overwrites_hs: bool = False  # ... and over the saved outputs
     joined_grad: bool = False  # its backward reads the output rows' gradient as they are (.autograd.JoinedGrad)
-    # Σ over rows of gradᵀ x (grad (D, R, G), x as row blocks (D, ·, K) → (D, G, K)) where the kernel
-    # has its own; else the layer's products make the weight gradients.
-    weight_grad: Optional[Callable[[Tensor, List[Tensor]], Tensor]] = None
+    # (Σ gradᵀ x, Σ gradᵀ h, Σ grad) over rows in one pass (grad (D, R, G), x and h as row blocks, a bias
+    # flag: .cpu.sequences.weight_grad) where the kernel has its own; else the layer's products.
+    weight_grad: Optional[Callable[[Tensor, List[Tensor], List[Tensor], bool], Tuple[Tensor, Tensor, Tensor]]] = None
 
 
 @dataclass(frozen=True)

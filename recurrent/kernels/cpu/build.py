@@ -50,8 +50,9 @@ SCHEMAS = [
     # tensors would refuse a second backward, which the layer handles itself (autograd.py).
     "rnn_sequence_backward(Tensor grad_out, Tensor? reverse, Tensor dh_n, Tensor hs, Tensor h0, Tensor w_hh, "
     "int[] batch_sizes, bool relu) -> (Tensor, Tensor)",
-    # Σ over rows of gradᵀ x: grad (D, R, G), x as row blocks (D, ·, K) → (D, G, K).
-    "weight_grad(Tensor grad, Tensor[] blocks) -> Tensor",
+    # Σ over rows of gradᵀ x, gradᵀ h and grad: grad (D, R, G), x and h as row blocks (D, ·, I), (D, ·, H)
+    # → (D, G, I), (D, G, H), (D, G) (empty without `bias`).
+    "weight_grad(Tensor grad, Tensor[] x_blocks, Tensor[] h_blocks, bool bias) -> (Tensor, Tensor, Tensor)",
 ]
 _LIBRARY = torch.library.Library("recurrent_cpu", "DEF")
 for _schema in SCHEMAS:

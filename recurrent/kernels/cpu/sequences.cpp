@@ -547,74 +547,110 @@ std::tuple<Tensor, Tensor> rnn_sequence_backward(const Tensor& grad_out, const s
 // floats) stay in L1 for all of x's columns, those of x (128 x K) in L2 for all of the panels.
 constexpr int64_t kRowBlock = 128;
 
-// Calls tile(k0, width) for the tiles of K columns: as few as can be, of at most kMaxRows, as even as can be.
-template <typename Tile>
-void for_column_tiles(int64_t K, const Tile& tile) {
-  for (int64_t calls = (K + kMaxRows - 1) / kMaxRows, k0 = 0, width; calls > 0; --calls, k0 += width) {
-    width = (K - k0 + calls - 1) / calls;
-    tile(k0, width);
-  }
-}
-
-// Each direction's R rows of x, in order, from row blocks (D, ·, K) that cover them.
-std::vector<const float*> row_table(at::TensorList blocks, int64_t D, int64_t R, int64_t K) {
+// Each direction's R rows, in order, from row blocks (D, ·, K) that cover them.
+std::vector<const float*> row_table(at::TensorList blocks, int64_t D, int64_t R, int64_t K, const char* name) {
   std::vector<const float*> rows;
   for (int64_t d = 0; d < D; ++d) {
     for (const Tensor& block : blocks) {
       TORCH_CHECK(block.scalar_type() == at::kFloat && block.device().is_cpu() && block.dim() == 3 &&
                       block.size(0) == D && block.size(2) == K && block.stride(2) == 1,
-                  "recurrent_cpu: blocks must be float32 CPU tensors (", D, ", ·, ", K,
+                  "recurrent_cpu: ", name, " must be float32 CPU tensors (", D, ", ·, ", K,
                   ") with unit column stride, got ", block.sizes());
       for (int64_t i = 0; i < block.size(1); ++i) rows.push_back(data(block) + d * block.stride(0) + i * block.stride(1));
     }
   }
-  TORCH_CHECK(static_cast<int64_t>(rows.size()) == D * R, "recurrent_cpu: the blocks must hold ", R, " rows");
+  TORCH_CHECK(blocks.empty() || static_cast<int64_t>(rows.size()) == D * R, "recurrent_cpu: ", name,
+              " must hold ", R, " rows");
   return rows;
 }
 
-// Σ over rows of gradᵀ x for each direction: grad (D, R, G) (its rows may be a column slice of wider
-// ones), x as row blocks (D, ·, K) that cover the R rows in order. Returns (D, G, K), without the
-// transposed copies oneDNN's product needed. Each thread takes a share of grad's kGroup-column panels
-// and sums them (transposed: (K, kGroup) a panel) a block of rows at a time, the block's x and each
-// panel's grad rows packed first: read in place, rows a power of two floats apart fall into the same
-// few cache sets (L1 held 12 of 128 such grad rows: 30% slower at G = 1024).
-Tensor weight_grad(const Tensor& grad, at::TensorList blocks) {
+// The columns whose products with grad weight_grad sums, cut into tiles of at most kMaxRows (as
+// few and as even as can be) that do not straddle its parts: x's columns, h's, and the bias's one
+// column of ones. A tile's rows are packed together from x + column · count.
+struct ColumnTiles {
+  struct Tile {
+    int part;  // 0: x, 1: h, 2: ones
+    int64_t k0, width, column;  // its columns k0.. of the part; `column` of all of them
+  };
+  std::vector<Tile> tiles;
+  int64_t columns = 0;
+  explicit ColumnTiles(std::initializer_list<int64_t> part_widths) {
+    int part = 0;
+    for (const int64_t K : part_widths) {
+      for (int64_t calls = (K + kMaxRows - 1) / kMaxRows, k0 = 0, width; calls > 0; --calls, k0 += width) {
+        width = (K - k0 + calls - 1) / calls;
+        tiles.push_back({part, k0, width, columns + k0});
+      }
+      columns += K, ++part;
+    }
+  }
+};
+
+// Packs the rows [r0, r0 + count) of direction d's parts (x_rows, h_rows: each direction's R rows).
+void pack_rows(const ColumnTiles& columns, const std::vector<const float*>* parts[2], int64_t first, int64_t count,
+               float* x) {
+  for (const auto& tile : columns.tiles) {
+    float* to = x + tile.column * count;
+    if (tile.part == 2) {
+      std::fill_n(to, count, 1.0f);
+      continue;
+    }
+    const std::vector<const float*>& rows = *parts[tile.part];
+    by_rows(tile.width, [&]<int Rows>() {  // a copy of a constant few floats: inlined, no call
+      for (int64_t i = 0; i < count; ++i) std::memcpy(to + i * Rows, rows[first + i] + tile.k0, Rows * 4);
+    });
+  }
+}
+
+// Σ over rows of gradᵀ [x, h, 1] for each direction: grad (D, R, G) (its rows may be a column slice
+// of wider ones), x and h as row blocks (D, ·, I) and (D, ·, H) that cover the R rows in order (h's
+// may be none). Returns (Σ gradᵀ x (D, G, I), Σ gradᵀ h (D, G, H), Σ grad (D, G) where `bias`): the
+// input and hidden weights' and the bias's gradients in one pass over grad, without the transposed
+// copies oneDNN's product needed. Each thread takes a share of grad's kGroup-column panels and sums
+// them (transposed: (columns, kGroup) a panel) a block of rows at a time, the block's x and h and
+// each panel's grad rows packed first: read in place, rows a power of two floats apart fall into the
+// same few cache sets (L1 held 12 of 128 such grad rows: 30% slower at G = 1024).
+std::tuple<Tensor, Tensor, Tensor> weight_grad(const Tensor& grad, at::TensorList x_blocks, at::TensorList h_blocks,
+                                               bool bias) {
   TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.device().is_cpu() && grad.dim() == 3 && grad.stride(2) == 1,
               "recurrent_cpu: grad must be a float32 CPU tensor (D, R, G) with unit column stride, got ", grad.sizes());
-  const int64_t D = grad.size(0), R = grad.size(1), G = grad.size(2), K = blocks.empty() ? 0 : blocks[0].size(2);
-  const std::vector<const float*> rows = row_table(blocks, D, R, K);
-  const int64_t panels = (G + kGroup - 1) / kGroup, threads = at::get_num_threads();
-  Tensor out = at::empty({D, G, K}, grad.options());
+  const int64_t D = grad.size(0), R = grad.size(1), G = grad.size(2);
+  const int64_t I = x_blocks.empty() ? 0 : x_blocks[0].size(2), H = h_blocks.empty() ? 0 : h_blocks[0].size(2);
+  const std::vector<const float*> x_rows = row_table(x_blocks, D, R, I, "x_blocks");
+  const std::vector<const float*> h_rows = row_table(h_blocks, D, R, H, "h_blocks");
+  const std::vector<const float*>* parts[2] = {&x_rows, &h_rows};
+  const ColumnTiles columns({I, H, bias ? 1 : 0});
+  const int64_t K = columns.columns, panels = (G + kGroup - 1) / kGroup, threads = at::get_num_threads();
+  Tensor dw_x = at::empty({D, G, I}, grad.options()), dw_h = at::empty({D, G, H}, grad.options());
+  Tensor db = at::empty({D, bias ? G : 0}, grad.options());
   at::parallel_for(0, D * panels, (D * panels + threads - 1) / threads, [&](int64_t begin, int64_t end) {
     std::vector<float> sums((end - begin) * K * kGroup, 0.0f), x(kRowBlock * K), g(kRowBlock * kGroup, 0.0f);
     for (int64_t r0 = 0; r0 < R; r0 += kRowBlock) {
       const int64_t count = std::min(kRowBlock, R - r0);
       for (int64_t n = begin; n < end; ++n) {
         const int64_t d = n / panels, g0 = (n % panels) * kGroup, width = std::min<int64_t>(kGroup, G - g0);
-        if (n == begin || d != (n - 1) / panels) {  // x's rows of this block (and direction), tile by tile
-          for_column_tiles(K, [&](int64_t k0, int64_t w) {
-            by_rows(w, [&]<int Rows>() {  // a copy of a constant few floats: inlined, no call
-              for (int64_t i = 0; i < count; ++i) std::memcpy(&x[k0 * count + i * Rows], rows[d * R + r0 + i] + k0, Rows * 4);
-            });
-          });
-        }
+        if (n == begin || n % panels == 0) pack_rows(columns, parts, d * R + r0, count, x.data());  // a new direction
         const float* from = data(grad) + d * grad.stride(0) + r0 * grad.stride(1) + g0;
         for (int64_t i = 0; i < count; ++i) std::memcpy(g.data() + i * kGroup, from + i * grad.stride(1), width * 4);
         float* tile = sums.data() + (n - begin) * K * kGroup;
-        for_column_tiles(K, [&](int64_t k0, int64_t w) {
-          by_rows(w, [&]<int Rows>() { weight_sums<Rows>(x.data() + k0 * count, count, g.data(), tile + k0 * kGroup); });
-        });
+        for (const auto& t : columns.tiles) {
+          by_rows(t.width, [&]<int Rows>() {
+            weight_sums<Rows>(x.data() + t.column * count, count, g.data(), tile + t.column * kGroup);
+          });
+        }
       }
     }
-    for (int64_t n = begin; n < end; ++n) {
+    for (int64_t n = begin; n < end; ++n) {  // each panel's sums, transposed, into the three gradients
       const int64_t d = n / panels, g0 = (n % panels) * kGroup, width = std::min<int64_t>(kGroup, G - g0);
       const float* tile = sums.data() + (n - begin) * K * kGroup;
       for (int64_t j = 0; j < width; ++j) {
-        for (int64_t k = 0; k < K; ++k) data(out)[(d * G + g0 + j) * K + k] = tile[k * kGroup + j];
+        for (int64_t k = 0; k < I; ++k) data(dw_x)[(d * G + g0 + j) * I + k] = tile[k * kGroup + j];
+        for (int64_t k = 0; k < H; ++k) data(dw_h)[(d * G + g0 + j) * H + k] = tile[(I + k) * kGroup + j];
+        if (bias) data(db)[d * G + g0 + j] = tile[(I + H) * kGroup + j];
       }
     }
   });
-  return out;
+  return {dw_x, dw_h, db};
 }
 
 }  // namespace

@@ -102,10 +102,11 @@ def rnn_backward(
     return hs, SummedWeight(dw_hh, hs), [dh0], []
 
 
-def weight_grad(grad: Tensor, blocks: List[Tensor]) -> Tensor:
-    """Σ over rows of gradᵀ x per direction: grad (D, R, G), x as row blocks (D, ·, K) → (D, G, K),
-    without transposed copies; a grad or block read with a column stride is copied first."""
-    return _ops.weight_grad(_unit_columns(grad), [_unit_columns(block) for block in blocks])
+def weight_grad(grad: Tensor, x: List[Tensor], h: List[Tensor], bias: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """(Σ gradᵀ x, Σ gradᵀ h, Σ grad) over rows per direction, in one pass over grad (D, R, G), x and h
+    as row blocks (D, ·, I) and (D, ·, H) (h's may be none: an empty gradient), the sum empty without
+    ``bias``; no transposed copies. A grad or block read with a column stride is copied first."""
+    return _ops.weight_grad(_unit_columns(grad), [_unit_columns(b) for b in x], [_unit_columns(b) for b in h], bias)
 
 
 def _unit_columns(t: Tensor) -> Tensor:
