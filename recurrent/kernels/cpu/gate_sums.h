@@ -1,7 +1,8 @@
-// The LSTM forward's product, written for it: a few rows' pre-activations of kLanes hidden units'
-// four gates, summed in vector registers over x Wᵢₕᵀ and h Wₕₕᵀ together and handed to the gate math
-// while they are still in cache. One call makes what oneDNN's brgemm needs a bias copy and two calls
-// per 32 columns for (recurrent/kernels/cpu/sequences.cpp), and runs at about the core's peak.
+// The micro-kernels of the native ops' own products (recurrent/kernels/cpu/sequences.cpp): a few rows
+// by kGroup columns, summed in vector registers. gate_sums: the LSTM step's pre-activations of kLanes
+// hidden units' four gates over x Wᵢₕᵀ and h Wₕₕᵀ together, handed to the gate math while in cache
+// (one call does what oneDNN's brgemm needed a bias copy and two calls per 32 columns for), at about
+// the core's peak; weight_sums: a tile of a weight gradient Σᵢ xᵢᵀ gᵢ.
 #pragma once
 
 #include <cstdint>

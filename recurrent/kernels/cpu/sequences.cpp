@@ -1,12 +1,13 @@
-// Each cell kind's whole layer-direction, forward and backward, as one op: the native CPU kernels
-// (recurrent/kernels/cpu). build.py compiles this file on the user's machine, for its own vector
-// units (-march=native), and loads it into torch.ops.recurrent_cpu.
+// Each cell kind's whole layer-direction, forward and backward, as one op, and the layer's weight
+// gradients: the native CPU kernels (recurrent/kernels/cpu). build.py compiles this file on the
+// user's machine, for its own vector units (-march=native), and loads it into torch.ops.recurrent_cpu.
 //
 // The rows of a recurrence are independent of each other, so the batch is cut into one block of rows
 // per thread (per direction too), and each block runs the whole sequence alone: no synchronisation
 // between steps, and a block's states stay in its core's cache. Per step, a block takes its rows
-// kTile at a time: oneDNN's brgemm micro-kernel (at::native::cpublas) makes the tile's input
-// projections and adds W_hh h to them, and the gate math runs over the tile while it is still in cache.
+// kTile at a time: the tile's input projections and W_hh h are summed (the LSTM's by its own
+// micro-kernel, gate_sums.h; the others' by oneDNN's brgemm, at::native::cpublas), and the gate math
+// runs over them while they are still in cache.
 //
 // Tensors are float32 on the CPU and contiguous: sequences (D, R, W) hold the packed rows of every
 // step (step t's rows start at offset[t]; batch_sizes as in PackedSequence, a padded batch being all
@@ -234,7 +235,7 @@ struct GatePanels {
 // four gate vectors) and `width` hidden units: their c, c' and h' rows lie `stride` apart (c' may go
 // over c), and the gates go into `saved` (rows 4·stride apart, gate blocks stride apart) unless null.
 // Written gate by gate over all rows, so that the rows' chains of dependent operations interleave:
-// 30% faster than row after row (6 rows, AMD EPYC).
+// 30% faster than row after row (the gate math alone, 6 rows, AMD EPYC).
 template <int Rows>
 [[gnu::always_inline]] inline void lstm_lanes(const float* a, const float* c, float* c_new, float* h, float* saved,
                                               int64_t stride, int64_t width) {
