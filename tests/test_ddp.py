@@ -99,6 +99,9 @@ def worker(rank: int, store: str, results: str) -> None:
             for kind in ("grads", "params"):
                 out[case][kind] = {n.removeprefix("module."): v for n, v in out[case][kind].items()}
         torch.save(out, Path(results) / f"rank{rank}.pt")
+        # Both ranks done with every collective before either tears the group down: once, on a loaded
+        # CI machine, a rank aborted in gloo's teardown ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
