@@ -115,8 +115,9 @@ def test_weight_grads_through_onednn_equal_the_plain_product(sizes):
 
 @pytest.mark.parametrize("name,extras", [("GRU", {}), ("LSTM", {}), ("RNN", {"nonlinearity": "tanh"})])
 def test_wide_layers_take_onednn_weight_grads_and_equal_torch_nn(name, extras):
-    """With more than 128 gate columns the weight gradients go through oneDNN: a packed
-    bidirectional layer of 200 hidden units (RNN: 200 columns) against torch.nn."""
+    """With more than 128 gate columns the weight gradients go through the native op where the library
+    loaded (the GRU's hidden part as a column slice of dgi), else oneDNN: a packed bidirectional layer
+    of 200 hidden units (RNN: 200 columns) against torch.nn."""
     torch.manual_seed(0)
     reference, ours = pair(name, INPUT, 200, 1, bidirectional=True, **extras)
     x = torch.randn(STEPS, BATCH, INPUT, requires_grad=True)

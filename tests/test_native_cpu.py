@@ -193,6 +193,28 @@ def test_the_gate_math_holds_at_the_extremes(scale):
         torch.testing.assert_close(h, wanted, rtol=1e-6, atol=1e-6, equal_nan=True)
 
 
+@pytest.mark.parametrize("sizes", [[5, 260, 3], [0, 128], [1]], ids=["uneven", "empty block", "one row"])
+@pytest.mark.parametrize("hidden,bias", [(13, True), (0, False)], ids=["x, h and bias", "x alone"])
+def test_weight_grad_equals_the_plain_sums(sizes, hidden, bias):
+    """recurrent_cpu.weight_grad against Σ gradᵀ [x, h, 1] written out in float64: two directions,
+    row blocks that straddle its 128-row blocks (x's and h's cut differently), a gradient read as a
+    column slice of wider rows (the GRU's hidden part) and 150 columns (a part panel)."""
+    if not cpu.available():
+        pytest.skip(cpu.status())
+    torch.manual_seed(0)
+    rows = sum(sizes)
+    grad = torch.randn(2, rows, 200)[:, :, :150]
+    x_blocks = [torch.randn(2, n, 7) for n in sizes]
+    h = torch.randn(2, rows, hidden)
+    h_blocks = list(h.split([min(2, rows), rows - min(2, rows)], 1)) if hidden else []
+    dw_x, dw_h, db = torch.ops.recurrent_cpu.weight_grad(grad, x_blocks, h_blocks, bias)
+    g = grad.double().transpose(1, 2)
+    torch.testing.assert_close(dw_x.double(), g @ torch.cat(x_blocks, 1).double(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(dw_h.double(), g @ h.double(), rtol=1e-5, atol=1e-4)
+    wanted = g.sum(2) if bias else torch.zeros(2, 0, dtype=torch.float64)
+    torch.testing.assert_close(db.double(), wanted, rtol=1e-5, atol=1e-4)
+
+
 def test_bad_operands_raise_naming_what_was_expected():
     if not cpu.available():
         pytest.skip(cpu.status())
@@ -210,6 +232,11 @@ def test_bad_operands_raise_naming_what_was_expected():
     with pytest.raises(RuntimeError, match="reverse must hold row numbers below 6"):
         reverse = torch.tensor([5, 4, 3, 2, 1, 6])
         torch.ops.recurrent_cpu.rnn_sequence_backward(grad, reverse, h0, hs, h0, w_hh, [2, 2, 2], False)
+    grad = torch.zeros(2, 6, 16)
+    with pytest.raises(RuntimeError, match="h_blocks must hold 6 rows"):  # would read past the last block
+        torch.ops.recurrent_cpu.weight_grad(grad, [hs], [hs[:, :5]], True)
+    with pytest.raises(RuntimeError, match=r"x_blocks must be float32 CPU tensors \(2, ·, 8\)"):
+        torch.ops.recurrent_cpu.weight_grad(grad, [hs, hs[:1, :0]], [], False)
 
 
 FALLBACK = textwrap.dedent(
