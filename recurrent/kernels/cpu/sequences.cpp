@@ -196,6 +196,18 @@ void last_rows(const Steps& steps, const float* seq, float* finals, int64_t r0, 
   }
 }
 
+// Calls piece(first, count) for [begin, end) cut into as few pieces of at most kMaxRows as can be,
+// as even as can be (32 = 6 + 6 + 5 · 4): a micro-kernel call of a row or two would be bound by its
+// loads of the weights. Shared by the LSTM step's rows and the weight gradient's columns.
+template <typename Piece>
+void for_even_pieces(int64_t begin, int64_t end, const Piece& piece) {
+  for (int64_t calls = (end - begin + kMaxRows - 1) / kMaxRows, first = begin, count; calls > 0; --calls) {
+    count = (end - first + calls - 1) / calls;
+    piece(first, count);
+    first += count;
+  }
+}
+
 // The LSTM's weights for gate_sums: per direction, panel p holds hidden units p·kLanes to
 // p·kLanes + kLanes (zero past H) as K = I + H rows (W_ih's columns, then W_hh's) of their i, f, g, o
 // weights, kLanes each; `start` holds the panel's bias (b_ih + b_hh, or zero) in the same order.
@@ -281,10 +293,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_sequence(const Tensor& x
     float *hs_ = data(hs) + d * R * H, *c_seq = save ? data(cs) + d * R * H : nullptr, *c_state = data(c_n) + d * N * H;
     for_tiles(steps, r0, r1, false, [&](int64_t t, int64_t a, int64_t b) {
       for (int64_t p = 0, j0 = 0; p < w.count; ++p, j0 += kLanes) {
-        // As few gate_sums calls as can be, their rows as even as can be (32 = 6 + 6 + 5 · 4): a call
-        // of a row or two would be bound by its loads of the weights.
-        for (int64_t calls = (b - a + kMaxRows - 1) / kMaxRows, r = a, rows; calls > 0; --calls, r += rows) {
-          rows = (b - r + calls - 1) / calls;
+        for_even_pieces(a, b, [&](int64_t r, int64_t rows) {
           const int64_t row = steps.offset[t] + r, width = std::min<int64_t>(kLanes, H - j0);
           const float* c = (save ? before(steps, c_seq, c0_, t, r, H) : c_state + r * H) + j0;
           float* c_new = (save ? c_seq + row * H : c_state + r * H) + j0;
@@ -293,7 +302,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_sequence(const Tensor& x
             gate_sums<Rows>(w.bias(d, p), x_ + row * I, I, I, before(steps, hs_, h0_, t, r, H), H, H, w.panel(d, p), sums);
             lstm_lanes<Rows>(sums, c, c_new, hs_ + row * H + j0, saved, H, width);
           });
-        }
+        });
       }
     });
     last_rows(steps, hs_, data(h_n) + d * N * H, r0, r1, H);
@@ -565,8 +574,8 @@ std::vector<const float*> row_table(at::TensorList blocks, int64_t D, int64_t R,
   return rows;
 }
 
-// The columns whose products with grad weight_grad sums, cut into tiles of at most kMaxRows (as
-// few and as even as can be) that do not straddle its parts: x's columns, h's, and the bias's one
+// The columns whose products with grad weight_grad sums, cut into tiles (for_even_pieces) that do
+// not straddle its parts: x's columns, h's, and the bias's one
 // column of ones. A tile's rows are packed together from x + column · count.
 struct ColumnTiles {
   struct Tile {
@@ -578,10 +587,7 @@ struct ColumnTiles {
   explicit ColumnTiles(std::initializer_list<int64_t> part_widths) {
     int part = 0;
     for (const int64_t K : part_widths) {
-      for (int64_t calls = (K + kMaxRows - 1) / kMaxRows, k0 = 0, width; calls > 0; --calls, k0 += width) {
-        width = (K - k0 + calls - 1) / calls;
-        tiles.push_back({part, k0, width, columns + k0});
-      }
+      for_even_pieces(0, K, [&](int64_t k0, int64_t width) { tiles.push_back({part, k0, width, columns + k0}); });
       columns += K, ++part;
     }
   }
@@ -632,6 +638,8 @@ std::tuple<Tensor, Tensor, Tensor> weight_grad(const Tensor& grad, at::TensorLis
         const int64_t d = n / panels, g0 = (n % panels) * kGroup, width = std::min<int64_t>(kGroup, G - g0);
         if (n == begin || n % panels == 0) pack_rows(columns, parts, d * R + r0, count, x.data());  // a new direction
         const float* from = data(grad) + d * grad.stride(0) + r0 * grad.stride(1) + g0;
+        // A part panel's columns past `width` keep what an earlier panel left there: summed into its
+        // columns past `width` too, which are never written out.
         for (int64_t i = 0; i < count; ++i) std::memcpy(g.data() + i * kGroup, from + i * grad.stride(1), width * 4);
         float* tile = sums.data() + (n - begin) * K * kGroup;
         for (const auto& t : columns.tiles) {
