@@ -215,6 +215,20 @@ def test_weight_grad_equals_the_plain_sums(sizes, hidden, bias):
     torch.testing.assert_close(db.double(), wanted, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind,hidden", [("LSTM", 48), ("GRU", 48), ("RNN_tanh", 130)])
+def test_one_pass_weight_gradients_own_their_storage(kind, hidden):
+    """One direction, more than 128 gate columns (the native one-pass weight gradients): every
+    parameter's gradient, the LSTM's and RNN's two bias gradients (one sum) included, is its own
+    storage, so that clipping or accumulating one does not change another."""
+    if not cpu.available():
+        pytest.skip(cpu.status())
+    _, ours = module_pair(kind, 6, hidden, 1)
+    out = ours(torch.randn(5, 3, 6))[0]
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    storages = [p.grad.untyped_storage().data_ptr() for p in ours.parameters()]
+    assert len(set(storages)) == len(storages), [n for n, _ in ours.named_parameters()]
+
+
 def test_bad_operands_raise_naming_what_was_expected():
     if not cpu.available():
         pytest.skip(cpu.status())
