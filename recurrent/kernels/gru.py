@@ -19,8 +19,8 @@ def gru_forward(
     batch_sizes: List[int], save: bool, fast: bool = False,
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:  # fmt: skip
     """Returns (hs, [h_n], saved); with ``save``, saved = [rz, n, W_hn h + b_hn] for every row.
-    ``fast``: the fast CPU path (:mod:`.products`: oneDNN's products, W_hh packed once; tanh as in
-    :func:`recurrent.cells.tanh_`)."""
+    ``fast``: the fast CPU path (:mod:`.products`: oneDNN's products, W_hh packed once; the gate math
+    in place)."""
     h = state0[0]
     hidden = h.size(-1)
     hs: List[Tensor] = []

@@ -26,8 +26,8 @@ def lstm_forward(
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """Returns (hs, [h_n, c_n], saved); with ``save``, saved = [if, g, o, c] for every row.
     ``extra`` is [w_hr] for a projected LSTM: the state and output h is then W_hr (o ⊙ tanh(c)).
-    ``fast``: the fast CPU path (:mod:`.products`: oneDNN's products, W_hh packed once; tanh as in
-    :func:`recurrent.cells.tanh_`)."""
+    ``fast``: the fast CPU path (:mod:`.products`: oneDNN's products, W_hh packed once; the gate math
+    in place)."""
     h, c = state0[0], state0[1]
     w_hr_t = extra[0].transpose(1, 2) if len(extra) > 0 else None
     hs: List[Tensor] = []

@@ -6,8 +6,7 @@ MKL's ``bmm``/``baddbmm``. For float32 on the CPU, oneDNN's matmul (``torch.ops.
 the primitive torch.compile's CPU backend calls) ran them up to 2x faster on an AMD EPYC (2 threads),
 where MKL takes its generic code path, and faster again with the weights in oneDNN's blocked layout
 (:func:`pack`); torch.nn's own CPU LSTM is oneDNN's. The weight gradients stay MKL's: oneDNN would
-first transpose their operands. With the products, the fast path computes tanh through the logistic
-(:func:`recurrent.cells.tanh_`).
+first transpose their operands. With the products, the fast path runs the gate math in place.
 
 ``fast`` is a flag of the kernels: the eager layers set it for float32 CPU calls (:func:`fast_cpu`);
 a scripted module, a traced or compiled one, and whatever autograd differentiates (double backward,

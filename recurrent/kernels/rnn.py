@@ -27,8 +27,8 @@ def rnn_forward(
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """Returns (hs, [h_n], saved). The outputs hs are all the backward needs: nothing else is saved.
     ``b_hh`` is None: the kind folds it into gi, so a step is one batched product and one activation.
-    ``fast``: the fast CPU path (:mod:`.products`: oneDNN's products, W_hh packed once; tanh as in
-    :func:`recurrent.cells.tanh_`)."""
+    ``fast``: the fast CPU path (:mod:`.products`: oneDNN's products, W_hh packed once; the gate math
+    in place)."""
     h = state0[0]
     hs: List[Tensor] = []
     packed = pack(w_hh_t.transpose(1, 2), batch_sizes[0]) if fast else None
