@@ -4,6 +4,7 @@ recompile (the loops are scans, recurrent.kernels.scan), in inference and in tra
 
 import pytest
 import torch
+from helpers import assert_as_accurate, float64_twin
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import recurrent
@@ -35,13 +36,15 @@ def run(model, x, train: bool):
 
 
 def check_lengths(layer, reference, compiled, train: bool, lengths, counter=None):
-    """The compiled model against the reference at each length; with a counter, that lengths after
-    the first compile nothing."""
+    """The compiled model as accurate as the reference at each length (both judged by the reference in
+    float64); with a counter, that lengths after the first compile nothing."""
     compiled_after_first = None
+    exact = float64_twin(reference)
     for steps in lengths:
         x = torch.randn(2, steps, INPUT) if layer.batch_first else torch.randn(steps, 2, INPUT)
-        for actual, expected in zip(run(compiled, x, train), run(reference, x, train)):
-            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+        results = zip(run(compiled, x, train), run(reference, x, train), run(exact, x.double(), train))
+        for i, (actual, expected, x64) in enumerate(results):
+            assert_as_accurate(actual, expected, x64, f"tensor {i}, length {steps}")
         if counter is not None:
             compiled_after_first = compiled_after_first or counter.frame_count
             assert counter.frame_count == compiled_after_first, f"recompiled for length {steps}"

@@ -74,7 +74,7 @@ from typing import Callable, Iterator, Optional
 
 import pytest
 import torch
-from helpers import TOLERANCE, pair, triton_forced
+from helpers import TOLERANCE, as_float64, assert_as_accurate, float64_call, float64_twin, pair, triton_forced
 from torch import Tensor, nn
 from torch.nn.utils import rnn as rnn_utils
 
@@ -112,13 +112,19 @@ def map_tensors(obj, fn: Callable[[Tensor], Tensor]):
     return rebuild(obj, iter([fn(t) for t in leaves(obj)]))
 
 
-def assert_tree_close(actual, expected, dtype: torch.dtype, what: str = "", **tolerance) -> None:
+def assert_tree_close(actual, expected, dtype: torch.dtype, what: str = "", exact=None, **tolerance) -> None:
+    """Leaf by leaf: to ``tolerance`` (default: the dtype's, as upstream), or, given ``exact`` (the float64
+    result of a float32 comparison with torch.nn's), as accurate as ``expected`` (helpers.assert_as_accurate)."""
     a, e = leaves(actual), leaves(expected)
     assert len(a) == len(e), f"{what}: {len(a)} tensors, expected {len(e)}"
     tol = tolerance or TOLERANCE[dtype]
+    judged = leaves(exact) if exact is not None and dtype != torch.float64 else None
     for i, (x, y) in enumerate(zip(a, e)):
         assert x.shape == y.shape, f"{what} #{i}: shape {tuple(x.shape)}, expected {tuple(y.shape)}"
-        torch.testing.assert_close(x, y, **tol, msg=lambda m: f"{what} #{i}: {m}")
+        if judged is not None:
+            assert_as_accurate(x, y, judged[i], f"{what} #{i}")
+        else:
+            torch.testing.assert_close(x, y, **tol, msg=lambda m: f"{what} #{i}: {m}")
 
 
 def twin(ours: nn.Module) -> nn.Module:
@@ -337,7 +343,8 @@ def test_modules_forward(kind, training, dtype):
         args = build(sample.forward, dtype)
         outputs = ours(*args)
         assert_tree_close(outputs, batched_of_one(ours, sample, args), dtype, f"{sample.name} vs batch of one")
-        assert_tree_close(outputs, reference(*args), dtype, f"{sample.name} vs torch.nn")
+        exact = float64_call(reference, *args)
+        assert_tree_close(outputs, reference(*args), dtype, f"{sample.name} vs torch.nn", exact)
         getattr(ours, "float" if dtype == torch.float32 else "double")()
         ours(*args)
         assert_parameters_are(ours, "cpu", dtype)
@@ -370,7 +377,8 @@ def test_modules_multiple_device_transfer(kind, device):
             ours.to(dtype)
             reference.to(dtype)
             args = build(sample.forward, dtype, device=device)
-            assert_tree_close(ours(*args), reference(*args), dtype, f"{sample.name} after .to({dtype})")
+            exact = float64_call(reference, *args)
+            assert_tree_close(ours(*args), reference(*args), dtype, f"{sample.name} after .to({dtype})", exact)
             assert_parameters_are(ours, device, dtype)
         # Forced Triton runs CPU tensors only under its interpreter, so a GPU run of it skips the CPU leg.
         cpu_runs = not triton_forced() or os.environ.get("TRITON_INTERPRET") == "1"
@@ -898,11 +906,12 @@ def test_modules_device_ctx_init(kind):
 # ================================================================================================================
 
 
-def assert_grads_like(ours_module: nn.Module, reference: nn.Module, dtype: torch.dtype) -> None:
-    for (name, p), (_, q) in zip(ours_module.named_parameters(), reference.named_parameters()):
+def assert_grads_like(ours_module: nn.Module, reference: nn.Module, exact: nn.Module) -> None:
+    """ours' float32 .grad as accurate as torch.nn's, judged by ``exact``'s (torch.nn's float64 twin's)."""
+    for (name, p), (_, q), e in zip(ours_module.named_parameters(), reference.named_parameters(), exact.parameters()):
         assert (p.grad is None) == (q.grad is None), name
         if q.grad is not None:
-            torch.testing.assert_close(p.grad, q.grad, **TOLERANCE[dtype], msg=lambda m: f"grad of {name}: {m}")
+            assert_as_accurate(p.grad, q.grad, e.grad, f"grad of {name}")
 
 
 # test/test_nn.py::TestNN::test_RNN_cell
@@ -912,16 +921,17 @@ def test_nn_RNN_cell(kind, bias):
     """Six steps of a cell then a backward (a smoke test upstream); here also torch.nn's numbers."""
     torch.manual_seed(0)
     reference, ours = pair(kind, 10, 20, bias=bias)
+    exact = float64_twin(reference)
     x, h0 = torch.randn(3, 10), torch.randn(3, 20)
     finals = []
-    for module in (reference, ours):
-        hx = h0
+    for module in (reference, ours, exact):
+        hx, inputs = as_float64((h0, x)) if module is exact else (h0, x)
         for _ in range(6):
-            hx = module(x, hx)
+            hx = module(inputs, hx)
         hx.sum().backward()
         finals.append(hx)
-    torch.testing.assert_close(finals[1], finals[0], **TOLERANCE[torch.float32])
-    assert_grads_like(ours, reference, torch.float32)
+    assert_as_accurate(finals[1], finals[0], finals[2], "h after six steps")
+    assert_grads_like(ours, reference, exact)
 
 
 # test/test_nn.py::TestNN::test_RNN_cell_forward_zero_hidden_size
@@ -961,16 +971,17 @@ def test_nn_RNN_cell_no_broadcasting(what):
 def test_nn_LSTM_cell(bias):
     torch.manual_seed(0)
     reference, ours = pair("LSTMCell", 10, 20, bias=bias)
+    exact = float64_twin(reference)
     x, h0, c0 = torch.randn(3, 10), torch.randn(3, 20), torch.randn(3, 20)
     finals = []
-    for module in (reference, ours):
-        hx, cx = h0, c0
+    for module in (reference, ours, exact):
+        inputs, hx, cx = as_float64((x, h0, c0)) if module is exact else (x, h0, c0)
         for _ in range(6):
-            hx, cx = module(x, (hx, cx))
+            hx, cx = module(inputs, (hx, cx))
         (hx + cx).sum().backward()
         finals.append((hx, cx))
-    assert_tree_close(finals[1], finals[0], torch.float32, "(h, c)")
-    assert_grads_like(ours, reference, torch.float32)
+    assert_tree_close(finals[1], finals[0], torch.float32, "(h, c)", finals[2])
+    assert_grads_like(ours, reference, exact)
 
 
 # test/test_nn.py::TestNN::test_LSTM_cell_forward_input_size
@@ -1074,7 +1085,8 @@ def test_nn_rnn_initial_hidden_state(mode):
         hidden = (hidden, hidden)
     with_states, without = ours(x, hidden), ours(x)
     assert_tree_close(with_states, without, torch.float32, "given zeros vs none", rtol=0, atol=0)
-    assert_tree_close(with_states, reference(x, hidden), torch.float32, "vs torch.nn")
+    exact = float64_call(reference, x, hidden)
+    assert_tree_close(with_states, reference(x, hidden), torch.float32, "vs torch.nn", exact)
 
 
 # test/test_nn.py::TestNN::test_projections_lstm_initial_hidden_state
@@ -1087,7 +1099,8 @@ def test_nn_projections_lstm_initial_hidden_state(bidirectional):
     hidden = (torch.zeros(2 * directions, 32, 10), torch.zeros(2 * directions, 32, 20))
     with_states, without = ours(x, hidden), ours(x)
     assert_tree_close(with_states, without, torch.float32, "given zeros vs none", rtol=0, atol=0)
-    assert_tree_close(with_states, reference(x, hidden), torch.float32, "vs torch.nn")
+    exact = float64_call(reference, x, hidden)
+    assert_tree_close(with_states, reference(x, hidden), torch.float32, "vs torch.nn", exact)
 
 
 def cpu_vs_torch_nn_configs():
@@ -1228,16 +1241,18 @@ def test_nn_weight_tying_like_torch(kind):
     h0 = torch.randn(2, 5, 10 if extra else 20)
     hidden = (h0, torch.randn(2, 5, 20)) if name == "LSTM" else h0
     outputs = []
-    for module in (reference, ours):
+    exact = float64_twin(reference)  # the same step in float64 judges both float32 results
+    for module in (reference, ours, exact):
+        inputs = as_float64((x, hidden)) if module is exact else (x, hidden)
         module.bias_ih_l0_reverse = module.bias_ih_l0
         assert len(list(module.parameters())) == len(module.state_dict()) - 1
         optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
         optimizer.zero_grad()
-        module(x, hidden)[0].sum().backward()
+        module(*inputs)[0].sum().backward()
         optimizer.step()
         assert module.bias_ih_l0_reverse is module.bias_ih_l0
-        outputs.append(module(x, hidden))
-    assert_tree_close(outputs[1], outputs[0], torch.float32, "after a step with tied biases")
+        outputs.append(module(*inputs))
+    assert_tree_close(outputs[1], outputs[0], torch.float32, "after a step with tied biases", outputs[2])
 
 
 # test/test_nn.py::TestNN::test_partial_flat_weights (CUDA upstream: .cuda() on a module with a deleted weight;
@@ -1246,13 +1261,13 @@ def test_nn_partial_flat_weights():
     torch.manual_seed(0)
     reference, m = pair("LSTM", 10, 6, 2)
     x = torch.randn(3, 2, 10)
-    expected = reference(x)[0]
+    expected = float64_call(reference, x)[0]
     weight = m.weight_hh_l0
     del m.weight_hh_l0
     assert not hasattr(m, "weight_hh_l0")
     m.double()  # torch.nn: no error with a weight missing
     m.weight_hh_l0 = nn.Parameter(weight.detach().double())
-    torch.testing.assert_close(m(x.double())[0], expected.double(), **TOLERANCE[torch.float32])
+    torch.testing.assert_close(m(x.double())[0], expected, **TOLERANCE[torch.float64])
 
 
 # test/test_nn.py::TestNN::test_RNN_dropout (the CPU half; cuDNN-gated upstream)
@@ -1347,19 +1362,18 @@ def test_nn_rnn_weight_norm(name, kwargs, count):
     torch.manual_seed(0)
     reference, ours = pair("LSTM", 32, 32, **kwargs)
     x = torch.randn(3, 2, 32)
-    ours = torch.nn.utils.weight_norm(ours, name=name)
-    reference = torch.nn.utils.weight_norm(reference, name=name)
+    exact = float64_twin(reference)  # before weight_norm: its modules do not deepcopy
+    ours, reference, exact = (torch.nn.utils.weight_norm(m, name=name) for m in (ours, reference, exact))
     assert sum(isinstance(p, nn.Parameter) for p in ours._flat_weights) == count - 1
-    assert_tree_close(ours(x), reference(x), torch.float32, "under weight norm")
-    ours = torch.nn.utils.remove_weight_norm(ours, name=name)
-    reference = torch.nn.utils.remove_weight_norm(reference, name=name)
+    assert_tree_close(ours(x), reference(x), torch.float32, "under weight norm", exact(x.double()))
+    ours, reference, exact = (torch.nn.utils.remove_weight_norm(m, name=name) for m in (ours, reference, exact))
     assert sum(isinstance(p, nn.Parameter) for p in ours._flat_weights) == count
     assert name in ours._parameters and ours._parameters[name] is not None
     assert name + "_v" not in ours._parameters and name + "_g" not in ours._parameters
     named = dict(ours.named_parameters())
     assert name in named and named[name] is not None
     assert name + "_v" not in named and name + "_g" not in named
-    assert_tree_close(ours(x), reference(x), torch.float32, "after removing weight norm")
+    assert_tree_close(ours(x), reference(x), torch.float32, "after removing weight norm", exact(x.double()))
 
 
 # test/test_nn.py::TestNN::test_RNN_nonlinearity
@@ -1496,15 +1510,15 @@ def test_nn_LSTM_differentiable_backward_like_torch():
     reference, ours = pair("LSTM", 3, 3, 4, batch_first=True)  # upstream: 20 layers (deep for oneDNN's sake)
     x = torch.rand(10, 12, 3)
     results = []
-    for module in (reference, ours):
-        x1 = x.clone().requires_grad_(True)
+    for module in (reference, ours, float64_twin(reference)):
+        x1 = x.to(next(module.parameters()).dtype, copy=True).requires_grad_(True)
         out, _ = module(x1)
         der_out = torch.autograd.grad(out, x1, grad_outputs=torch.ones_like(out), retain_graph=True, create_graph=True)[
             0
         ]
         der_out.sum().backward(retain_graph=True)
         results.append((der_out, x1.grad))
-    assert_tree_close(results[1], results[0], torch.float32, "(d out/d x, d^2)", rtol=1e-5, atol=1e-6)
+    assert_tree_close(results[1], results[0], torch.float32, "(d out/d x, d^2)", results[2])
 
 
 # test/test_autograd.py::TestAutogradDeviceType::test_rnn_backward_to_input_but_not_parameters (onlyCUDA upstream)
@@ -1513,13 +1527,13 @@ def test_autograd_rnn_backward_to_input_but_not_parameters():
     torch.manual_seed(0)
     reference, ours = pair("LSTM", 2, 3)
     grads = []
-    for module in (reference, ours):
+    for module in (reference, ours, float64_twin(reference)):
         for p in module.parameters():
             p.requires_grad = False
-        s = torch.ones(1, 1, 2).requires_grad_(True)
+        s = torch.ones(1, 1, 2, dtype=next(module.parameters()).dtype).requires_grad_(True)
         out, _ = module(s)
         out.sum().backward()
         assert s.grad is not None and s.grad.abs().sum().item() != 0
         assert all(p.grad is None for p in module.parameters())
         grads.append(s.grad)
-    torch.testing.assert_close(grads[1], grads[0], **TOLERANCE[torch.float32])
+    assert_as_accurate(grads[1], grads[0], grads[2], "the input's gradient")
