@@ -198,9 +198,15 @@ def _parameter_sums(blocks: List[str], zero: Optional[str]) -> List[str]:
     ]
 
 
+def module_name(source: str) -> str:
+    """The module (and cache file) name of generated ``source``: its hash."""
+    return "recurrent_cell_" + hashlib.sha256(source.encode()).hexdigest()[:24]
+
+
 def load_source(source: str) -> ModuleType:
-    """Imports a generated module from the cache, writing it there first if missing."""
-    name = "recurrent_cell_" + hashlib.sha256(source.encode()).hexdigest()[:24]
+    """Imports a generated module from the cache (:mod:`recurrent._cache`: only from a folder of this
+    user's alone), writing it there first if missing."""
+    name = module_name(source)
     if name in sys.modules:
         return sys.modules[name]
     path = cached_file("triton-cells", f"{name}.py", lambda partial: partial.write_text(source))
