@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test test-triton triton-check lint docs reproduce bench
+.PHONY: setup test test-native-targets test-sanitizers test-triton triton-check lint docs reproduce bench
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -14,11 +14,36 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# The whole suite; then the kernel parity suite again on the Triton kernels under Triton's CPU
-# interpreter (chosen at import, hence a separate run); then the ahead-of-time compile check.
+# The whole suite; then the native kernels' tests on builds for other CPUs; then the kernel parity suite
+# again on the Triton kernels under Triton's CPU interpreter (chosen at import, hence a separate run); then
+# the ahead-of-time compile check.
 test: setup
 	$(PY) -m pytest -q -n 2
-	$(MAKE) test-triton triton-check
+	$(MAKE) test-native-targets test-triton triton-check
+
+# The native CPU kernels' tests against the library built for AVX2 (x86-64-v3) and for any x86-64 (the
+# vector code's generic path) as well as for this CPU, and with the library off (the ATen path): the
+# suite must not depend on the CPU it runs on.
+NATIVE_SUITE := tests/test_native_cpu.py tests/test_accuracy.py tests/test_fast_cpu.py tests/test_packed.py
+test-native-targets: setup
+	if [ "$$(uname -m)" = x86_64 ]; then \
+		RECURRENT_NATIVE_MARCH=x86-64-v3 $(PY) -m pytest -q -n 2 $(NATIVE_SUITE) && \
+		RECURRENT_NATIVE_MARCH=x86-64 $(PY) -m pytest -q -n 2 $(NATIVE_SUITE); \
+	fi
+	RECURRENT_NATIVE_CPU=0 $(PY) -m pytest -q -n 2 $(NATIVE_SUITE)
+
+# The native kernels built under AddressSanitizer and UndefinedBehaviorSanitizer (GCC's runtimes,
+# preloaded: Python is not built with them), with their tests and the packed-input tests. Any report
+# aborts the run, and fails it; the reports are printed from SANITIZER_LOGS.
+SANITIZER_LOGS := $(CURDIR)/.cache/sanitizers
+test-sanitizers: setup
+	rm -rf $(SANITIZER_LOGS) && mkdir -p $(SANITIZER_LOGS)
+	LD_PRELOAD="$$(g++ -print-file-name=libasan.so):$$(g++ -print-file-name=libstdc++.so)" \
+	ASAN_OPTIONS=detect_leaks=0:log_path=$(SANITIZER_LOGS)/asan \
+	UBSAN_OPTIONS=print_stacktrace=1:log_path=$(SANITIZER_LOGS)/ubsan \
+	RECURRENT_NATIVE_SANITIZE=address,undefined CXX=g++ \
+	$(PY) -m pytest -q -n 2 tests/test_native_cpu.py tests/test_accuracy.py tests/test_packed.py; \
+	status=$$?; cat $(SANITIZER_LOGS)/* 2>/dev/null; [ $$status -eq 0 ] && [ -z "$$(ls $(SANITIZER_LOGS))" ]
 
 TRITON_SUITE := tests/test_layer_parity.py tests/test_packed.py tests/test_gradcheck.py tests/test_higher_order.py tests/test_autocast.py tests/test_triton.py tests/test_training_loops.py tests/test_generated.py
 test-triton: setup
