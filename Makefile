@@ -21,20 +21,19 @@ test: setup
 	$(PY) -m pytest -q -n 2
 	$(MAKE) test-native-targets test-triton triton-check
 
-# The native CPU kernels' tests against the library built for AVX2 (x86-64-v3) and for any x86-64 (the
-# vector code's generic path) as well as for this CPU, and with the library off (the ATen path): the
-# suite must not depend on the CPU it runs on.
-NATIVE_SUITE := tests/test_native_cpu.py tests/test_accuracy.py tests/test_fast_cpu.py tests/test_packed.py
+# The native CPU kernels' tests (marker native_suite) against the library built for AVX2 (x86-64-v3) and
+# for any x86-64 (the vector code's generic path) as well as for this CPU, and with the library off (the
+# oneDNN route): the suite must not depend on the CPU it runs on.
 test-native-targets: setup
 	if [ "$$(uname -m)" = x86_64 ]; then \
-		RECURRENT_NATIVE_MARCH=x86-64-v3 $(PY) -m pytest -q -n 2 $(NATIVE_SUITE) && \
-		RECURRENT_NATIVE_MARCH=x86-64 $(PY) -m pytest -q -n 2 $(NATIVE_SUITE); \
+		RECURRENT_NATIVE_MARCH=x86-64-v3 $(PY) -m pytest -q -n 2 -m native_suite && \
+		RECURRENT_NATIVE_MARCH=x86-64 $(PY) -m pytest -q -n 2 -m native_suite; \
 	fi
-	RECURRENT_NATIVE_CPU=0 $(PY) -m pytest -q -n 2 $(NATIVE_SUITE)
+	RECURRENT_NATIVE_CPU=0 $(PY) -m pytest -q -n 2 -m native_suite
 
 # The native kernels built under AddressSanitizer and UndefinedBehaviorSanitizer (GCC's runtimes,
-# preloaded: Python is not built with them), with their tests and the packed-input tests. Any report
-# aborts the run, and fails it; the reports are printed from SANITIZER_LOGS.
+# preloaded: Python is not built with them), with the native suite. Any report aborts the run, and
+# fails it; the reports are printed from SANITIZER_LOGS.
 SANITIZER_LOGS := $(CURDIR)/.cache/sanitizers
 test-sanitizers: setup
 	rm -rf $(SANITIZER_LOGS) && mkdir -p $(SANITIZER_LOGS)
@@ -42,15 +41,15 @@ test-sanitizers: setup
 	ASAN_OPTIONS=detect_leaks=0:log_path=$(SANITIZER_LOGS)/asan \
 	UBSAN_OPTIONS=print_stacktrace=1:log_path=$(SANITIZER_LOGS)/ubsan \
 	RECURRENT_NATIVE_SANITIZE=address,undefined CXX=g++ \
-	$(PY) -m pytest -q -n 2 tests/test_native_cpu.py tests/test_accuracy.py tests/test_packed.py; \
+	$(PY) -m pytest -q -n 2 -m native_suite; \
 	status=$$?; cat $(SANITIZER_LOGS)/* 2>/dev/null; [ $$status -eq 0 ] && [ -z "$$(ls $(SANITIZER_LOGS))" ]
 
-TRITON_SUITE := tests/test_layer_parity.py tests/test_packed.py tests/test_gradcheck.py tests/test_higher_order.py tests/test_autocast.py tests/test_triton.py tests/test_training_loops.py tests/test_generated.py
+# The tests marked triton_suite (kernel parity, gradients, training loops, the Triton kernels themselves).
 test-triton: setup
-	RECURRENT_BACKEND=triton TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2 $(TRITON_SUITE)
+	RECURRENT_BACKEND=triton TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2 -m triton_suite
 
 triton-check: setup
-	$(PY) benchmarks/triton_check.py
+	$(PY) tools/triton_check.py
 
 # ruff's lint and format check (pyproject.toml), and the docs site built with every warning an error.
 lint: setup

@@ -48,10 +48,11 @@ def interleaved(contenders: Dict[str, Callable[[], object]], reps: int, calls: i
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def pieces(reps: int) -> None:
-    def show(title: str, result: Dict[str, float]) -> None:
-        print(title + ": " + ", ".join(f"{name} {us:.1f} µs" for name, us in result.items()))
+def show(title: str, result: Dict[str, float]) -> None:
+    print(title + ": " + ", ".join(f"{name} {us:.1f} µs" for name, us in result.items()))
 
+
+def pieces(reps: int) -> None:
     a = torch.randn(128, 128)
     show(
         "128x128 floats",
@@ -67,6 +68,14 @@ def pieces(reps: int) -> None:
     if not products.ONEDNN:
         print("this torch build has no oneDNN linear: the fast path is off")
         return
+    products_of_a_step(reps)
+    weight_gradients(reps)
+    compiled_step(reps, show)
+    recurrence(reps, show)
+
+
+def products_of_a_step(reps: int) -> None:
+    """A step's hidden product through MKL, oneDNN and oneDNN with W_hh packed; the input projections."""
     onednn = torch.ops.mkldnn._linear_pointwise
     w = torch.randn(512, 128) * 0.1
     packed = torch.ops.mkldnn._reorder_linear_weight(w, 128)
@@ -96,6 +105,10 @@ def pieces(reps: int) -> None:
                 reps,
             ),
         )
+
+
+def weight_gradients(reps: int) -> None:
+    """Σ gradᵀ x over rows through MKL, oneDNN and the native op, at the layers' shapes."""
     shapes = ((3584, 512, 28), (3584, 512, 128), (3584, 128, 128), (3584, 192, 128), (6400, 1024, 256))
     for rows, gates, width in shapes:
         grad, x = torch.randn(1, rows, gates), torch.randn(1, rows, width)
@@ -108,8 +121,6 @@ def pieces(reps: int) -> None:
             contenders["native (recurrent_cpu.weight_grad)"] = lambda grad=grad, x=x: native(grad, [x], [], False)
         title = f"weight gradient, {rows} rows of a {gates}-wide gradient times {width}-wide inputs"
         show(title, interleaved(contenders, reps))
-    compiled_step(reps, show)
-    recurrence(reps, show)
 
 
 def recurrence(reps: int, show: Callable[[str, Dict[str, float]], None]) -> None:

@@ -12,7 +12,7 @@
 #   train         Fashion-MNIST trainings of GRU and RNN (EPOCHS each), ours (as a user gets it) and torch.nn's;
 #   tune-bf16     the tuning run in bfloat16;
 #   tests         the whole suite on the default backend;
-#   triton-check  the compile check (benchmarks/triton_check.py) with this machine's Triton.
+#   triton-check  the compile check (tools/triton_check.py) with this machine's Triton.
 # STEPS="tune speed" reruns just those. Every step has a time limit, and none runs past BUDGET seconds
 # from the start (a hung kernel costs that step only). The logs and JSON files are gathered under
 # $RESULTS and packed into $OUT/gpu-results.tgz after every step (the device tool returns at most 8
@@ -60,5 +60,5 @@ if wanted train; then
 fi
 wanted tune-bf16 && step tune-bfloat16 80 python benchmarks/triton_tune.py --dtype bfloat16 --rounds 5 --cases "$TUNE_CASES" --json "$RESULTS/tune-bfloat16.json"
 wanted tests && step tests 150 python -m pytest -q $PARALLEL tests
-wanted triton-check && step triton-check 90 python benchmarks/triton_check.py --jobs "$(nproc)" --json "$RESULTS/triton-check.json"
+wanted triton-check && step triton-check 90 python tools/triton_check.py --jobs "$(nproc)" --json "$RESULTS/triton-check.json"
 cat "$RESULTS/steps.log"

@@ -665,7 +665,7 @@ def write_json(path: Path, meta: dict, shapes: list[Shape], checks: dict, rows: 
     tmp.replace(path)
 
 
-def main() -> int:
+def arguments() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--quick", action="store_true", help="Fashion-MNIST and tiny shapes, few reps")
@@ -676,21 +676,15 @@ def main() -> int:
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    reps = args.reps if args.reps is not None else (5 if args.quick else 20)
-    if reps < 1:
+    args.reps = args.reps if args.reps is not None else (5 if args.quick else 20)
+    if args.reps < 1:
         p.error("--reps must be at least 1")
-    shapes = select(args.shapes or ("fmnist,tiny" if args.quick else "all"))
-    device = torch.device(args.device)
-    modes = CUDA_MODES if device.type == "cuda" else CPU_MODES
-    torch.manual_seed(0)
+    return args
 
-    suffix = "-quick" if args.quick else ""
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path = args.out / f"speed-{device.type}{suffix}.json"
-    chart_path = json_path.with_suffix(".png")
-    meta = {
+
+def run_meta(args: argparse.Namespace, device: torch.device, chart_path: Path) -> dict:
+    """What the JSON says of the run: machine, versions, threads, command, methods."""
+    return {
         "device": device.type,
         "machine": machine(device),
         "torch": torch.__version__,
@@ -702,7 +696,7 @@ def main() -> int:
         "git_commit": git_commit(),
         "command": shlex.join(["python", *sys.argv]),
         "quick": args.quick,
-        "reps": reps,
+        "reps": args.reps,
         "timing_method": TIMING_METHOD.format(
             WARMUP,
             WARMUP_SCRIPTED,
@@ -714,29 +708,48 @@ def main() -> int:
         "tolerance": TOLERANCE[device.type],
         "chart": chart_path.name,
     }
+
+
+def time_shape(shape: Shape, device: torch.device, reps: int) -> tuple[dict, list[dict]]:
+    """(the output checks, the timing rows) of one shape, every mode and contender."""
+    models, failed = build(shape, device)
+    x = torch.randn(shape.seq_len, shape.batch, shape.input_size, device=device)
+    x.requires_grad_()
+    checks = check_outputs(models, x, TOLERANCE[device.type])
+    for name, c in checks.items():
+        if not c["ok"]:  # timing a different function would be meaningless
+            del models[name]
+            failed[name] = f"n/a: output differs from torch.nn by {c['max_abs_diff']:.2e}"
+    rows = []
+    for mode in CUDA_MODES if device.type == "cuda" else CPU_MODES:
+        figures = bench_mode(models, failed, x, mode, reps)
+        ref = figures.get(REFERENCE, {})
+        for name, f in figures.items():
+            f["ratio"] = ratio(f.get("median_ms"), ref.get("median_ms"))
+            f["mem_ratio"] = ratio(f.get("peak_mb"), ref.get("peak_mb"))
+            rows.append({"shape": shape.name, "mode": mode, "contender": name, **f})
+    return checks, rows
+
+
+def main() -> int:
+    args = arguments()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes = select(args.shapes or ("fmnist,tiny" if args.quick else "all"))
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / f"speed-{device.type}{'-quick' if args.quick else ''}.json"
+    chart_path = json_path.with_suffix(".png")
+    meta = run_meta(args, device, chart_path)
     rows: list[dict] = []
     checks: dict[str, dict] = {}
     for shape in shapes:
         print(f"[{shape.name}]", file=sys.stderr, flush=True)
-        models, failed = build(shape, device)
-        x = torch.randn(shape.seq_len, shape.batch, shape.input_size, device=device)
-        x.requires_grad_()
-        checks[shape.name] = check_outputs(models, x, TOLERANCE[device.type])
-        for name, c in checks[shape.name].items():
-            if not c["ok"]:  # timing a different function would be meaningless
-                del models[name]
-                failed[name] = f"n/a: output differs from torch.nn by {c['max_abs_diff']:.2e}"
-        for mode in modes:
-            figures = bench_mode(models, failed, x, mode, reps)
-            ref = figures.get(REFERENCE, {})
-            for name, f in figures.items():
-                f["ratio"] = ratio(f.get("median_ms"), ref.get("median_ms"))
-                f["mem_ratio"] = ratio(f.get("peak_mb"), ref.get("peak_mb"))
-                rows.append({"shape": shape.name, "mode": mode, "contender": name, **f})
-        del models
+        checks[shape.name], shape_rows = time_shape(shape, device, args.reps)
+        rows += shape_rows
         gc.collect()
         write_json(json_path, meta, shapes, checks, rows)  # after every shape: a run cut short keeps what it timed
-
     plot(rows, f"{meta['machine']}, torch {meta['torch']}, {meta['threads']} threads", chart_path)
     print_table(rows)
     print(f"wrote {json_path} and {chart_path}")

@@ -1,5 +1,5 @@
 """Time the persistent Triton kernels alone under candidate block configurations, to pin them by
-measurement on a GPU (the dispatcher's table is ``recurrent.kernels.triton.common.blocks``).
+measurement on a GPU (the route's table is ``recurrent.kernels.triton.common.blocks``).
 
     python benchmarks/triton_tune.py [--dtype float32|bfloat16] [--reps N] [--json PATH] [--smoke]
 
@@ -13,8 +13,8 @@ with ``common.blocks`` replaced by the candidate. Prints microseconds per step (
 repetitions), each candidate's ratio to the pinned configuration, and the largest difference of
 its outputs from the pinned configuration's (blocks change the summation order only).
 
-A candidate is only a measurement: the dispatcher launches nothing that
-``benchmarks/triton_check.py`` has not compiled, so adopting one means changing ``blocks`` (and
+A candidate is only a measurement: the route launches nothing that
+``tools/triton_check.py`` has not compiled, so adopting one means changing ``blocks`` (and
 the check then covers it). ``--smoke`` runs two tiny shapes and two candidates, for CPU tests
 under ``TRITON_INTERPRET=1``; its times mean nothing.
 """

@@ -120,7 +120,7 @@ def fail(message: str) -> int:
     return 2
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.fashion_mnist", description=__doc__)
     p.add_argument("--model", choices=sorted(RECIPES), required=True)
     p.add_argument("--impl", choices=IMPLS, default="recurrent", help="our layers or torch.nn's")
@@ -147,11 +147,14 @@ def main(argv: list[str] | None = None) -> int:
         help="override a recipe field, e.g. --set lr=0.002 --set augment=false (repeatable)",
     )
     add_common_args(p)
-    args = p.parse_args(argv)
-    check_device(p, args.device)
-    world_size, rank, local_rank = torchrun_world()
-    device = process_device(p, args.device, local_rank) if world_size > 1 else args.device
+    return p
 
+
+def run_spec(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[RunSpec, str]:
+    """The run the arguments ask for (errors through ``p``), and where its data come from."""
+    check_device(p, args.device)
+    world_size, _, local_rank = torchrun_world()
+    device = process_device(p, args.device, local_rank) if world_size > 1 else args.device
     try:
         recipe = override(RECIPES[args.model], args.set + ([f"epochs={args.epochs}"] if args.epochs else []))
         check_impl(recipe, args.impl, args.model)  # lngru: --impl recurrent only
@@ -169,24 +172,36 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=str(data_dir),
         world_size=world_size,
     )
+    return spec, origin
+
+
+def report(spec: RunSpec, metrics: dict, out: Path) -> None:
+    """One line on the finished (or stopped) run."""
+    if metrics["complete"]:
+        print(
+            f"{spec.model}/{spec.impl} seed {spec.seed}: best epoch {metrics['best_epoch']}, "
+            f"test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f} "
+            f"({metrics['seconds_per_epoch']:.1f} s/epoch) -> {out}"
+        )
+    else:
+        epochs = spec.recipe.epochs
+        print(f"stopped after epoch {metrics['epochs_done']} of {epochs}; continue with --resume -> {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    spec, origin = run_spec(p, args)
     out = args.out or RUNS_DIR / run_name(spec)
     try:
-        with process_group(world_size, device):
+        with process_group(spec.world_size, spec.device):
             metrics = run(spec, out, resume=args.resume, stop_after=args.stop_after)
     except data.DataError as e:
         return fail(data_error_message(e, origin))
     except (FileExistsError, ResumeError) as e:
         return fail(str(e))
-    if rank != 0:  # rank 0 reports for the whole job
-        return 0
-    if metrics["complete"]:
-        print(
-            f"{args.model}/{args.impl} seed {args.seed}: best epoch {metrics['best_epoch']}, "
-            f"test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f} "
-            f"({metrics['seconds_per_epoch']:.1f} s/epoch) -> {out}"
-        )
-    else:
-        print(f"stopped after epoch {metrics['epochs_done']} of {recipe.epochs}; continue with --resume -> {out}")
+    if torchrun_world()[1] == 0:  # rank 0 reports for the whole job
+        report(spec, metrics, out)
     return 0
 
 

@@ -61,7 +61,7 @@ def run_grid(specs: list[RunSpec], out_root: Path, skip_existing: bool) -> None:
         run(spec, out_root / run_name(spec), resume=skip_existing)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__)
     p.add_argument(
         "--models",
@@ -99,9 +99,26 @@ def main(argv: list[str] | None = None) -> int:
         "summary.json whose folders are not there (kept by default)",
     )
     add_common_args(p)
+    return p
+
+
+def train_grid(specs: list[RunSpec], args: argparse.Namespace, origin: str) -> int:
+    """Runs the grid (0), or says why it could not (2, as argparse's errors)."""
+    try:
+        run_grid(specs, args.out_root, args.skip_existing)
+    except FileExistsError as e:
+        return fail(f"{e} (for the grid: pass --skip-existing, or delete that folder)")
+    except data.DataError as e:
+        return fail(data_error_message(e, origin))
+    except ResumeError as e:
+        return fail(str(e))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
     args = p.parse_args(argv)
     check_device(p, args.device)
-
     data_dir, origin = data_dir_and_origin(args.data_dir)
     specs = grid(args, data_dir)
     for m in args.models:
@@ -109,15 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {m} runs only with --impls {' '.join(impls_for(RECIPES[m]))}; left out", file=sys.stderr)
     if not specs:
         p.error("no runs in this grid")
-    if not args.summarize_only:
-        try:
-            run_grid(specs, args.out_root, args.skip_existing)
-        except FileExistsError as e:
-            return fail(f"{e} (for the grid: pass --skip-existing, or delete that folder)")
-        except data.DataError as e:
-            return fail(data_error_message(e, origin))
-        except ResumeError as e:
-            return fail(str(e))
+    status = 0 if args.summarize_only else train_grid(specs, args, origin)
+    if status:
+        return status
     command = shlex.join(["python", "-m", "experiments.reproduce", *(sys.argv[1:] if argv is None else argv)])
     summarize(specs, args.out_root, args.results, command, fresh=args.fresh)
     print(f"wrote {args.results / 'summary.md'} and summary.json", file=sys.stderr)

@@ -181,51 +181,58 @@ def make_figures(runs: list[Run], folder: Path) -> dict[str, list[Figure]]:
         chosen = [r for r in model_runs if r["device_type"] == device]
         seed = min(r["seed"] for r in chosen)
         chosen = {r["impl"]: r for r in chosen if r["seed"] == seed}
-        curves, matrix = f"{model}-curves.png", f"{model}-confusion.png"
-        lines = {IMPL_LABEL[i]: (r["history"], r["best_epoch"]) for i, r in sorted(chosen.items())}
-        baseline = next(
-            (
-                r
-                for r in runs
-                if r["model"] == BASELINES.get(model)
-                and r["impl"] == "recurrent"
-                and r["seed"] == seed
-                and r["device_type"] == device
-            ),
-            None,
-        )
-        heading = f"{model}: seed {seed}, {device}"
-        if baseline is not None:
-            lines = {f"{model} ({label})": curve for label, curve in lines.items()}
-            lines[f"{baseline['model']} (recurrent)"] = (baseline["history"], baseline["best_epoch"])
-            heading = f"{model} beside {baseline['model']} (same recipe and initial weights): seed {seed}, {device}"
-        plots.curves(lines, folder / curves, heading)
+        figures[model] = [curves_figure(model, chosen, runs, seed, device, folder)]
         shown = chosen.get("recurrent") or next(iter(chosen.values()))
+        matrix = f"{model}-confusion.png"
         plots.confusion(
             shown["confusion_matrix"],
             data.CLASSES,
             folder / matrix,
             f"{model} ({IMPL_LABEL[shown['impl']]}), seed {seed}, epoch {shown['best_epoch']}",
         )
-        figures[model] = [
-            (f"{model} learning curves", f"figures/{curves}", ""),
-            (f"{model} confusion matrix", f"figures/{matrix}", ""),
-        ]
+        figures[model].append((f"{model} confusion matrix", f"figures/{matrix}", ""))
         if "gates" in shown:
-            g = shown["gates"]
-            heatmap = f"{model}-gates.png"
-            plots.gates(
-                g["means"],
-                g["classes"],
-                folder / heatmap,
-                f"{model} ({IMPL_LABEL[shown['impl']]}), seed {seed}, epoch {g['epoch']}: "
-                f"mean update gate {g['gate']} per class and image row, test set",
-                gate=g["gate"],
-            )
-            figures[model].append(
-                (f"{model} mean update gate per class and image row", f"figures/{heatmap}", gate_caption(model, g))
-            )
+            figures[model].append(gates_figure(model, shown, seed, folder))
     return figures
+
+
+def curves_figure(model: str, chosen: dict[str, Run], runs: list[Run], seed: int, device: str, folder: Path) -> Figure:
+    """The impls' learning curves overlaid, and beside them the report model's where ``model`` has one."""
+    curves = f"{model}-curves.png"
+    lines = {IMPL_LABEL[i]: (r["history"], r["best_epoch"]) for i, r in sorted(chosen.items())}
+    baseline = next(
+        (
+            r
+            for r in runs
+            if r["model"] == BASELINES.get(model)
+            and r["impl"] == "recurrent"
+            and r["seed"] == seed
+            and r["device_type"] == device
+        ),
+        None,
+    )
+    heading = f"{model}: seed {seed}, {device}"
+    if baseline is not None:
+        lines = {f"{model} ({label})": curve for label, curve in lines.items()}
+        lines[f"{baseline['model']} (recurrent)"] = (baseline["history"], baseline["best_epoch"])
+        heading = f"{model} beside {baseline['model']} (same recipe and initial weights): seed {seed}, {device}"
+    plots.curves(lines, folder / curves, heading)
+    return (f"{model} learning curves", f"figures/{curves}", "")
+
+
+def gates_figure(model: str, shown: Run, seed: int, folder: Path) -> Figure:
+    """The mean update gate per class and image row of the run shown."""
+    g = shown["gates"]
+    heatmap = f"{model}-gates.png"
+    plots.gates(
+        g["means"],
+        g["classes"],
+        folder / heatmap,
+        f"{model} ({IMPL_LABEL[shown['impl']]}), seed {seed}, epoch {g['epoch']}: "
+        f"mean update gate {g['gate']} per class and image row, test set",
+        gate=g["gate"],
+    )
+    return (f"{model} mean update gate per class and image row", f"figures/{heatmap}", gate_caption(model, g))
 
 
 def markdown(summary: dict[str, Any], figures: dict[str, list[Figure]]) -> str:

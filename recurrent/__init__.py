@@ -4,6 +4,7 @@ from .cells import GRUCell, LSTMCell, RNNCell
 from .custom import CustomCell, CustomRNN
 from .layers import GRU, LSTM, RNN, backend_for
 from .recording import record_gates
+from .routes import Route, route_for
 from .variants import GRUVariantCell, LayerNormGRU, LayerNormLSTM, LSTMVariantCell
 
 __all__ = [
@@ -19,7 +20,9 @@ __all__ = [
     "LayerNormLSTM",
     "RNN",
     "RNNCell",
+    "Route",
     "backend_for",
     "record_gates",
+    "route_for",
 ]
 __version__ = "0.1.0"

@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Tuple
 
+from . import settings
+
 try:  # POSIX; elsewhere each process writes its own copy and the rename keeps that safe
     import fcntl
 except ImportError:  # pragma: no cover - not on Linux or macOS
@@ -31,7 +33,7 @@ _PRIVATE: List[Path] = []  # this process's own folder, made once, when no share
 
 def _roots() -> List[Path]:
     """The cache roots to try, in order."""
-    configured = os.environ.get("RECURRENT_CACHE_DIR")
+    configured = settings.cache_dir()
     first = Path(configured) if configured else Path.home() / ".cache" / "recurrent"
     user = os.getuid() if hasattr(os, "getuid") else "user"
     return [first, Path(tempfile.gettempdir()) / f"recurrent-{user}"]

@@ -20,10 +20,10 @@ from ._jit import script
 
 
 @script
-def rnn_tanh_step(pre: Tensor, fast: bool = False) -> Tensor:
+def rnn_tanh_step(pre: Tensor, in_place: bool = False) -> Tensor:
     """Elman step, tanh: h' = tanh(a), with a = W_ih x + b_ih + W_hh h + b_hh summed by the caller.
-    ``fast``: in place on ``pre`` (the kernels' fast CPU path: no new tensor per step)."""
-    return pre.tanh_() if fast else torch.tanh(pre)
+    ``in_place``: on ``pre`` (the oneDNN kernels' way: no new tensor per step)."""
+    return pre.tanh_() if in_place else torch.tanh(pre)
 
 
 @script
@@ -33,7 +33,7 @@ def rnn_relu_step(pre: Tensor) -> Tensor:
 
 
 @script
-def gru_step(gi: Tensor, gh: Tensor, h: Tensor, fast: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+def gru_step(gi: Tensor, gh: Tensor, h: Tensor, in_place: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     """GRU step with torch.nn's gate order (r, z, n) along the last dimension of gi and gh.
 
         r  = σ(W_ir x + b_ir + W_hr h + b_hr)
@@ -42,19 +42,21 @@ def gru_step(gi: Tensor, gh: Tensor, h: Tensor, fast: bool = False) -> Tuple[Ten
         h' = (1 − z) ⊙ n + z ⊙ h
 
     Returns ``(h', rz, n)``: the kernels keep ``rz`` (r and z side by side) and ``n`` for the backward.
-    ``fast``: n's tanh in place (the kernels' fast CPU path).
+    ``in_place``: n's tanh in place (the oneDNN kernels' way).
     """
     hidden = h.size(-1)
     rz = torch.sigmoid(gi[..., : 2 * hidden] + gh[..., : 2 * hidden])
     r = rz[..., :hidden]
     z = rz[..., hidden:]
     a_n = torch.addcmul(gi[..., 2 * hidden :], r, gh[..., 2 * hidden :])
-    n = a_n.tanh_() if fast else torch.tanh(a_n)
+    n = a_n.tanh_() if in_place else torch.tanh(a_n)
     return torch.lerp(n, h, z), rz, n
 
 
 @script
-def lstm_step(gi: Tensor, gh: Tensor, c: Tensor, fast: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def lstm_step(
+    gi: Tensor, gh: Tensor, c: Tensor, in_place: bool = False
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """LSTM step with torch.nn's gate order (i, f, g, o) along the last dimension of gi and gh.
 
         i  = σ(W_ii x + b_ii + W_hi h + b_hi)
@@ -66,10 +68,10 @@ def lstm_step(gi: Tensor, gh: Tensor, c: Tensor, fast: bool = False) -> Tuple[Te
 
     Returns ``(h', c', if, g, o)``, ``if`` being i and f side by side; the kernels keep the gates
     for the backward. (A projected LSTM then maps h' to W_hr h'; the layer kernel does that.)
-    ``fast``: in place on ``gh`` (the kernels' fast CPU path: one new tensor per step fewer).
+    ``in_place``: on ``gh`` (the oneDNN kernels' way: one new tensor per step fewer).
     """
     hidden = c.size(-1)
-    if fast:
+    if in_place:
         gates = gh.add_(gi)
         i_f = gates[..., : 2 * hidden].sigmoid_()
         g = gates[..., 2 * hidden : 3 * hidden].tanh_()

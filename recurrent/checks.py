@@ -7,7 +7,7 @@ Each check raises the exception type torch.nn raises for the same mistake, in to
 (so that an input with two mistakes fails as torch.nn's does), and its message keeps torch.nn's
 words ("Expected hidden size", "input.size(-1) must be equal to input_size", ...) so that a search
 for torch.nn's message finds ours. Deliberate exceptions, where torch.nn has no check of its own and
-fails deeper down (tests/test_conformance_inputs.py lists each):
+fails deeper down (tests/parity/test_conformance_inputs.py lists each):
 - a state whose dtype is not the parameters', and a cell input whose dtype is not: torch.nn fails
   inside a matrix product with a RuntimeError; ours raise the ValueError of torch.nn's own layer input
   dtype check, with a message saying what to convert;

@@ -20,27 +20,27 @@ It returns ``(output, new_state)``: the step's output (D, N, H) and the states a
 ``state[0]`` is what the next step's hidden projection reads. Gradients come from autograd through
 the TorchScript loop, or from a hand-written backward when the cell defines ``step_backward``
 (see :class:`CustomCell`).
+
+A custom layer is a cell kind like the built-in ones (:mod:`recurrent.kernels.registry`), built from
+its cell: it runs on the same stack loop, autograd wiring, recompute path and routes
+(:mod:`recurrent.routes`), its kernels being the cell's loop in TorchScript, in Python (torch.func) and,
+opted in, generated for Triton.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
-from typing import Callable, Dict, List, Optional, Tuple
+import sys
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from . import kernels
 from ._jit import JIT_ENABLED, script
-from .kernels.autograd import _batched, needs_plain_ops
-from .kernels.common import carry_rows, gather_directions, hidden_product, join_directions, per_direction, step_rows
-from .kernels.stack import layer_reverse_index
-from .layers import LSTM, RNNBase, _scan_inputs
-
-# Called after each layer of an eager custom layer call with (the plain loop, gi, state0, W_hh, b_hh,
-# the cell's own parameters, batch sizes, reverse index): gate recording (recurrent.recording) reads them.
-CUSTOM_LAYER_OBSERVERS: List[Callable[..., None]] = []
+from .kernels.common import carry_rows, hidden_product, step_rows
+from .kernels.contract import Kernel
+from .layers import LSTM, RNNBase
 
 
 class CustomCell(nn.Module):
@@ -99,11 +99,13 @@ class SequenceLoop(nn.Module):
         state0: List[Tensor],
         w_hh_t: Tensor,
         b_hh: Optional[Tensor],
-        params: List[Tensor],
+        kind_weights: List[Tensor],
         batch_sizes: List[int],
         save: bool,
     ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
-        """(outputs (D, T, H), final states, saved); with ``save``, saved = [gh, *states before each row]."""
+        """(outputs (D, T, H), final states, saved); with ``save``, saved = [gh, *states before each row].
+        ``kind_weights``: the cell's own parameters stacked by direction, each (D, *shape)."""
+        params = [w.unsqueeze(1) for w in kind_weights]  # (D, 1, *shape): they broadcast over the rows
         state = state0
         outputs: List[Tensor] = []
         ghs: List[Tensor] = []
@@ -125,6 +127,10 @@ class SequenceLoop(nn.Module):
             saved = [torch.cat(ghs, 1)] + [torch.cat(b, 1) for b in before]
         return torch.cat(outputs, 1), state, saved
 
+    @torch.jit.export
+    def hidden_weight(self, w_hh: Tensor) -> Tensor:
+        return self.cell.hidden_weight(w_hh)
+
 
 class SequenceLoopWithBackward(SequenceLoop):
     """:class:`SequenceLoop` plus the reverse loop over the cell's ``step_backward``."""
@@ -136,11 +142,13 @@ class SequenceLoopWithBackward(SequenceLoop):
         grad_finals: List[Tensor],
         gi: Tensor,
         saved: List[Tensor],
-        params: List[Tensor],
+        kind_weights: List[Tensor],
         w_hh: Tensor,
         batch_sizes: List[int],
     ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
-        """(dgi, dgh, dstate0, dparams); the weight gradients are products of these over all rows."""
+        """(dgi, dgh, dstate0, dparams), dparams in the kind weights' shapes (D, *shape); the weight
+        gradients are products of these over all rows."""
+        params = [w.unsqueeze(1) for w in kind_weights]
         gh, before = saved[0], saved[1:]
         dgi = torch.empty_like(gi)
         dgh = torch.empty_like(gh)
@@ -161,59 +169,33 @@ class SequenceLoopWithBackward(SequenceLoop):
             dstate = [carry_rows(dprev[i], dstate[i]) for i in range(len(dstate))]
             dparams = [dparams[i] + dp[i] for i in range(len(dparams))]
             end = start
-        return dgi, dgh, dstate, dparams
+        return dgi, dgh, dstate, [d.squeeze(1) for d in dparams]
 
 
-class HandWrittenBackward(torch.autograd.Function):
-    """A layer's custom loop, differentiated by the cell's ``step_backward`` (gi and W_hh in, hs out)."""
+def loop_kernel(loop, backward: bool, recorded=None) -> Kernel:
+    """A custom cell's loop (:class:`SequenceLoop`, compiled or not, or the generated kernels' loop) as a
+    :class:`recurrent.kernels.contract.Kernel`: its forward saves gi first (its backward reads it), the
+    states before each row are what it saved of them, and with ``backward`` its hand-written backward.
+    ``recorded``: the loop to run where autograd records the ops (default: ``loop``)."""
 
-    @staticmethod
-    def forward(
-        ctx, loop, autograd_loop, batch_sizes: List[int], gi: Tensor, w_hh: Tensor, b_hh, states: int, *tensors
-    ):
-        state0, params = list(tensors[:states]), list(tensors[states:])
-        hs, finals, saved = loop(gi, state0, w_hh.transpose(1, 2), b_hh, params, batch_sizes, True)
-        ctx.loops, ctx.batch_sizes, ctx.counts = (loop, autograd_loop), batch_sizes, (states, len(params))
-        ctx.has_bias = b_hh is not None
-        ctx.save_for_backward(gi, w_hh, *([b_hh] if b_hh is not None else []), *state0, *params, *saved)
-        return (hs, *finals)
+    def forward(gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], kind_weights: List[Tensor],
+                batch_sizes: List[int], save: bool) -> Tuple[Tensor, List[Tensor], List[Tensor]]:  # fmt: skip
+        hs, finals, saved = loop(gi, state0, w_hh_t, b_hh, kind_weights, batch_sizes, save)
+        return hs, finals, [gi, *saved] if save else []
 
-    @staticmethod
-    def backward(ctx, grad_hs: Tensor, *grad_finals: Tensor):
-        states, count = ctx.counts
-        gi, w_hh, *rest = ctx.saved_tensors
-        b_hh = rest.pop(0) if ctx.has_bias else None
-        state0, params, saved = rest[:states], rest[states : states + count], rest[states + count :]
-        if torch.is_grad_enabled() or _batched(grad_hs) or any(_batched(g) for g in grad_finals):
-            return _recomputed_grads(ctx, [gi, w_hh, b_hh, *state0, *params], grad_hs, grad_finals)
-        dgi, dgh, dstate0, dparams = ctx.loops[0].backward(
-            grad_hs, list(grad_finals), gi, saved, params, w_hh, ctx.batch_sizes
-        )
-        dw_hh = torch.bmm(dgh.transpose(1, 2), saved[1])  # Σ over rows of dghᵀ h (saved[1]: h before each row)
-        db_hh = dgh.sum(1, keepdim=True) if ctx.has_bias else None
-        return (None, None, None, dgi, dw_hh, db_hh, None, *dstate0, *dparams)
+    def hand_written(grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor,
+                     h_prev: List[Tensor], saved: List[Tensor], w_hh: Tensor, kind_weights: List[Tensor],
+                     batch_sizes: List[int]) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:  # fmt: skip
+        return loop.backward(grad_hs, grad_finals, saved[0], saved[1:], kind_weights, w_hh, batch_sizes)
 
+    def recorded_forward(gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor],
+                         kind_weights: List[Tensor], batch_sizes: List[int], save: bool):  # fmt: skip
+        return recorded(gi, state0, w_hh_t, b_hh, kind_weights, batch_sizes, save)
 
-def _recomputed_grads(ctx, inputs: List[Optional[Tensor]], grad_hs: Tensor, grad_finals) -> tuple:
-    """Double backward and batched gradients: autograd through the plain loop, recomputed from the
-    saved inputs (with a graph when grad mode is on), as :mod:`recurrent.kernels.autograd` does."""
-    states, count = ctx.counts
-    needs = [need and t is not None for t, need in zip(inputs, ctx.needs_input_grad[3:6] + ctx.needs_input_grad[7:])]
-    create_graph = torch.is_grad_enabled()
-    with torch.enable_grad():
-        # A fresh view per input: its gradient is its own, and the graph reaches the input's history.
-        args = [t.view_as(t) if need else (None if t is None else t.detach()) for t, need in zip(inputs, needs)]
-        gi, w_hh, b_hh = args[0], args[1], args[2]
-        state0, params = args[3 : 3 + states], args[3 + states :]
-        hs, finals, _ = ctx.loops[1](gi, state0, w_hh.transpose(1, 2), b_hh, params, ctx.batch_sizes, False)
-        wanted = [a for a, need in zip(args, needs) if need]
-        found = iter(
-            torch.autograd.grad(
-                [hs, *finals], wanted, [grad_hs, *grad_finals], create_graph=create_graph, allow_unused=True
-            )
-        )
-    grads = [next(found) if need else None for need in needs]
-    return (None, None, None, *grads[:3], None, *grads[3:])
+    return Kernel(
+        forward, hand_written if backward else None, previous_states=lambda saved: [saved[2]],
+        recorded_forward=None if recorded is None else recorded_forward,
+    )  # fmt: skip
 
 
 class CustomRNN(RNNBase):
@@ -268,7 +250,7 @@ class CustomRNN(RNNBase):
             device,
             dtype,
             gates=cell.gates,
-            extra_params=own,
+            cell_params=own,
         )
         self._own_names = [name for name, _ in own]
         self._num_states = len(cell.state_names)
@@ -303,150 +285,88 @@ class CustomRNN(RNNBase):
         state.pop("_compiled", None)  # a TorchScript module does not pickle; it is rebuilt on use
         return state
 
-    # -- the stack ----------------------------------------------------------------------------
-    def _stack(
-        self,
-        rows: Tensor,
-        batch_sizes: List[int],
-        state0: List[Tensor],
-        weights: List[Tensor],
-        scanned: bool = False,
+    # -- the cell as a kind ---------------------------------------------------------------------
+    @torch.jit.unused
+    def kind(self) -> kernels.CellKind:
+        """The cell as a cell kind: its loop compiled by TorchScript ("torchscript"), in Python ("plain"),
+        and generated for Triton ("generated"); its step for the scans; no ONNX operator."""
+        cell = self.cell
+        backward = hasattr(cell, "step_backward")
+        transforms = type(cell).hidden_weight is not CustomCell.hidden_weight
+        return kernels.CellKind(
+            "CUSTOM", cell.gates, self._num_states, folds_bias=False, sequence=None,
+            kernels={
+                "torchscript": lambda projected: loop_kernel(
+                    self._compiled_loop(), backward, self._compiled_loop(recorded=True)
+                ),
+                "plain": lambda projected: loop_kernel(self.loop, False),
+                "generated": lambda projected: loop_kernel(_generated(cell), True),
+            },
+            scan_step=self._scan_step, gates_of=self._step_locals,
+            hidden_weight=cell.hidden_weight if transforms else None,
+        )  # fmt: skip
+
+    def _scripted_stack(
+        self, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor]
     ) -> Tuple[Tensor, List[Tensor]]:
-        """Every layer over rows (T, I) from state0 [(layers·D, N, H)]; returns (rows, finals).
-        ``scanned``: padded rows of batch_sizes[0] sequences, each layer as scans (see
-        :meth:`_scanned_stack`)."""
-        directions = 2 if self.bidirectional else 1
-        per_layer = len(weights) // self.num_layers
-        needs_reverse = directions == 2 and not scanned  # scan flips its padded batch in time by itself
-        reverse: Optional[Tensor] = layer_reverse_index(batch_sizes, rows.device) if needs_reverse else None
-        finals: List[List[Tensor]] = [[] for _ in state0]
-        for layer in range(self.num_layers):
-            mine = [s[layer * directions : (layer + 1) * directions] for s in state0]
-            w_ih, w_hh, b_ih, b_hh, params = self._stacked(weights[layer * per_layer : (layer + 1) * per_layer])
-            w_hh = self.loop.cell.hidden_weight(w_hh)
-            if scanned and not torch.jit.is_scripting():
-                rows, last = self._scan_layer(rows, batch_sizes[0], mine, (w_ih, w_hh, b_ih, b_hh, params))
-            elif torch.jit.is_scripting():
-                gi = kernels.gate_inputs(per_direction(rows, reverse), w_ih, b_ih)
-                hs, last, _ = self.loop(gi, mine, w_hh.transpose(1, 2), b_hh, params, batch_sizes, False)
-                rows = join_directions(hs, reverse)
-            else:
-                gi = kernels.gate_inputs(per_direction(rows, reverse), w_ih, b_ih)
-                hs, last = self._eager_loop(gi, mine, w_hh, b_hh, params, batch_sizes)
-                rows = self._eager_join(hs, reverse)
-                self._observe(gi, mine, w_hh, b_hh, params, batch_sizes, reverse)
-            for i, state in enumerate(last):
-                finals[i].append(state)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                rows = nn.functional.dropout(rows, self.dropout, True)
-        return rows, [torch.cat(f, 0) for f in finals]
+        """The stack in TorchScript on the cell's loop (a scripted module's)."""
+        return kernels.run_module_stack(self.loop, self._stack_spec(False), rows, batch_sizes, state0, weights)
 
     @torch.jit.unused
-    def _scanned(self, input: Tensor, state0: List[Tensor], weights: List[Tensor]) -> bool:
-        """Scans while exporting only: under torch.compile (torch 2.14.1) a scan over a custom cell's
-        step fails in training (dynamo runs it eagerly on real and fake tensors mixed), so there the
-        loop compiles unrolled."""
-        return kernels.scan.exporting()
-
-    @torch.jit.unused
-    def _scanned_stack(self, call) -> Tuple[Tensor, List[Tensor]]:
-        """The stack with each layer's loops as scans over the cell's own step, for torch.export and
-        torch.compile at any length (see recurrent.kernels.scan)."""
-        rows, batch, state0, weights = _scan_inputs(call)
-        return self._stack(rows, [batch], state0, weights, True)
-
-    @torch.jit.unused
-    def _scan_layer(
-        self, rows: Tensor, batch: int, state0: List[Tensor], weights: Tuple
+    def _whole_stack(
+        self, spec: kernels.StackSpec, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor]
     ) -> Tuple[Tensor, List[Tensor]]:
-        """One layer as scans: the cell's step, fed the scanned directions' own parameters."""
-        w_ih, w_hh, b_ih, b_hh, params = weights
-        step = self.loop.cell.step
+        """The whole stack in one TorchScript call on the compiled loop (no gradients)."""
+        return kernels.run_module_stack(self._compiled_loop(), spec, rows, batch_sizes, state0, weights)
+
+    @torch.jit.unused
+    def _scan_step(self, kind_weights: List[Tensor]):
+        """The cell's step for the scans, given its own parameters stacked by direction (D, *shape)."""
+        step = self.cell.step
 
         def cell_step(gi: Tensor, gh: Tensor, state: List[Tensor], own: slice) -> Tuple[Tensor, List[Tensor]]:
-            return step(gi, gh, state, [p[own] for p in params])
+            return step(gi, gh, state, [w[own].unsqueeze(1) for w in kind_weights])
 
-        return kernels.scan.scan_layer(rows, batch, state0, w_ih, w_hh, b_ih, b_hh, cell_step)
-
-    def _stacked(self, params: List[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], List[Tensor]]:
-        """One layer's parameters stacked by direction: w_ih (D, G, I), w_hh (D, G, H), b_ih and
-        b_hh (D, 1, G) or None, and the cell's own, each (D, 1, *shape)."""
-        directions = 2 if self.bidirectional else 1
-        per = len(params) // directions
-        # stack_directions: each direction's gradient in a buffer of its own, not views of one.
-        stacked = [kernels.stack_directions([params[d * per + i] for d in range(directions)]) for i in range(per)]
-        w_ih, w_hh = stacked[0], stacked[1]
-        first_own = 4 if self.bias else 2
-        own = [p.unsqueeze(1) for p in stacked[first_own:]]
-        if self.bias:
-            return w_ih, w_hh, stacked[2].unsqueeze(1), stacked[3].unsqueeze(1), own
-        return w_ih, w_hh, None, None, own
+        return cell_step
 
     @torch.jit.unused
-    def _eager_loop(
-        self,
-        gi: Tensor,
-        state0: List[Tensor],
-        w_hh: Tensor,
-        b_hh: Optional[Tensor],
-        params: List[Tensor],
-        batch_sizes: List[int],
-    ) -> Tuple[Tensor, List[Tensor]]:
-        """The loop from Python: compiled by TorchScript, differentiated by autograd through it or by
-        the cell's step_backward; or the kernels generated from the step (RECURRENT_BACKEND=triton,
-        recurrent.kernels.triton.generated) with their own backward; plain Python under torch.func and
-        forward-mode AD (TorchScript's executor hides its ops from the one and can drop the other's
-        tangents)."""
-        tensors = [gi, w_hh, *state0, *params] + ([] if b_hh is None else [b_hh])
-        if needs_plain_ops(tensors):
-            hs, finals, _ = self.loop(gi, state0, w_hh.transpose(1, 2), b_hh, params, batch_sizes, False)
-            return hs, finals
-        generated = kernels.select_custom_backend(self.cell, gi.device, gi.dtype, self.hidden_size) == "triton"
-        loop = kernels.generated_loop(self.cell) if generated else self._compiled_loop()
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-        if needs_grad and (generated or isinstance(self.loop, SequenceLoopWithBackward)):
-            hs, *finals = HandWrittenBackward.apply(
-                loop, self.loop, batch_sizes, gi, w_hh, b_hh, len(state0), *state0, *params
-            )
-            return hs, finals
-        # With gradients, autograd records the compiled loop op by op: TorchScript's own autodiff graphs
-        # gave wrong gradient shapes for chunked gates (a DifferentiableGraphBackward error).
-        with torch.jit.optimized_execution(False) if needs_grad else nullcontext():
-            hs, finals, _ = loop(gi, state0, w_hh.transpose(1, 2), b_hh, params, batch_sizes, False)
-        return hs, finals
+    def _step_locals(
+        self, layer: kernels.LayerSpec, rows: Tensor, state0: List[Tensor], params: List[Tensor]
+    ) -> Dict[str, Tensor]:
+        """The step's named intermediates over one layer, each (D, T, H): every local variable of the
+        cell's ``step`` (its arguments aside) that holds a (directions, rows, hidden_size) tensor when the
+        step returns, by its name, read as the loop runs once more in Python (``sys.setprofile``)."""
+        code = type(self.cell).step.__code__
+        arguments = set(code.co_varnames[: code.co_argcount])
+        steps: List[Dict[str, Tensor]] = []
+
+        def profile(frame, event: str, arg) -> None:
+            if event == "return" and frame.f_code is code:
+                steps.append({k: v for k, v in frame.f_locals.items() if k not in arguments and isinstance(v, Tensor)})
+
+        previous = sys.getprofile()
+        sys.setprofile(profile)
+        try:
+            kernels.kernel_forward(layer.plain(), rows, state0, params, save=False)
+        finally:
+            sys.setprofile(previous)
+        shapes = [(layer.directions, size, self.hidden_size) for size in layer.batch_sizes]  # (D, N_t, H) a step
+        names = [k for k in steps[0] if all(k in s and s[k].shape == shape for s, shape in zip(steps, shapes))]
+        return {k: torch.cat([s[k] for s in steps], 1) for k in names}
 
     @torch.jit.unused
-    def _observe(
-        self,
-        gi: Tensor,
-        state0: List[Tensor],
-        w_hh: Tensor,
-        b_hh: Optional[Tensor],
-        params: List[Tensor],
-        batch_sizes: List[int],
-        reverse: Optional[Tensor],
-    ) -> None:
-        """Shows one layer's loop inputs to the observers (gate recording), if any."""
-        for observe in CUSTOM_LAYER_OBSERVERS:
-            observe(self.loop, gi, state0, w_hh, b_hh, params, batch_sizes, reverse)
-
-    @torch.jit.unused
-    def _eager_join(self, hs: Tensor, reverse: Optional[Tensor]) -> Tensor:
-        return gather_directions(hs, reverse) if needs_plain_ops([hs]) else join_directions(hs, reverse)
-
-    @torch.jit.unused
-    def _compiled_loop(self) -> nn.Module:
+    def _compiled_loop(self, recorded: bool = False) -> nn.Module:
         """The loop compiled by TorchScript, rebuilt when the cell's mode or settings change (a compiled
-        module holds copies of the cell's attributes, ``training`` included)."""
+        module holds copies of the cell's attributes, ``training`` included). ``recorded``: the one whose
+        ops autograd records (:func:`_loop_class`)."""
         if not JIT_ENABLED:
             return self.loop
         settings = tuple((k, v) for k, v in sorted(vars(self.cell).items()) if isinstance(v, (bool, int, float, str)))
         key = (self.cell.training, settings)
-        cached = self.__dict__.get("_compiled")
-        if cached is None or cached[0] != key:
-            cached = (key, script(type(self.loop)(self.cell)))
-            self.__dict__["_compiled"] = cached
-        return cached[1]
+        compiled = self.__dict__.setdefault("_compiled", {})
+        if compiled.get(recorded, (None,))[0] != key:
+            compiled[recorded] = (key, script(_loop_class(type(self.loop), recorded)(self.cell)))
+        return compiled[recorded][1]
 
 
 class _CustomRNNPair(CustomRNN):
@@ -456,3 +376,27 @@ class _CustomRNNPair(CustomRNN):
     forward_packed = LSTM.forward_packed
     _state_list = LSTM._state_list
     _eager_states = LSTM._eager_states
+
+
+def _generated(cell: CustomCell):
+    """The cell's loop on Triton kernels generated from its step (imported only when asked for)."""
+    from .kernels import triton
+
+    return triton.generated_loop(cell)
+
+
+_LOOP_CLASSES: Dict[Tuple[type, bool], type] = {}
+
+
+def _loop_class(loop_class: type, recorded: bool) -> type:
+    """``loop_class`` under a name of its own for each use: the loops the eager layers run without autograd
+    recording their ops, and those it records (``recorded``). TorchScript keeps one compiled method per
+    class and settings, and its executor keeps an optimised plan once it made one, whatever
+    ``torch.jit.optimized_execution`` says later: a plan made where its inputs required gradients holds
+    TorchScript's autodiff graphs, which gave wrong gradient shapes for a custom cell's chunked gates.
+    Apart, the recorded loops never run optimised, and neither shares a scripted model's plans."""
+    key = (loop_class, recorded)
+    if key not in _LOOP_CLASSES:
+        name = f"{'Recorded' if recorded else 'Eager'}{loop_class.__name__}"
+        _LOOP_CLASSES[key] = type(name, (loop_class,), {"__module__": __name__})
+    return _LOOP_CLASSES[key]

@@ -3,11 +3,11 @@
 Per layer, the input of every step and both directions is projected in one batched product and
 both directions' time loops run together (the reverse one over each sequence reversed in time); the
 joined outputs feed the next layer. Padded batches and PackedSequences both become time-major rows
-(see :mod:`recurrent.kernels.common`). The stack loop is :func:`recurrent.kernels.stack_layers`:
-in eager mode each layer runs on the backend :func:`recurrent.kernels.select_backend` picks, with
-the kernel's hand-written backward when gradients are needed; otherwise (TorchScript backend), and
-in a scripted module, the whole stack is one TorchScript call, which TorchScript's autograd
-differentiates op by op when scripted.
+(see :mod:`recurrent.kernels.common`). Each eager call takes one route, decided by
+:func:`recurrent.routes.decide` (which kernel runs each layer, whether the stack runs layer by layer or
+as one TorchScript call, how it is differentiated); the stack loops are :mod:`recurrent.kernels.stack`'s.
+A scripted module runs the whole stack on the TorchScript kernels, which TorchScript's autograd
+differentiates op by op.
 """
 
 import math
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _amp, checks, kernels, onnx_native
+from . import _amp, checks, kernels, onnx_native, routes, settings
 
 
 def _check_layer_arguments(
@@ -51,12 +51,12 @@ class LayerCall(NamedTuple):
     the output to assemble."""
 
     rows: Tensor  # (T, I), time-major rows (see recurrent.kernels.common)
-    batch_sizes: List[int]  # rows per step
+    batch_sizes: List[int]  # rows per step of a PackedSequence; [] for a padded batch: `batch` at every step
     state0: List[Tensor]  # (layers*directions, N, size) each, in the rows' batch order
     weights: List[Tensor]  # in autocast's dtype under autocast
     steps: int
+    batch: int
     batched: bool
-    scanned: bool  # padded input, run as scans (recurrent.kernels.scan.scanning): batch_sizes is [N]
 
 
 class RNNBase(nn.Module):
@@ -99,11 +99,11 @@ class RNNBase(nn.Module):
         dtype=None,
         *,
         gates: Optional[int] = None,
-        extra_params: Sequence[Tuple[str, Tuple[int, ...]]] = (),
+        cell_params: Sequence[Tuple[str, Tuple[int, ...]]] = (),
     ) -> None:
-        """``gates`` (default: the registered kind's) and ``extra_params`` ((name, shape) per
+        """``gates`` (default: the registered kind's) and ``cell_params`` ((name, shape) per
         layer-direction, registered after torch.nn's own) are for layers of custom cells
-        (:class:`recurrent.CustomRNN`); the built-in kinds take them from their registry entry."""
+        (:class:`recurrent.CustomRNN`); the registered kinds take them from their registry entry."""
         super().__init__()
         _check_layer_arguments(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size
@@ -120,14 +120,18 @@ class RNNBase(nn.Module):
         self.bidirectional = bidirectional
         self.proj_size = proj_size
         gate_size = (kernels.KINDS[mode].gates if gates is None else gates) * hidden_size
-        self._register_parameters(gate_size, list(extra_params), {"device": device, "dtype": dtype})
+        self._register_parameters(gate_size, list(cell_params), {"device": device, "dtype": dtype})
+        # One layer-direction's parameter names, in order: how the kernels take them.
+        self._param_names = kernels.layer_param_kinds(bias, proj_size > 0) + [name for name, _ in cell_params]
+        if gates is None:  # what a scripted module's stack runs: the kind's TorchScript kernel (a plain attribute)
+            self._sequence = kernels.KINDS[mode].sequence(False)
         self._init_flat_weights()
         self.reset_parameters()
 
     def _register_parameters(
-        self, gate_size: int, extra_params: List[Tuple[str, Tuple[int, ...]]], factory: dict
+        self, gate_size: int, cell_params: List[Tuple[str, Tuple[int, ...]]], factory: dict
     ) -> None:
-        """torch.nn's parameters, per layer and direction in its order, then ``extra_params``."""
+        """torch.nn's parameters, per layer and direction in its order, then ``cell_params``."""
         directions = 2 if self.bidirectional else 1
         output_size = self.proj_size or self.hidden_size
         self._flat_weights_names: List[str] = []
@@ -138,7 +142,7 @@ class RNNBase(nn.Module):
                 kernels.layer_param_shapes(
                     self.bias, gate_size, layer_input, self.hidden_size, output_size, self.proj_size
                 )
-                + extra_params
+                + cell_params
             )
             for direction in range(directions):
                 suffix = "_reverse" if direction == 1 else ""
@@ -214,61 +218,50 @@ class RNNBase(nn.Module):
         return [self.hidden_size]
 
     # A call goes one way: read its arguments into a LayerCall (checked, all of it, before anything
-    # runs), run the stack on the rows, assemble the output in the caller's layout.
+    # runs), ask its route (recurrent.routes), run the stack as the route says, assemble the output in
+    # the caller's layout. A scripted module runs the TorchScript stack.
     def _run(self, input: Tensor, hx: Optional[List[Tensor]]) -> Tuple[Tensor, List[Tensor]]:
         """A padded (or unbatched) call."""
-        if not torch.jit.is_scripting() and self._legacy_onnx_exporting():
-            call, output, finals = self._native_onnx(input, hx)
+        if torch.jit.is_scripting():
+            call = self._read_padded(input, hx, self._flat_weights)
+            rows, finals = self._scripted_stack(call.rows, [call.batch] * call.steps, call.state0, call.weights)
         else:
-            call = self._read_padded(input, hx)
-            rows, finals = self._run_call(call)
-            output = rows.view(call.steps, call.batch_sizes[0], rows.size(-1))
+            call, rows, finals = self._eager_padded(input, hx)
+        output = rows.view(call.steps, call.batch, rows.size(-1))
         if not call.batched:
             return output.squeeze(1), [f.squeeze(1) for f in finals]
         return (output.transpose(0, 1) if self.batch_first else output), finals
 
     def _run_packed(self, input: PackedSequence, hx: Optional[List[Tensor]]) -> Tuple[PackedSequence, List[Tensor]]:
         """A call on a PackedSequence: its data are the rows, its batch_sizes the steps (sorted by length)."""
-        call = self._read_packed(input, hx)
-        rows, finals = self._run_call(call)
+        if torch.jit.is_scripting():
+            call = self._read_packed(input, hx, self._flat_weights)
+            rows, finals = self._scripted_stack(call.rows, call.batch_sizes, call.state0, call.weights)
+        else:
+            rows, finals = self._eager_packed(input, hx)
         unsorted_indices = input.unsorted_indices  # a local refines Optional
         if unsorted_indices is not None:
             finals = [f.index_select(1, unsorted_indices) for f in finals]
         return PackedSequence(rows, input.batch_sizes, input.sorted_indices, input.unsorted_indices), finals
 
-    def _arguments(
-        self, input: Tensor, hx: Optional[List[Tensor]]
-    ) -> Tuple[Tensor, Optional[List[Tensor]], List[Tensor]]:
-        """(input, hx, weights) as the call uses them: in autocast's dtype under autocast (eager)."""
-        if torch.jit.is_scripting():
-            return input, hx, self._flat_weights
-        return self._eager_arguments(input, hx)
-
-    def _read_padded(self, input: Tensor, hx: Optional[List[Tensor]]) -> LayerCall:
-        input, hx, weights = self._arguments(input, hx)
+    def _read_padded(self, input: Tensor, hx: Optional[List[Tensor]], weights: List[Tensor]) -> LayerCall:
         checks.check_padded_call(input, hx, self._state_specs(), self.input_size, weights[0], self.batch_first)
         batched = input.dim() == 3
         x = self._time_major(input)
         steps, batch = x.size(0), x.size(1)
         state0 = self._initial_states(hx, batch, x, batched)
-        # Scanned (exporting, compiling), the step count may be symbolic: a list as long would pin it.
-        scanned = False
-        if not torch.jit.is_scripting():
-            scanned = self._scanned(input, state0, weights)
-        batch_sizes = [batch] if scanned else [batch] * steps
-        return LayerCall(x.reshape(steps * batch, x.size(2)), batch_sizes, state0, weights, steps, batched, scanned)
+        rows = x.reshape(steps * batch, x.size(2))
+        return LayerCall(rows, [], state0, weights, steps, batch, batched)
 
-    def _read_packed(self, input: PackedSequence, hx: Optional[List[Tensor]]) -> LayerCall:
-        if not torch.jit.is_scripting():
-            self._refuse_packed_export()
-        data, hx, weights = self._arguments(input.data, hx)
+    def _read_packed(self, input: PackedSequence, hx: Optional[List[Tensor]], weights: List[Tensor]) -> LayerCall:
+        data = input.data
         batch_sizes: List[int] = input.batch_sizes.tolist()
         checks.check_packed_call(data, batch_sizes[0], hx, self._state_specs(), self.input_size, weights[0])
         state0 = self._initial_states(hx, batch_sizes[0], data, True)
         sorted_indices = input.sorted_indices  # a local refines Optional
         if sorted_indices is not None:
             state0 = [s.index_select(1, sorted_indices) for s in state0]
-        return LayerCall(data, batch_sizes, state0, weights, len(batch_sizes), True, False)
+        return LayerCall(data, batch_sizes, state0, weights, len(batch_sizes), batch_sizes[0], True)
 
     def _time_major(self, input: Tensor) -> Tensor:
         """A padded (or unbatched) input as (L, N, I)."""
@@ -297,56 +290,105 @@ class RNNBase(nn.Module):
             ]
         return [state if batched else state.unsqueeze(1) for state in hx]
 
-    def _run_call(self, call: LayerCall) -> Tuple[Tensor, List[Tensor]]:
-        """(output rows (T, D·H_out), final states) of a read call; an empty batch needs no kernel."""
-        if call.scanned and not torch.jit.is_scripting():
-            return self._scanned_stack(call)
-        if call.batch_sizes[0] == 0:
-            return self._empty_batch(call)
-        return self._stack(call.rows, call.batch_sizes, call.state0, call.weights)
-
-    @torch.jit.unused
-    def _legacy_onnx_exporting(self) -> bool:
-        return onnx_native.legacy_exporting()
-
-    @torch.jit.unused
-    def _native_onnx(self, input: Tensor, hx: Optional[List[Tensor]]) -> Tuple[LayerCall, Tensor, List[Tensor]]:
-        """A padded call as ONNX's own operators, for the TorchScript-based exporter
-        (recurrent.onnx_native): (the call read, output (L, N, D·H_out), final states)."""
-        reason = onnx_native.refusal(self.mode, self.proj_size)
-        if reason is not None:
-            raise RuntimeError(reason)
-        with warnings.catch_warnings():
-            # The checks read the example's sizes, which the tracer warns it takes as constants: they are.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            call = self._read_padded(input, hx)
-        x = self._time_major(input)
-        output, finals = onnx_native.run(
-            self._stack_spec(), self.hidden_size, x, call.state0, hx is not None, call.weights
+    def _stack_spec(self, onednn: bool) -> kernels.StackSpec:
+        return kernels.StackSpec(
+            num_layers=self.num_layers,
+            directions=2 if self.bidirectional else 1,
+            param_names=self._param_names,
+            fold_bias=self._fold_bias,
+            dropout=self.dropout,
+            training=self.training,
+            onednn=onednn,
         )
-        return call, output, finals
+
+    def _scripted_stack(
+        self, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor]
+    ) -> Tuple[Tensor, List[Tensor]]:
+        """The stack in TorchScript on the kind's TorchScript kernel, ATen's ops (a scripted module's)."""
+        return kernels.run_stack(self._sequence, self._stack_spec(False), rows, batch_sizes, state0, weights)
+
+    # -- eager: the route ----------------------------------------------------------------------
+    @torch.jit.unused
+    def kind(self) -> kernels.CellKind:
+        """This layer's cell kind (its registry entry)."""
+        return kernels.KINDS[self.mode]
 
     @torch.jit.unused
-    def _scanned(self, input: Tensor, state0: List[Tensor], weights: List[Tensor]) -> bool:
-        """Whether this padded call runs its loops as scans (recurrent.kernels.scan.scanning)."""
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in [input, *state0, *weights])
-        return kernels.scan.scanning(self.bidirectional and needs_grad)
+    def route(self, input: Union[Tensor, PackedSequence]) -> routes.Route:
+        """The route a call on ``input`` (no initial states) takes now: :func:`recurrent.routes.route_for`."""
+        packed = isinstance(input, PackedSequence)
+        data = input.data if packed else input
+        dtype = _amp.autocast_dtype(data.device) or data.dtype
+        if packed:
+            batch = int(input.batch_sizes[0]) if input.batch_sizes.numel() else 0
+        else:
+            batch = 1 if data.dim() != 3 else data.size(0 if self.batch_first else 1)
+        return self._decide([data, *self._flat_weights], packed, batch == 0, dtype)
 
     @torch.jit.unused
-    def _refuse_packed_export(self) -> None:
-        if kernels.scan.exporting() or onnx_native.legacy_exporting():
-            raise RuntimeError(
-                "recurrent: a PackedSequence cannot be exported (its batch sizes are data, not shapes); "
-                "export the model on padded input instead"
-            )
+    def _decide(self, tensors: List[Tensor], packed: bool, empty: bool, dtype: torch.dtype) -> routes.Route:
+        call = routes.facts(self, tensors, packed, empty, dtype, bool(kernels.LAYER_OBSERVERS))
+        return routes.decide(call, settings.current())
 
     @torch.jit.unused
-    def _scanned_stack(self, call: LayerCall) -> Tuple[Tensor, List[Tensor]]:
-        """The stack on its scan backend (see recurrent.kernels.scan): torch.export and torch.compile
-        at any length."""
-        rows, batch, state0, weights = _scan_inputs(call)
+    def _eager_padded(self, input: Tensor, hx: Optional[List[Tensor]]) -> Tuple[LayerCall, Tensor, List[Tensor]]:
+        input, hx, weights = self._eager_arguments(input, hx)
+        with warnings.catch_warnings():
+            # The TorchScript-based ONNX exporter traces: the checks read the example's sizes, which the
+            # tracer warns it takes as constants. They are.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            call = self._read_padded(input, hx, weights)
+        route = self._decide([call.rows, *call.state0, *weights], False, call.batch == 0, call.rows.dtype)
+        if route.stack == "onnx":
+            x = call.rows.view(call.steps, call.batch, call.rows.size(-1))
+            spec, kind = self._stack_spec(False), self.kind()
+            output, finals = onnx_native.run(spec, kind, self.hidden_size, x, call.state0, hx is not None, call.weights)
+            return call, output, finals
+        return (call, *self._run_route(route, call))
+
+    @torch.jit.unused
+    def _eager_packed(self, input: PackedSequence, hx: Optional[List[Tensor]]) -> Tuple[Tensor, List[Tensor]]:
+        data, hx, weights = self._eager_arguments(input.data, hx)
+        # Asked before the call is read: its batch sizes are data, which an exporter must not read (the
+        # route refuses to export a PackedSequence, saying so).
+        tensors = [data, *(hx or []), *weights]
+        route = self._decide(tensors, True, input.batch_sizes.numel() == 0, data.dtype)
+        return self._run_route(route, self._read_packed(input._replace(data=data), hx, weights))
+
+    @torch.jit.unused
+    def _run_route(self, route: routes.Route, call: LayerCall) -> Tuple[Tensor, List[Tensor]]:
+        """(output rows (T, D·H_out), final states) of a read call, as its route says."""
+        if route.stack == "empty":
+            return self._empty_batch(call)
+        if route.stack == "scan":  # the length may be symbolic: a list as long would pin it
+            (rows, state0, weights), batch_sizes = _scan_inputs(call), [call.batch]
+        else:
+            rows, state0, weights = call.rows, call.state0, call.weights
+            batch_sizes = call.batch_sizes or [call.batch] * call.steps
+        spec = self._stack_spec(route.kernel in ("onednn", "native"))
         with _amp.disabled(rows.device):
-            return kernels.stack_layers(self._stack_spec(), rows, [batch], state0, weights, "scan")
+            if route.stack == "whole":
+                return self._whole_stack(spec, rows, batch_sizes, state0, weights)
+            layer = self._layer_spec(route, spec, batch_sizes)
+            return kernels.eager_stack(layer, spec, rows, batch_sizes, state0, weights, route.stack == "scan")
+
+    @torch.jit.unused
+    def _layer_spec(self, route: routes.Route, spec: kernels.StackSpec, batch_sizes: List[int]) -> kernels.LayerSpec:
+        """What the stack loop needs of each layer: its kind, the route's kernel, how it is differentiated."""
+        kind, projected = self.kind(), self.proj_size > 0
+        plain = route.kernel in ("plain", "scan")
+        kernel = kind.plain_kernel(projected) if plain else kind.kernel(route.kernel, projected)
+        return kernels.LayerSpec(
+            kind, kernel, route.backward, spec.directions, spec.param_names, spec.fold_bias, spec.onednn,
+            batch_sizes, None, False,
+        )  # fmt: skip
+
+    @torch.jit.unused
+    def _whole_stack(
+        self, spec: kernels.StackSpec, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor]
+    ) -> Tuple[Tensor, List[Tensor]]:
+        """The whole stack in one TorchScript call (no gradients: nothing to save)."""
+        return kernels.run_stack(self.kind().sequence(spec.onednn), spec, rows, batch_sizes, state0, weights)
 
     def _empty_batch(self, call: LayerCall) -> Tuple[Tensor, List[Tensor]]:
         """An empty batch: torch.nn returns empty outputs, (L, 0, D*H_out) and states of state0's shapes,
@@ -359,57 +401,6 @@ class RNNBase(nn.Module):
         size = self.proj_size if self.proj_size > 0 else self.hidden_size
         output = call.rows.new_zeros([0, directions * size]) + zero
         return output, [s.new_zeros(s.size()) + zero for s in call.state0]
-
-    def _stack_spec(self) -> kernels.StackSpec:
-        return kernels.StackSpec(
-            mode=self.mode,
-            num_layers=self.num_layers,
-            directions=2 if self.bidirectional else 1,
-            bias=self.bias,
-            proj=self.proj_size > 0,
-            fold_bias=self._fold_bias,
-            dropout=self.dropout,
-            training=self.training,
-            fast=False,
-        )
-
-    def _stack(
-        self, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor]
-    ) -> Tuple[Tensor, List[Tensor]]:
-        """Runs every layer over rows (T, I) from state0 [(layers·D, N, H)]; returns (rows, finals)."""
-        if not torch.jit.is_scripting():
-            return self._eager_stack(rows, batch_sizes, state0, weights)
-        return kernels.run_stack(self._stack_spec(), rows, batch_sizes, state0, weights, "")
-
-    @torch.jit.unused
-    def _eager_stack(
-        self, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor]
-    ) -> Tuple[Tensor, List[Tensor]]:
-        """On the TorchScript backend without gradients the whole stack is one TorchScript call;
-        otherwise each layer runs from Python on its backend (an autograd Function when gradients are
-        needed). Under autocast everything is already in its dtype (see _eager_arguments), so
-        autocast is switched off for the kernels. Under a torch.func transform or with forward-AD
-        dual tensors, even without gradients, each layer runs from Python as plain ops
-        (kernels.autograd.needs_plain_ops): TorchScript would fumble the transform's wrapped tensors."""
-        spec = self._stack_spec()._replace(fast=kernels.products.fast_cpu(rows))
-        backend = self._backend(rows)
-        with _amp.disabled(rows.device):
-            tensors = [rows, *state0, *weights]
-            needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-            # With layer observers (gate recording) each layer runs from Python, where they see it.
-            whole_stack = (
-                not needs_grad and not kernels.LAYER_OBSERVERS and not kernels.autograd.needs_plain_ops(tensors)
-            )
-            # The native CPU kernels run layer by layer from Python: the scripted stack never calls
-            # them, so that a model the user scripts and saves does not refer to their ops.
-            native = spec.fast and kernels.cpu.native_kernel(spec.mode, spec.proj) is not None
-            if backend == "torchscript" and whole_stack and not native:
-                return kernels.run_stack(spec, rows, batch_sizes, state0, weights, "")
-            return kernels.stack_layers(spec, rows, batch_sizes, state0, weights, backend)
-
-    @torch.jit.unused
-    def _backend(self, rows: Tensor) -> str:
-        return kernels.select_backend(self.mode, rows.device, rows.dtype, self.hidden_size)
 
     @torch.jit.unused
     def _eager_arguments(
@@ -540,7 +531,7 @@ class LSTM(RNNBase):
             return None
         if isinstance(hx, Tensor):
             if input is not None:
-                self._read_padded(input, [hx[0], hx[1]])
+                self._read_padded(*self._eager_arguments(input, [hx[0], hx[1]]))
             raise TypeError(
                 f"{type(self).__name__} takes hx as a tuple (h0, c0) of two tensors, "
                 f"got a single Tensor of shape {list(hx.size())}"
@@ -556,29 +547,34 @@ class LSTM(RNNBase):
         return [self.proj_size if self.proj_size > 0 else self.hidden_size, self.hidden_size]
 
 
-def _scan_inputs(call: LayerCall) -> Tuple[Tensor, int, List[Tensor], List[Tensor]]:
-    """(rows, batch, state0, weights) of a scanned call. Detached while exporting to ONNX, whose model
-    is inference only: in grad mode torch 2.14's ONNX exporter fails on the scans of a batch-first
-    layer (its type-promotion pass runs scan's autograd: "Expected leaf to be a Tensor, got SymInt")."""
+def _scan_inputs(call: LayerCall) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
+    """(rows, state0, weights) of a scanned call. Detached while exporting to ONNX, whose model is
+    inference only: in grad mode torch 2.14's ONNX exporter fails on the scans of a batch-first layer
+    (its type-promotion pass runs scan's autograd: "Expected leaf to be a Tensor, got SymInt")."""
     if not torch.onnx.is_in_onnx_export():
-        return call.rows, call.batch_sizes[0], call.state0, call.weights
-    return (
-        call.rows.detach(),
-        call.batch_sizes[0],
-        [s.detach() for s in call.state0],
-        [w.detach() for w in call.weights],
-    )
+        return call.rows, call.state0, call.weights
+    return call.rows.detach(), [s.detach() for s in call.state0], [w.detach() for w in call.weights]
 
 
-def backend_for(layer: RNNBase, input: Union[Tensor, PackedSequence]) -> str:
-    """The backend ``layer(input)`` runs its time loops on, in eager mode: ``"triton"`` or
-    ``"torchscript"`` (``RECURRENT_BACKEND`` and the rules in :mod:`recurrent.kernels.dispatch`).
-    Raises as the call would where ``RECURRENT_BACKEND=triton`` cannot be honoured. A scripted
-    module always runs the TorchScript loop. For a :class:`recurrent.CustomRNN` the answer's
-    ``reason`` says why its cell runs the TorchScript loop (say, the op its step uses that kernels
-    cannot be generated for)."""
-    data = input.data if isinstance(input, PackedSequence) else input
-    dtype = _amp.autocast_dtype(data.device) or data.dtype
-    if layer.mode not in kernels.KINDS:  # a custom cell (recurrent.CustomRNN): generated kernels when forced
-        return kernels.select_custom_backend(layer.cell, data.device, dtype, layer.hidden_size)
-    return kernels.select_backend(layer.mode, data.device, dtype, layer.hidden_size)
+class Backend(str):
+    """A backend's name ('triton' or 'torchscript') with ``reason``: why a custom cell's layer runs
+    the TorchScript loop ('' otherwise)."""
+
+    reason: str
+
+    def __new__(cls, name: str, reason: str = "") -> "Backend":
+        backend = super().__new__(cls, name)
+        backend.reason = reason
+        return backend
+
+
+def backend_for(layer: RNNBase, input: Union[Tensor, PackedSequence]) -> Backend:
+    """The backend ``layer(input)`` runs its time loops on, in eager mode: ``"triton"`` (its kernel is
+    ``triton`` or ``generated``) or ``"torchscript"`` (any other), from :func:`recurrent.routes.route_for`,
+    which names the kernel itself. Raises as the call would where ``RECURRENT_BACKEND`` cannot be honoured.
+    For a :class:`recurrent.CustomRNN` the answer's ``reason`` says why its cell runs the TorchScript loop
+    (say, the op its step uses that kernels cannot be generated for)."""
+    route = routes.route_for(layer, input)
+    if route.kernel in ("triton", "generated"):
+        return Backend("triton")
+    return Backend("torchscript", route.reason if layer.mode not in kernels.KINDS else "")

@@ -9,9 +9,10 @@ directions in one, ``direction="bidirectional"``), as torch.nn's layers export: 
 runs any batch and length.
 
 ONNX orders the gates otherwise (GRU z, r, h against torch's r, z, n; LSTM i, o, f, c against i, f,
-g, o) and adds b_ih and b_hh as one B; GRU's ``linear_before_reset=1`` is torch's n = tanh(W_in x +
-b_in + r ⊙ (W_hn h + b_hn)). ONNX's LSTM has no projection (``proj_size``) and no operator takes a
-custom cell: those raise, naming the dynamo exporter, which exports them (as scans).
+g, o: each kind's registry entry says how) and adds b_ih and b_hh as one B; GRU's
+``linear_before_reset=1`` is torch's n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)). ONNX's LSTM has
+no projection (``proj_size``) and no operator takes a custom cell: those raise, naming the dynamo
+exporter, which exports them (as scans).
 """
 
 from __future__ import annotations
@@ -22,29 +23,18 @@ import torch
 from torch import Tensor
 from torch.onnx.symbolic_helper import parse_args
 
-from .kernels import KINDS, StackSpec, run_stack
+from .kernels import KINDS, CellKind, StackSpec, layer_param_kinds, run_stack
 
-# Per kind: the ONNX operator, and torch's gate blocks in ONNX's order.
-OPERATORS = {
-    "RNN_TANH": ("RNN", [0]),
-    "RNN_RELU": ("RNN", [0]),
-    "GRU": ("GRU", [1, 0, 2]),
-    "LSTM": ("LSTM", [0, 3, 1, 2]),
-}
 MIN_OPSET = 13  # the opsets _symbolic writes for: Slice's and Unsqueeze's operands as inputs
 _registered: List[bool] = []  # whether _symbolic is registered with the exporter (once, on first use)
 
 
-def legacy_exporting() -> bool:
-    """Whether torch's TorchScript-based ONNX exporter traces now."""
-    return torch.onnx.is_in_onnx_export() and torch.jit.is_tracing()
-
-
-def refusal(mode: str, proj_size: int) -> Optional[str]:
-    """Why a layer cannot be one ONNX operator (None when it can)."""
-    if mode not in OPERATORS:
+def refusal(kind: CellKind, projected: bool) -> Optional[str]:
+    """Why a layer cannot be one ONNX operator (None when it can): its kind's registry entry names the
+    operator (a custom cell's has none)."""
+    if kind.onnx is None:
         what = "a custom cell has no ONNX operator"
-    elif proj_size > 0:
+    elif projected:
         what = "ONNX's LSTM operator has no projection (proj_size)"
     else:
         return None
@@ -54,7 +44,10 @@ def refusal(mode: str, proj_size: int) -> Optional[str]:
     )
 
 
-def run(spec: StackSpec, hidden_size: int, x: Tensor, state0: List[Tensor], given: bool, weights: List[Tensor]):
+def run(
+    spec: StackSpec, kind: CellKind, hidden_size: int, x: Tensor, state0: List[Tensor], given: bool,
+    weights: List[Tensor],
+) -> Tuple[Tensor, List[Tensor]]:  # fmt: skip
     """The stack over x (L, N, I): (output (L, N, D·H), final states), traced as one
     ``recurrent::native_stack`` node. ``given``: whether state0 came from the caller (otherwise
     ONNX's zero initial state serves)."""
@@ -63,10 +56,11 @@ def run(spec: StackSpec, hidden_size: int, x: Tensor, state0: List[Tensor], give
     if not _registered:
         torch.onnx.register_custom_op_symbolic("recurrent::native_stack", _symbolic, MIN_OPSET)
         _registered.append(True)
+    bias = "bias_ih" in spec.param_names
     output, h_n, c_n = native_stack(
-        x, state0, weights, spec.mode, spec.num_layers, spec.directions, spec.bias, hidden_size, given
+        x, state0, weights, kind.mode, spec.num_layers, spec.directions, bias, hidden_size, given
     )
-    return output, [h_n, c_n] if spec.mode == "LSTM" else [h_n]
+    return output, [h_n, c_n] if kind.states == 2 else [h_n]
 
 
 @torch.library.custom_op("recurrent::native_stack", mutates_args=())
@@ -83,10 +77,14 @@ def native_stack(
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """The stack over x (L, N, I): (output (L, N, D·H), h_n, c_n (empty unless LSTM)). ``hidden_size``
     and ``given`` are for :func:`_symbolic`."""
-    spec = StackSpec(mode, num_layers, directions, bias, False, KINDS[mode].folds_bias, 0.0, False, False)
+    kind = KINDS[mode]
+    names = layer_param_kinds(bias, False)
+    spec = StackSpec(num_layers, directions, names, kind.folds_bias, 0.0, False, False)
     steps, batch = x.size(0), x.size(1)
     with torch.no_grad():
-        rows, finals = run_stack(spec, x.reshape(steps * batch, x.size(2)), [batch] * steps, states, weights, "")
+        rows, finals = run_stack(
+            kind.sequence(False), spec, x.reshape(steps * batch, x.size(2)), [batch] * steps, states, weights
+        )
     return rows.view(steps, batch, rows.size(-1)), finals[0], finals[1] if len(finals) == 2 else x.new_empty(0)
 
 
@@ -112,7 +110,7 @@ def _symbolic(
 
 def _layer(g, mode: str, d: int, bias: bool, hidden_size: int, x, state0: list, params: list) -> Tuple[object, list]:
     """One layer, both directions, as one ONNX operator: (Y, [Y_h] or [Y_h, Y_c])."""
-    operator, order = OPERATORS[mode]
+    operator, order, activation = KINDS[mode].onnx
     per = len(params) // d  # w_ih, w_hh[, b_ih, b_hh] per direction
     rows = _gate_rows(order, hidden_size)
     w = _directions(g, [_gather(g, params[k * per], rows) for k in range(d)])
@@ -126,8 +124,8 @@ def _layer(g, mode: str, d: int, bias: bool, hidden_size: int, x, state0: list, 
             inputs.append(_none(g))
         inputs += [_none(g), *state0]  # sequence_lens omitted: every sequence runs the whole length
     attributes = {"hidden_size_i": hidden_size, "direction_s": "bidirectional" if d == 2 else "forward"}
-    if operator == "RNN":
-        attributes["activations_s"] = ["Relu" if mode == "RNN_RELU" else "Tanh"] * d
+    if activation:
+        attributes["activations_s"] = [activation] * d
     if operator == "GRU":
         attributes["linear_before_reset_i"] = 1
     outputs = g.op(operator, *inputs, outputs=3 if operator == "LSTM" else 2, **attributes)

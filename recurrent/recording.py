@@ -13,19 +13,18 @@ cell's ``step`` (its arguments aside) that holds a (directions, rows, hidden_siz
 step returns, by its name, e.g. ``f``, ``n`` and ``h`` of a minimal gated unit.
 
 How: while a recording is open, forward hooks on the model's layers mark each layer call, and an
-observer of the eager stack (:data:`recurrent.kernels.stack.LAYER_OBSERVERS`) sees every layer's
-inputs (after inter-layer dropout); the layer call then runs its stack from Python (eager mode only;
-a scripted module records nothing). After each layer the observer runs that layer's TorchScript
-forward kernel once more without gradients on those inputs, saving its activations: one extra
-forward pass per layer, only while recording. A custom layer's observer
-(:data:`recurrent.custom.CUSTOM_LAYER_OBSERVERS`) runs the layer's loop once more in plain Python and
-reads each step's locals as the step returns (``sys.setprofile``); a step that draws random numbers
-(zoneout in training) draws afresh there. With no recording open nothing changes.
+observer of the stack loop (:data:`recurrent.kernels.stack.LAYER_OBSERVERS`) sees every layer's
+inputs (after inter-layer dropout); the route then runs layer calls from Python (eager mode only; a
+scripted module records nothing). After each layer the observer asks the layer's cell kind for its
+gates (its registry entry's ``gates_of``): a built-in kind runs its plain kernel once more without
+gradients on those inputs, saving its activations; a custom layer runs its loop once more in plain
+Python and reads each step's locals as the step returns (``sys.setprofile``; a step that draws random
+numbers, zoneout in training, draws afresh there). One extra forward pass per layer, only while
+recording. With no recording open nothing changes.
 """
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from functools import partial
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -34,8 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .custom import CUSTOM_LAYER_OBSERVERS
-from .kernels.autograd import LayerSpec, layer_forward_saving
+from .kernels.autograd import LayerSpec
 from .kernels.stack import LAYER_OBSERVERS
 from .layers import RNNBase
 
@@ -62,14 +60,12 @@ def record_gates(model: nn.Module) -> Iterator[GateRecord]:
     for name, layer in layers.items():
         handles.append(layer.register_forward_pre_hook(partial(_call_starts, calls)))
         handles.append(layer.register_forward_hook(partial(_call_ends, calls, record, name), always_call=True))
-    observer, custom_observer = partial(_capture, calls), partial(_capture_custom, calls)
+    observer = partial(_capture, calls)
     LAYER_OBSERVERS.append(observer)
-    CUSTOM_LAYER_OBSERVERS.append(custom_observer)
     try:
         yield record
     finally:
         LAYER_OBSERVERS.remove(observer)
-        CUSTOM_LAYER_OBSERVERS.remove(custom_observer)
         for handle in handles:
             handle.remove()
 
@@ -96,8 +92,8 @@ def _capture(calls: Calls, spec: LayerSpec, rows: Tensor, state0: List[Tensor], 
     if not calls:
         return
     with torch.no_grad():
-        hs, saved = layer_forward_saving(spec, rows, state0, params)
-    _keep(calls, _gates(spec.mode, hs, saved), spec.reverse, spec.batch_sizes)
+        gates = spec.kind.gates_of(spec, rows, state0, params)
+    _keep(calls, gates, spec.reverse, spec.batch_sizes)
 
 
 def _keep(calls: Calls, gates: Gates, reverse: Optional[Tensor], batch_sizes: List[int]) -> None:
@@ -107,51 +103,6 @@ def _keep(calls: Calls, gates: Gates, reverse: Optional[Tensor], batch_sizes: Li
     per_layer, sizes = calls[-1]
     per_layer.append(gates)
     sizes[:] = batch_sizes
-
-
-def _capture_custom(
-    calls: Calls,
-    loop: nn.Module,
-    gi: Tensor,
-    state0: List[Tensor],
-    w_hh: Tensor,
-    b_hh: Optional[Tensor],
-    params: List[Tensor],
-    batch_sizes: List[int],
-    reverse: Optional[Tensor],
-) -> None:
-    """The observer of custom layers: after each layer, its step's named intermediates (module docstring)."""
-    if not calls:
-        return
-    code = type(loop.cell).step.__code__
-    arguments = set(code.co_varnames[: code.co_argcount])
-    steps: List[Gates] = []
-
-    def profile(frame, event: str, arg) -> None:
-        if event == "return" and frame.f_code is code:
-            steps.append({k: v for k, v in frame.f_locals.items() if k not in arguments and isinstance(v, Tensor)})
-
-    previous = sys.getprofile()
-    sys.setprofile(profile)
-    try:
-        with torch.no_grad():
-            loop(gi, state0, w_hh.transpose(1, 2), b_hh, params, batch_sizes, False)
-    finally:
-        sys.setprofile(previous)
-    shapes = [(gi.size(0), size, state0[0].size(-1)) for size in batch_sizes]  # (D, N_t, H) of each step
-    names = [k for k in steps[0] if all(k in s and s[k].shape == shape for s, shape in zip(steps, shapes))]
-    _keep(calls, {k: torch.cat([s[k] for s in steps], 1) for k in names}, reverse, batch_sizes)
-
-
-def _gates(mode: str, hs: Tensor, saved: List[Tensor]) -> Gates:
-    """The kind's saved activations (D, T, ·) as named gates (D, T, H)."""
-    if mode == "GRU":
-        r, z = saved[0].chunk(2, -1)
-        return {"r": r, "z": z, "n": saved[1]}
-    if mode == "LSTM":
-        i, f = saved[0].chunk(2, -1)
-        return {"i": i, "f": f, "g": saved[1], "o": saved[2], "c": saved[3]}
-    return {"h": hs}
 
 
 def _batch_major(rows: Tensor, batch_sizes: List[int]) -> Tensor:

@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import warnings
+from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -14,6 +15,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 import recurrent
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 TOLERANCE = {torch.float64: dict(rtol=1e-9, atol=1e-9), torch.float32: dict(rtol=1e-5, atol=1e-5)}
 OUTPUT_NAMES = ("output", "h_n", "c_n")  # what flat() returns, in order
 
@@ -115,7 +117,7 @@ def assert_all_close(
 # computation in float64 and must be about as accurate as torch.nn's float32 is: at most
 # ACCURACY_FACTOR times torch.nn's largest error, plus ACCURACY_FLOOR float32 roundings of the tensor's
 # largest magnitude (where torch.nn happens to be exact). A real bug (a wrong row, a dropped term) is off
-# by about the values themselves: thousands of times more (tests/test_accuracy.py injects such errors).
+# by about the values themselves: thousands of times more (tests/parity/test_accuracy.py injects such errors).
 ACCURACY_FACTOR = 4.0
 ACCURACY_FLOOR = 64
 

@@ -1,19 +1,20 @@
-"""Sequence kernels: per cell kind a forward loop and a hand-written backward, per backend.
+"""Sequence kernels: per cell kind a forward loop and a hand-written backward, per route.
 
-The kinds and their kernels are registered in :mod:`.registry` (what to add for a new kind is
-said there); :mod:`.dispatch` picks the backend of a layer call; :mod:`.stack` is the one stack
-loop; :mod:`.autograd` wires a kernel pair into autograd; :mod:`.weights` owns the parameter order.
+:mod:`.contract` says what a kernel is; :mod:`.registry` holds each kind's entry (its kernels per
+route, its scan step, its ONNX operator, its recorded gates); :mod:`.stack` is the stack loop;
+:mod:`.autograd` wires a kernel pair into autograd; :mod:`.weights` owns the parameter order. Which
+kernel runs a call is :mod:`recurrent.routes`'s decision, not theirs.
 """
 
 from . import products, scan
-from .autograd import LayerSpec, gate_inputs, run_layer
+from .autograd import LayerSpec, gate_inputs, kernel_forward, run_layer
 from .common import join_directions, per_direction, reverse_index
-from .dispatch import generated_loop, select_backend, select_custom_backend
+from .contract import Kernel, SequenceKernel, SequenceModule
 from .gru import gru_backward, gru_forward
 from .lstm import lstm_backward, lstm_forward
-from .registry import KINDS, CellKind, Kernel
+from .registry import KINDS, CellKind, register
 from .rnn import rnn_backward, rnn_forward
-from .stack import LAYER_OBSERVERS, StackSpec, run_stack, sequence_forward, stack_layers
+from .stack import LAYER_OBSERVERS, StackSpec, eager_stack, run_module_stack, run_stack
 from .weights import layer_param_kinds, layer_param_shapes, stack_directions, stack_weights
 
 __all__ = [
@@ -22,28 +23,29 @@ __all__ = [
     "CellKind",
     "Kernel",
     "LayerSpec",
+    "SequenceKernel",
+    "SequenceModule",
     "StackSpec",
+    "eager_stack",
     "gate_inputs",
     "gru_backward",
     "gru_forward",
-    "scan",
     "join_directions",
+    "kernel_forward",
     "layer_param_kinds",
     "layer_param_shapes",
     "lstm_backward",
     "lstm_forward",
     "per_direction",
     "products",
+    "register",
     "reverse_index",
     "rnn_backward",
     "rnn_forward",
     "run_layer",
+    "run_module_stack",
     "run_stack",
-    "select_backend",
-    "select_custom_backend",
-    "generated_loop",
-    "sequence_forward",
+    "scan",
     "stack_directions",
-    "stack_layers",
     "stack_weights",
 ]

@@ -1,46 +1,24 @@
-"""One ``autograd.Function`` per layer that wires any kernel pair into autograd.
+"""One ``autograd.Function`` per layer that wires any kernel pair (:mod:`.contract`) into autograd.
 
-A kernel is a pair of sequence functions (shapes in :mod:`.common`), on any backend:
-``forward(gi, state0, w_hh_t, b_hh, extra, batch_sizes, save) -> (hs, finals, saved)`` and
-``backward(grad_hs, grad_finals, state0, hs, h_prev, saved, w_hh, extra, batch_sizes)
--> (dgi, dgh, dstate0, dextra)``, where ``state0`` is [h0] or [h0, c0], ``h_prev`` the state before
-every row as consecutive row blocks (:func:`.common.previous_blocks`), ``extra`` holds the
-weights only some kinds have (the LSTM's projection w_hr, (D, P, H)), and ``b_hh`` is None when
-the kind folds it into the input projection. ``saved`` is the kind's own list of activations; a
-kind's kernels on every backend save the same list, so any backend's backward can follow any
-backend's forward. dgh may hold only the last columns of the hidden gates' gradient where its first
-ones equal dgi's (the native GRU's: r and z equal, n differs), or be a :class:`SummedWeight`. A
-kernel with ``overwrites_saved`` writes its gradients over its saved activations in its backward,
-and with ``overwrites_hs`` over hs too (then the layer's own); a second backward then recomputes
-the layer, as with ``create_graph``. One with ``joined_grad`` gets grad_hs as a :class:`JoinedGrad`.
-A kernel may make the input projections itself, in its time loop: its ``rows_forward(x, w_ih, b_ih,
-state0, w_hh, b_hh, extra, batch_sizes, save)`` takes each direction's input rows x (D, T, I) and
-the stacked weights instead of gi (the native CPU kernels: no sequence-sized gi buffer without
-gradients).
-Around it this module does, for a whole layer and both directions: the input projection of every
-row as one product before the loop, and after it the input, weight and bias gradients as single
-products and reductions over all rows.
+Around the kernel this module does, for a whole layer and both directions: the input projection of
+every row as one product before the loop (unless the kernel makes it itself), and after it the input,
+weight and bias gradients as single products and reductions over all rows.
 
-Higher-order and batched gradients. The hand-written backward is neither differentiable nor
-vmappable (it writes with ``out=`` and in place). Where one of those is asked for, the layer is
-differentiated by autograd instead, as plain ops (:func:`differentiable_layer`: the kind's
-TorchScript forward kernel, run unoptimised so that autograd and torch.func see every op):
+How a layer is differentiated is the route's choice (:mod:`recurrent.routes`), carried in
+:attr:`LayerSpec.backward`:
 
-- the backward with grad mode on (``create_graph=True``: double backward, gradient penalties) or
-  with gradients batched by vmap (``autograd.grad(is_grads_batched=True)``, ``gradcheck``'s
-  ``check_batched_grad``, ``autograd.functional.jacobian(vectorize=True)``) recomputes the layer's
-  forward from the saved inputs and returns ``autograd.grad`` of it;
-- under a torch.func transform (``grad``, ``vmap``, ``jacrev``, ``hessian``, ``jvp``, ...) the layer
-  runs as those ops from the start: no autograd.Function, so there is nothing for torch.func to
-  refuse. Likewise with grad mode off (the no-grad TorchScript stack would run functorch's wrapped
-  tensors through TorchScript, whose in-place joins vmap cannot batch);
-- with ``torch.autograd.forward_ad`` dual tensors among the layer's inputs (input rows, initial
-  states or weights; grad mode on or off), also as those ops from the start: the hand-written
-  kernels have no forward derivative, the plain ops each have theirs.
-
-A plain first-order backward runs the hand-written kernels exactly as before; all that path gains
-is the layer's inputs among the saved tensors and a few flag checks (grad mode, batched gradients,
-an active torch.func transform, an open forward-AD dual level).
+- ``"hand-written"``: :class:`LayerFunction`, the kernel's own backward. Where the backward itself must
+  be differentiable or vmappable (the backward with grad mode on: ``create_graph=True``, double
+  backward, gradient penalties; or with gradients batched by vmap: ``autograd.grad(is_grads_batched=
+  True)``, ``gradcheck``'s ``check_batched_grad``, ``jacobian(vectorize=True)``), it recomputes the
+  layer's forward from the saved inputs on the kind's plain kernel and returns ``autograd.grad`` of it;
+  likewise for a second backward through a retained graph after a kernel that writes over its saved
+  buffers.
+- ``"autograd"``: the kernel's forward as plain differentiable ops that autograd records one by one
+  (:func:`differentiable_layer`): under a torch.func transform, with forward-mode AD dual tensors, and
+  for a custom cell without a hand-written backward. TorchScript's optimisations are off there: its
+  executor's autodiff graphs are opaque to torch.func (hessian gave wrong numbers through them).
+- ``"none"``: nothing needs a gradient; nothing is saved.
 """
 
 from __future__ import annotations
@@ -61,47 +39,54 @@ from .common import (
     split_directions,
     sum_directions,
 )
+from .contract import JoinedGrad, Kernel, SummedWeight
 from .products import rows_linear, weight_grad
-from .registry import KINDS, Kernel
-from .weights import stack_weights, unstack_grads
+from .weights import is_kind_weight, stack_weights, unstack_grads
 
 
 class LayerSpec(NamedTuple):
-    mode: str  # a key of KINDS: the differentiable path runs that kind's TorchScript kernel
-    kernel: Kernel
+    """One layer of a call, as its route runs it."""
+
+    kind: Any  # its registry.CellKind: its plain kernel (recompute path), scan step, recorded gates
+    kernel: Kernel  # the route's kernel
+    backward: str  # "hand-written", "autograd" or "none" (the module docstring)
     directions: int
-    bias: bool
-    proj: bool
+    param_names: List[str]  # one layer-direction's parameters, in order
     fold_bias: bool
+    onednn: bool  # the kernel runs on oneDNN's products (.products), and so do the products around it
     batch_sizes: List[int]
     reverse: Optional[Tensor]  # reverse_index(batch_sizes) for two directions
     last: bool  # the stack's last layer, whose output the caller gets (and may modify in place)
-    fast: bool  # the fast CPU path (.products); ``kernel`` is then the TorchScript pair called with it
+
+    def plain(self) -> LayerSpec:
+        """This layer on its kind's plain kernel, differentiated by autograd (the recompute path)."""
+        kernel = self.kind.plain_kernel("weight_hr" in self.param_names)
+        return self._replace(kernel=kernel, backward="autograd", onednn=False)
 
 
 @script
-def gate_inputs(inputs: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], fast: bool = False) -> Tensor:
+def gate_inputs(inputs: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], onednn: bool = False) -> Tensor:
     """gi = W_ih x + b_ih for every row of every direction in one batched product: (D, T, I) → (D, T, G)."""
-    return rows_linear(inputs, w_ih, b_ih, fast)
+    return rows_linear(inputs, w_ih, b_ih, onednn)
 
 
-def _layer_forward(spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: List[Tensor], save: bool):
-    """(hs, finals, saved, stacked weights) of one layer on the spec's kernel."""
-    w_ih, w_hh, b_ih, b_hh, extra = stack_weights(params, spec.directions, spec.bias, spec.proj, spec.fold_bias)
+def kernel_forward(spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: List[Tensor], save: bool):
+    """(hs, finals, saved, stacked weights (w_ih, w_hh, kind weights)) of one layer on the spec's kernel."""
+    w_ih, w_hh, b_ih, b_hh, weights = stack_weights(params, spec.directions, spec.param_names, spec.fold_bias)
     x = per_direction(rows, spec.reverse)
     if spec.kernel.rows_forward is not None:
-        hs, finals, saved = spec.kernel.rows_forward(x, w_ih, b_ih, state0, w_hh, b_hh, extra, spec.batch_sizes, save)
-        return hs, finals, saved, (w_ih, w_hh, extra)
-    gi = gate_inputs(x, w_ih, b_ih, spec.fast)
-    hs, finals, saved = spec.kernel.forward(gi, state0, w_hh.transpose(1, 2), b_hh, extra, spec.batch_sizes, save)
-    return hs, finals, saved, (w_ih, w_hh, extra)
+        hs, finals, saved = spec.kernel.rows_forward(x, w_ih, b_ih, state0, w_hh, b_hh, weights, spec.batch_sizes, save)
+        return hs, finals, saved, (w_ih, w_hh, weights)
+    gi = gate_inputs(x, w_ih, b_ih, spec.onednn)
+    hs, finals, saved = spec.kernel.forward(gi, state0, w_hh.transpose(1, 2), b_hh, weights, spec.batch_sizes, save)
+    return hs, finals, saved, (w_ih, w_hh, weights)
 
 
 def _weight_grad(spec: LayerSpec, grad: Tensor, blocks: List[Tensor]) -> Tensor:
     """Σ over rows of gradᵀ · x (x as row blocks), where the kernel has no product of its own: on the
     fast path through oneDNN from 192 gate columns on, where it beat MKL's transposed product despite
     its transposed copy of x; at 128 they tied, and MKL's needs no copy (benchmarks/cpu_ops.py)."""
-    return weight_grad(grad, blocks) if spec.fast and grad.size(2) > 128 else blocks_product(grad, blocks)
+    return weight_grad(grad, blocks) if spec.onednn and grad.size(2) > 128 else blocks_product(grad, blocks)
 
 
 def _sums(spec: LayerSpec, grad: Tensor, x: List[Tensor], h: List[Tensor], bias: bool) -> Tuple[Tensor, Any, Any]:
@@ -111,7 +96,7 @@ def _sums(spec: LayerSpec, grad: Tensor, x: List[Tensor], h: List[Tensor], bias:
     (3584 rows, 128 x 128: 0.33-0.41 against 0.56-0.62 ms, benchmarks/cpu_ops.py), but on narrow
     layers its sums, no further from float64's, drifted past the parity tests' 1e-5 from torch.nn's
     (RNN, H = 10, 500 rows: 1.1e-5) where MKL's stayed within."""
-    if spec.kernel.weight_grad is not None and spec.fast and grad.size(2) > 128:
+    if spec.kernel.weight_grad is not None and grad.size(2) > 128:
         dw_x, dw_h, db = spec.kernel.weight_grad(grad, x, h, bias)
         return dw_x, dw_h if h else None, db if bias else None
     dw_h = _weight_grad(spec, grad, h) if h else None
@@ -121,35 +106,19 @@ def _sums(spec: LayerSpec, grad: Tensor, x: List[Tensor], h: List[Tensor], bias:
 def _weight_and_bias_grads(spec: LayerSpec, dgi: Tensor, dgh, x: Tensor, h_prev: List[Tensor]) -> Dict[str, Tensor]:
     """The stacked weight and bias gradients from the kernel's gate gradients. Where dgh is dgi (the
     LSTM's: b_hh folded, W_hh's gradient rows are the gates'), one pass over them makes all of them."""
-    joint = dgh is dgi
-    sums = _sums(spec, dgi, [x], h_prev if joint else [], spec.bias)
+    joint, bias = dgh is dgi, "bias_ih" in spec.param_names
+    sums = _sums(spec, dgi, [x], h_prev if joint else [], bias)
     stacked = {"weight_ih": sums[0]}
     if joint:
         stacked["weight_hh"], hidden = sums[1], [dgi]
     else:
         stacked["weight_hh"], hidden = _hidden_grads(spec, dgi, dgh, h_prev)
-    if spec.bias:
+    if bias:
         stacked["bias_ih"] = sums[2]
         # Where the kind folds b_hh into gi both gradients are that one sum: a copy, not the same tensor.
         folded = hidden[0] is dgi
         stacked["bias_hh"] = stacked["bias_ih"].clone() if folded else torch.cat([p.sum(1) for p in hidden], 1)
     return stacked
-
-
-class JoinedGrad(NamedTuple):
-    """The incoming gradient as a ``joined_grad`` kernel takes it: the output rows' (T, D·H) and the
-    second direction's row order (None for one direction), instead of a per-direction copy."""
-
-    rows: Tensor
-    reverse: Optional[Tensor]
-
-
-class SummedWeight(NamedTuple):
-    """A kernel's dgh given as the hidden weight gradient it summed itself (D, G, H), and the gate
-    gradient rows (D, R, G) whose sum is the hidden bias gradient."""
-
-    weight: Tensor
-    rows: Tensor
 
 
 def _hidden_grads(spec: LayerSpec, dgi: Tensor, dgh, h_prev: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
@@ -165,10 +134,10 @@ class LayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec: LayerSpec, rows: Tensor, states: int, *tensors: Tensor):
         state0, params = list(tensors[:states]), list(tensors[states:])
-        hs, finals, saved, (w_ih, w_hh, extra) = _layer_forward(spec, rows, state0, params, save=True)
-        ctx.spec, ctx.counts = spec, (states, len(params), len(extra))
+        hs, finals, saved, (w_ih, w_hh, weights) = kernel_forward(spec, rows, state0, params, save=True)
+        ctx.spec, ctx.counts = spec, (states, len(params), len(weights))
         # The inputs themselves (rows, state0, params) are saved for the differentiable backward.
-        ctx.save_for_backward(rows, *state0, *params, w_ih, w_hh, hs, *extra, *saved)
+        ctx.save_for_backward(rows, *state0, *params, w_ih, w_hh, hs, *weights, *saved)
         out = join_directions(hs, spec.reverse)
         if spec.last and spec.reverse is None:
             # One direction's output is a view of hs, which the backward reads. The caller may modify
@@ -184,10 +153,10 @@ class LayerFunction(torch.autograd.Function):
         if getattr(ctx, "spent", False):  # a second backward (retain_graph) after the kernel reused its buffers
             return _autograd_backward(ctx, grad_out, grad_finals)
         spec: LayerSpec = ctx.spec
-        states, params, extras = ctx.counts
+        states, params, count = ctx.counts
         rows, *rest = ctx.saved_tensors
         state0, (w_ih, w_hh, hs, *rest) = rest[:states], rest[states + params :]
-        extra, saved = rest[:extras], rest[extras:]
+        weights, saved = rest[:count], rest[count:]
         if spec.kernel.joined_grad:
             grad_hs = JoinedGrad(grad_out.contiguous(), spec.reverse)
         else:
@@ -196,20 +165,25 @@ class LayerFunction(torch.autograd.Function):
         if spec.kernel.overwrites_hs:
             # hs is the layer's own unless one direction's output went on to the next layer as a view.
             hs = hs if spec.last or spec.reverse is not None else hs.clone()
-        h_prev = previous_blocks(state0[0], hs, spec.batch_sizes)
-        dgi, dgh, dstate0, dextra = spec.kernel.backward(
-            grad_hs, list(grad_finals), state0, hs, h_prev, saved, w_hh, extra, spec.batch_sizes
+        h_prev = _previous_states(spec, state0, hs, saved)
+        dgi, dgh, dstate0, dweights = spec.kernel.backward(
+            grad_hs, list(grad_finals), state0, hs, h_prev, saved, w_hh, weights, spec.batch_sizes
         )
-        # Input, weight and bias gradients as single batched products over all rows.
-        fast = spec.fast
         dx = None
-        if ctx.needs_input_grad[1]:
-            w_ih_t = w_ih.transpose(1, 2).contiguous() if fast else w_ih.transpose(1, 2)
-            dx = sum_directions(rows_linear(dgi, w_ih_t, None, fast), spec.reverse)
+        if ctx.needs_input_grad[1]:  # the input, weight and bias gradients as single products over all rows
+            w_ih_t = w_ih.transpose(1, 2).contiguous() if spec.onednn else w_ih.transpose(1, 2)
+            dx = sum_directions(rows_linear(dgi, w_ih_t, None, spec.onednn), spec.reverse)
         stacked = _weight_and_bias_grads(spec, dgi, dgh, per_direction(rows, spec.reverse), h_prev)
-        if spec.proj:
-            stacked["weight_hr"] = dextra[0]
-        return (None, dx, None, *dstate0, *unstack_grads(stacked, spec.directions, spec.bias, spec.proj))
+        stacked.update(zip([n for n in spec.param_names if is_kind_weight(n)], dweights))
+        return (None, dx, None, *dstate0, *unstack_grads(stacked, spec.directions, spec.param_names))
+
+
+def _previous_states(spec: LayerSpec, state0: List[Tensor], hs: Tensor, saved: List[Tensor]) -> List[Tensor]:
+    """The state before every row as row blocks: the outputs one step behind, or what the kernel saved of
+    them (a custom cell's output need not be its state)."""
+    if spec.kernel.previous_states is not None:
+        return spec.kernel.previous_states(saved)
+    return previous_blocks(state0[0], hs, spec.batch_sizes)
 
 
 _functorch = torch._C._functorch
@@ -225,24 +199,24 @@ def _batched(grad: Tensor) -> bool:
 def differentiable_layer(
     spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: List[Tensor]
 ) -> Tuple[Tensor, List[Tensor]]:
-    """One layer as plain differentiable, vmappable ops: (output rows (T, D·H), final states), the
-    numbers of :class:`LayerFunction`. It runs the kind's TorchScript forward kernel whatever backend
-    ``spec.kernel`` is, with TorchScript's optimisations off, so that autograd records every op one by
-    one: the optimised executor's autodiff graphs are opaque to torch.func (torch.func.hessian gave
+    """One layer as plain differentiable, vmappable ops on the spec's kernel (the kind's plain one, or a
+    custom cell's loop without a hand-written backward): (output rows (T, D·H), final states), the numbers
+    of :class:`LayerFunction`. TorchScript's optimisations are off, so that autograd records every op one
+    by one: the optimised executor's autodiff graphs are opaque to torch.func (torch.func.hessian gave
     wrong numbers through them, jacrev of jacrev an error)."""
-    torchscript = spec._replace(kernel=KINDS[spec.mode].kernel("torchscript"), fast=False)
+    if spec.kernel.recorded_forward is not None:
+        spec = spec._replace(kernel=spec.kernel._replace(forward=spec.kernel.recorded_forward))
     with torch.jit.optimized_execution(False) if JIT_ENABLED else nullcontext():
-        hs, finals, _, _ = _layer_forward(torchscript, rows, state0, params, save=False)
+        hs, finals, _, _ = kernel_forward(spec, rows, state0, params, save=False)
     return gather_directions(hs, spec.reverse), finals
 
 
 def layer_forward_saving(
     spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: List[Tensor]
 ) -> Tuple[Tensor, List[Tensor]]:
-    """(hs, saved activations) of one layer on the kind's TorchScript kernel, whatever ``spec.kernel``
-    is: what an observer of the stack (gate recording) reads the gates from."""
-    torchscript = spec._replace(kernel=KINDS[spec.mode].kernel("torchscript"), fast=False)
-    hs, _, saved, _ = _layer_forward(torchscript, rows, state0, params, save=True)
+    """(hs, saved activations) of one layer on the kind's plain kernel, whatever ``spec.kernel`` is: what
+    an observer of the stack (gate recording) reads the gates from."""
+    hs, _, saved, _ = kernel_forward(spec.plain(), rows, state0, params, save=True)
     return hs, saved
 
 
@@ -259,7 +233,7 @@ def _autograd_backward(ctx, grad_out: Tensor, grad_finals: Tuple[Tensor, ...]) -
         # One fresh view per argument: its gradient is that argument's alone (even where one tensor was
         # passed twice), and through it the graph stays connected to the tensor's history.
         args = [t.view_as(t) if need else t.detach() for t, need in zip(inputs, needs)]
-        out, finals = differentiable_layer(spec, args[0], args[1 : 1 + states], args[1 + states :])
+        out, finals = differentiable_layer(spec.plain(), args[0], args[1 : 1 + states], args[1 + states :])
         found = iter(
             torch.autograd.grad(
                 [out, *finals],
@@ -273,32 +247,13 @@ def _autograd_backward(ctx, grad_out: Tensor, grad_finals: Tuple[Tensor, ...]) -
     return (None, grads[0], None, *grads[1:])
 
 
-# Read on every call: the module rebinds it as dual levels open (-1: none open). Forward AD's only
-# Python-side state; a tensor's tangent is only looked for while a level is open.
-_forward_ad = torch.autograd.forward_ad
-
-
-def _has_tangent(tensors: List[Tensor]) -> bool:
-    """Whether any of ``tensors`` is a forward-AD dual tensor at the open dual level (None open: False)."""
-    return _forward_ad._current_level >= 0 and any(_forward_ad.unpack_dual(t).tangent is not None for t in tensors)
-
-
-def needs_plain_ops(tensors: List[Tensor]) -> bool:
-    """Whether a layer over ``tensors`` must run as plain ops (:func:`differentiable_layer`), neither
-    the hand-written kernels nor the no-grad TorchScript stack: under a torch.func transform, or with
-    forward-AD dual tensors among them. Two flag checks when neither."""
-    return torch._C._are_functorch_transforms_active() or _has_tangent(tensors)
-
-
 def run_layer(spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
-    """One layer, all directions: (output rows (T, D·H), final states). Differentiable by the
-    kernel's hand-written backward when anything needs a gradient; otherwise nothing is saved.
-    Under a torch.func transform or with forward-AD dual inputs, plain differentiable ops
-    (:func:`differentiable_layer`)."""
-    if needs_plain_ops([rows, *state0, *params]):
-        return differentiable_layer(spec, rows, state0, params)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in [rows, *state0, *params]):
+    """One layer, all directions: (output rows (T, D·H), final states), differentiated as
+    ``spec.backward`` says (the module docstring)."""
+    if spec.backward == "hand-written":
         out, *finals = LayerFunction.apply(spec, rows, len(state0), *state0, *params)
         return out, finals
-    hs, finals, _, _ = _layer_forward(spec, rows, state0, params, save=False)
+    if spec.backward == "autograd":
+        return differentiable_layer(spec, rows, state0, params)
+    hs, finals, _, _ = kernel_forward(spec, rows, state0, params, save=False)
     return join_directions(hs, spec.reverse), finals

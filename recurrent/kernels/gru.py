@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -11,28 +11,29 @@ from .._jit import script
 from ..cells import gru_step
 from .common import carry_rows, hidden_product, step_rows, tanh_slope
 from .products import pack, packed_linear
+from .scan import CellStep
 
 
 @script
 def gru_forward(
-    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
-    batch_sizes: List[int], save: bool, fast: bool = False,
+    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], kind_weights: List[Tensor],
+    batch_sizes: List[int], save: bool, onednn: bool = False,
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:  # fmt: skip
     """Returns (hs, [h_n], saved); with ``save``, saved = [rz, n, W_hn h + b_hn] for every row.
-    ``fast``: the fast CPU path (:mod:`.products`: oneDNN's products, W_hh packed once; the gate math
-    in place)."""
+    ``onednn``: oneDNN's products (:mod:`.products`: float32 CPU, W_hh packed once) and the gate math in
+    place."""
     h = state0[0]
     hidden = h.size(-1)
     hs: List[Tensor] = []
     rzs: List[Tensor] = []
     ns: List[Tensor] = []
     ghns: List[Tensor] = []
-    packed = pack(w_hh_t.transpose(1, 2), batch_sizes[0]) if fast else None
+    packed = pack(w_hh_t.transpose(1, 2), batch_sizes[0]) if onednn else None
     start = 0
     for size in batch_sizes:
         h_t = step_rows(h, size)
         gh = hidden_product(h_t, w_hh_t, b_hh, packed)
-        new, rz, n = gru_step(gi[:, start : start + size], gh, h_t, fast)
+        new, rz, n = gru_step(gi[:, start : start + size], gh, h_t, onednn)
         hs.append(new)
         if save:
             rzs.append(rz)
@@ -47,7 +48,7 @@ def gru_forward(
 @script
 def gru_backward(
     grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
-    saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int], fast: bool = False,
+    saved: List[Tensor], w_hh: Tensor, kind_weights: List[Tensor], batch_sizes: List[int], onednn: bool = False,
 ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:  # fmt: skip
     """Returns (dgi, dgh, [dh0], []), with a_* the gate pre-activations and ghn = W_hn h + b_hn:
 
@@ -78,7 +79,7 @@ def gru_backward(
     torch.mul(dn_factor, r, out=dgh[:, :, 2])
     dh = grad_finals[0]
     dh_all = torch.empty_like(hs)
-    packed = pack(w_hh.transpose(1, 2), batch_sizes[0]) if fast else None
+    packed = pack(w_hh.transpose(1, 2), batch_sizes[0]) if onednn else None
     end = rows
     for t in range(len(batch_sizes) - 1, -1, -1):
         start = end - batch_sizes[t]
@@ -94,4 +95,37 @@ def gru_backward(
     dgi = torch.empty_like(dgh)
     dgi[..., : 2 * hidden].copy_(dgh[..., : 2 * hidden])
     torch.mul(dh_all, dn_factor, out=dgi[..., 2 * hidden :])
-    return dgi, dgh, [dh], extra[:0]
+    return dgi, dgh, [dh], kind_weights[:0]
+
+
+@script
+class GRUSequence:
+    """:func:`gru_forward` as a :class:`.contract.SequenceKernel`, what the compiled stack loop calls."""
+
+    def __init__(self, onednn: bool = False) -> None:
+        self.onednn = onednn
+
+    def forward(
+        self, gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], kind_weights: List[Tensor],
+        batch_sizes: List[int], save: bool,
+    ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:  # fmt: skip
+        return gru_forward(gi, state0, w_hh_t, b_hh, kind_weights, batch_sizes, save, self.onednn)
+
+    def hidden_weight(self, w_hh: Tensor) -> Tensor:
+        return w_hh
+
+
+def gru_scan_step(kind_weights: List[Tensor]) -> CellStep:
+    """The step of :mod:`.scan`'s loops (torch.export): :func:`recurrent.cells.gru_step`."""
+
+    def step(gi: Tensor, gh: Tensor, state: List[Tensor], own: slice) -> Tuple[Tensor, List[Tensor]]:
+        h = gru_step(gi, gh, state[0])[0]
+        return h, [h]
+
+    return step
+
+
+def gru_gates(hs: Tensor, saved: List[Tensor]) -> Dict[str, Tensor]:
+    """The gates :func:`gru_forward` saved, by name (D, T, H): what gate recording shows."""
+    r, z = saved[0].chunk(2, -1)
+    return {"r": r, "z": z, "n": saved[1]}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -11,6 +11,7 @@ from .._jit import script
 from ..cells import lstm_step
 from .common import carry_rows, hidden_product, previous_blocks, step_rows, tanh_slope, times_w_hh
 from .products import pack
+from .scan import CellStep
 
 
 @script
@@ -19,27 +20,27 @@ def lstm_forward(
     state0: List[Tensor],
     w_hh_t: Tensor,
     b_hh: Optional[Tensor],
-    extra: List[Tensor],
+    kind_weights: List[Tensor],
     batch_sizes: List[int],
     save: bool,
-    fast: bool = False,
+    onednn: bool = False,
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """Returns (hs, [h_n, c_n], saved); with ``save``, saved = [if, g, o, c] for every row.
-    ``extra`` is [w_hr] for a projected LSTM: the state and output h is then W_hr (o ⊙ tanh(c)).
-    ``fast``: the fast CPU path (:mod:`.products`: oneDNN's products, W_hh packed once; the gate math
-    in place)."""
+    ``kind_weights`` is [w_hr] for a projected LSTM: the state and output h is then W_hr (o ⊙ tanh(c)).
+    ``onednn``: oneDNN's products (:mod:`.products`: float32 CPU, W_hh packed once) and the gate math in
+    place."""
     h, c = state0[0], state0[1]
-    w_hr_t = extra[0].transpose(1, 2) if len(extra) > 0 else None
+    w_hr_t = kind_weights[0].transpose(1, 2) if len(kind_weights) > 0 else None
     hs: List[Tensor] = []
     ifs: List[Tensor] = []
     gs: List[Tensor] = []
     os: List[Tensor] = []
     cs: List[Tensor] = []
-    packed = pack(w_hh_t.transpose(1, 2), batch_sizes[0]) if fast else None
+    packed = pack(w_hh_t.transpose(1, 2), batch_sizes[0]) if onednn else None
     start = 0
     for size in batch_sizes:
         gh = hidden_product(step_rows(h, size), w_hh_t, b_hh, packed)
-        new_h, new_c, i_f, g, o = lstm_step(gi[:, start : start + size], gh, step_rows(c, size), fast)
+        new_h, new_c, i_f, g, o = lstm_step(gi[:, start : start + size], gh, step_rows(c, size), onednn)
         if w_hr_t is not None:
             new_h = torch.bmm(new_h, w_hr_t)
         hs.append(new_h)
@@ -92,9 +93,9 @@ def lstm_backward(
     h_prev: List[Tensor],
     saved: List[Tensor],
     w_hh: Tensor,
-    extra: List[Tensor],
+    kind_weights: List[Tensor],
     batch_sizes: List[int],
-    fast: bool = False,
+    onednn: bool = False,
 ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
     """Returns (dgates, dgates, [dh0, dc0], [dW_hr] or []); gi and gh enter the gates as a sum, so
     their gradients are the same. With u = o ⊙ tanh(c') the unprojected output (u = h' without
@@ -110,10 +111,10 @@ def lstm_backward(
     i_f, o, cs = saved[0], saved[2], saved[3]
     f = i_f[..., cs.size(2) :]
     dgates, du_to_dc, tanh_c = gate_factors(saved, state0[1], batch_sizes)
-    projected = len(extra) > 0
+    projected = len(kind_weights) > 0
     dh, dc = grad_finals[0], grad_finals[1]
     dhs_out = torch.empty_like(hs) if projected else hs[:, :0]
-    packed = pack(w_hh.transpose(1, 2), batch_sizes[0]) if fast else None
+    packed = pack(w_hh.transpose(1, 2), batch_sizes[0]) if onednn else None
     end = cs.size(1)
     for t in range(len(batch_sizes) - 1, -1, -1):
         size = batch_sizes[t]
@@ -121,7 +122,7 @@ def lstm_backward(
         dh_t = step_rows(dh, size) + grad_hs[:, start:end]
         if projected:
             dhs_out[:, start:end] = dh_t
-            dh_t = torch.bmm(dh_t, extra[0])
+            dh_t = torch.bmm(dh_t, kind_weights[0])
         dc_t = torch.addcmul(step_rows(dc, size), dh_t, du_to_dc[:, start:end])
         dgates_t = dgates[:, start:end]
         dgates_t[:, :, :3].mul_(dc_t.unsqueeze(-2))
@@ -130,7 +131,43 @@ def lstm_backward(
         dc = carry_rows(dc_t * f[:, start:end], dc)
         end = start
     dgates = dgates.flatten(-2)
-    dextra: List[Tensor] = []
+    dw_hr: List[Tensor] = []
     if projected:
-        dextra.append(torch.bmm(dhs_out.transpose(1, 2), o * tanh_c))  # dW_hr = Σ dh'ᵀ u
-    return dgates, dgates, [dh, dc], dextra
+        dw_hr.append(torch.bmm(dhs_out.transpose(1, 2), o * tanh_c))  # dW_hr = Σ dh'ᵀ u
+    return dgates, dgates, [dh, dc], dw_hr
+
+
+@script
+class LSTMSequence:
+    """:func:`lstm_forward` as a :class:`.contract.SequenceKernel`, what the compiled stack loop calls."""
+
+    def __init__(self, onednn: bool = False) -> None:
+        self.onednn = onednn
+
+    def forward(
+        self, gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], kind_weights: List[Tensor],
+        batch_sizes: List[int], save: bool,
+    ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:  # fmt: skip
+        return lstm_forward(gi, state0, w_hh_t, b_hh, kind_weights, batch_sizes, save, self.onednn)
+
+    def hidden_weight(self, w_hh: Tensor) -> Tensor:
+        return w_hh
+
+
+def lstm_scan_step(kind_weights: List[Tensor]) -> CellStep:
+    """The step of :mod:`.scan`'s loops (torch.export): :func:`recurrent.cells.lstm_step`, then the
+    projection W_hr where ``kind_weights`` holds it (D, P, H)."""
+
+    def step(gi: Tensor, gh: Tensor, state: List[Tensor], own: slice) -> Tuple[Tensor, List[Tensor]]:
+        h, c = lstm_step(gi, gh, state[1])[:2]
+        if kind_weights:
+            h = torch.bmm(h, kind_weights[0][own].transpose(1, 2))
+        return h, [h, c]
+
+    return step
+
+
+def lstm_gates(hs: Tensor, saved: List[Tensor]) -> Dict[str, Tensor]:
+    """The gates :func:`lstm_forward` saved, and the cell state, by name (D, T, H)."""
+    i, f = saved[0].chunk(2, -1)
+    return {"i": i, "f": f, "g": saved[1], "o": saved[2], "c": saved[3]}

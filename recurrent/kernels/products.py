@@ -1,4 +1,4 @@
-"""The fast CPU path of the TorchScript kernels: oneDNN's matrix products, W_hh packed once.
+"""oneDNN's matrix products for the kernels on the CPU, W_hh packed once.
 
 The products a layer needs are, per direction, ``x wᵀ``: the input projection, the hidden product
 of every step, and in the backward ``dgates W_hh`` per step and ``dgi W_ih``. ATen runs them as
@@ -6,17 +6,16 @@ MKL's ``bmm``/``baddbmm``. For float32 on the CPU, oneDNN's matmul (``torch.ops.
 the primitive torch.compile's CPU backend calls) ran them up to 2x faster on an AMD EPYC (2 threads),
 where MKL takes its generic code path, and faster again with the weights in oneDNN's blocked layout
 (:func:`pack`); torch.nn's own CPU LSTM is oneDNN's. The weight gradients stay MKL's: oneDNN would
-first transpose their operands. With the products, the fast path runs the gate math in place.
+first transpose their operands. With the products, those kernels run the gate math in place.
 
-``fast`` is a flag of the kernels: the eager layers set it for float32 CPU calls (:func:`fast_cpu`);
-a scripted module, a traced or compiled one, and whatever autograd differentiates (double backward,
-torch.func) keep ATen's ops, which every build has and every transform knows. ``RECURRENT_FAST_CPU=0``
-turns it off.
+``onednn`` is a flag of the TorchScript kernels; the route (:mod:`recurrent.routes`) sets it for the
+"onednn" kernel, float32 CPU calls where this torch build has oneDNN's linear (:data:`ONEDNN`) and the
+native kernels do not run. A scripted module, and whatever autograd differentiates (double backward,
+torch.func), keep ATen's ops, which every build has and every transform knows.
 """
 
 from __future__ import annotations
 
-import os
 from typing import List, Optional, Union
 
 import torch
@@ -43,19 +42,6 @@ def _has_onednn_linear() -> bool:
 ONEDNN: bool = _has_onednn_linear()
 
 
-def fast_cpu(t: Tensor) -> bool:
-    """Whether the eager kernels over ``t`` run the fast CPU path: float32 on the CPU, not while
-    torch.compile, torch.export or the tracer record the layer (they get ATen's ops)."""
-    return (
-        ONEDNN
-        and t.device.type == "cpu"
-        and t.dtype == torch.float32
-        and os.environ.get("RECURRENT_FAST_CPU", "1") != "0"
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_compiling()
-    )
-
-
 if ONEDNN:
 
     @script
@@ -77,17 +63,17 @@ if ONEDNN:
         Same numbers as unpacked."""
         return [torch.ops.mkldnn._reorder_linear_weight(w[d].contiguous(), rows) for d in range(w.size(0))]
 
-else:  # never called: no caller sets the flag without oneDNN
+else:  # the kernels name these whether or not they run them (TorchScript compiles every branch)
 
     @script
     def linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
-        """x wᵀ + b for 2-D x (N, K) and w (G, K)."""
-        return torch.nn.functional.linear(x, w, b)
+        """Never reached: the route runs the "onednn" kernel only where this torch has oneDNN's linear."""
+        raise RuntimeError("recurrent: this torch build has no oneDNN linear")
 
     @script
     def pack(w: Tensor, rows: int) -> List[Tensor]:
-        """Each direction's w (D, G, K)."""
-        return [w[d] for d in range(w.size(0))]
+        """Never reached: as :func:`linear`."""
+        raise RuntimeError("recurrent: this torch build has no oneDNN linear")
 
 
 @script

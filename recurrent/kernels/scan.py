@@ -4,21 +4,18 @@ example's length, so one exported program serves every batch size and sequence l
 compiled model does not recompile for a new length. A Python loop would be unrolled at the
 example's length, and its per-step slicing would pin the length to the example's.
 
-Padded input only (a PackedSequence's per-step batch sizes are data, not a shape). The stack loop
-(:func:`.stack.stack_layers`) runs its layers here as its ``"scan"`` backend, and a custom cell's
-layer (:mod:`recurrent.custom`) its own steps, both only while :func:`scanning`. The gate math is
-the cells' step functions, the same as every other path's.
+Padded input only (a PackedSequence's per-step batch sizes are data, not a shape). The route
+(:mod:`recurrent.routes`) decides when a call scans; the stack loop then runs each layer here, the
+kind's step (its registry entry's ``scan_step``: the cells' step functions, the same gate math as
+every other path's) inside the scan.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
-
-from ..cells import gru_step, lstm_step, rnn_relu_step, rnn_tanh_step
 
 try:  # torch >= 2.5 has the operator; older torch exports the unrolled loop at a static shape
     from torch._higher_order_ops.scan import scan
@@ -30,41 +27,10 @@ except ImportError:  # pragma: no cover - depends on the torch version
 CellStep = Callable[[Tensor, Tensor, List[Tensor], slice], Tuple[Tensor, List[Tensor]]]
 
 
-def enabled() -> bool:
-    """Whether the layers may scan: torch has the operator and ``RECURRENT_SCAN`` is not ``0``
-    (read on every call; ``0`` exports the unrolled loop at the example's shape, for a torch whose
-    scan does not export)."""
-    return scan is not None and os.environ.get("RECURRENT_SCAN", "1") != "0"
-
-
 def exporting() -> bool:
-    """Whether torch.export traces now (the dynamo ONNX exporter included), with scan there to keep
-    the loops loops."""
+    """Whether torch.export traces now (the dynamo ONNX exporter included)."""
     compiler = getattr(torch, "compiler", None)
-    return enabled() and compiler is not None and getattr(compiler, "is_exporting", lambda: False)()
-
-
-def scanning(backward_through_two_directions: bool) -> bool:
-    """Whether a layer call runs its loops as scans now: while torch.export traces (the dynamo ONNX
-    exporter included), and while torch.compile traces with ``capture_scalar_outputs`` on, which
-    Inductor needs to lower a scan (torch 2.14.1: without it, compiling fails). Not under
-    torch.compile where gradients flow through a bidirectional layer: there, torch 2.14.1's
-    Inductor gets the hidden weights' gradients wrong (measured: bidirectional GRU, 1e0 off, forward
-    exact). Where the loops are not scans, torch.compile compiles them unrolled, once per length."""
-    if exporting():
-        return True
-    compiling = enabled() and torch.compiler.is_compiling() and not backward_through_two_directions
-    return compiling and bool(getattr(torch._dynamo.config, "capture_scalar_outputs", False))
-
-
-def unrolled_scan(step: Callable, init: List[Tensor], xs: Tensor) -> Tuple[List[Tensor], Tensor]:
-    """scan's semantics as a Python loop over xs's leading dimension: what a tracer may record
-    unrolled (see recurrent.onnx_native)."""
-    carry, outputs = init, []
-    for x in xs.unbind(0):
-        carry, output = step(carry, x)
-        outputs.append(output)
-    return carry, torch.stack(outputs)
+    return compiler is not None and getattr(compiler, "is_exporting", lambda: False)()
 
 
 def scan_layer(
@@ -76,14 +42,11 @@ def scan_layer(
     b_ih: Optional[Tensor],
     b_hh: Optional[Tensor],
     cell_step: CellStep,
-    loop: Optional[Callable] = None,
 ) -> Tuple[Tensor, List[Tensor]]:
     """One layer over the rows (L·N, I) of a padded batch of N, from weights stacked by direction
     (w_ih (D, G, I), w_hh (D, G, H), biases (D, 1, G)): (output rows (L·N, D·H_out), final states).
-    One scan per direction (``loop``: torch's scan, default, or :func:`unrolled_scan`), the reverse
-    one over the batch flipped in time. (One scan over both directions stacked exports too, but
-    the ONNX exporter fails on it for GRU and LSTM.)"""
-    loop = scan if loop is None else loop
+    One scan per direction, the reverse one over the batch flipped in time. (One scan over both
+    directions stacked exports too, but the ONNX exporter fails on it for GRU and LSTM.)"""
     x = rows.view(-1, batch, rows.size(-1))
     outputs: List[Tensor] = []
     finals: List[List[Tensor]] = [[] for _ in state0]
@@ -93,7 +56,7 @@ def scan_layer(
         if b_ih is not None:
             gi = gi + b_ih[own]
         step = _scan_step(cell_step, w_hh[own].transpose(1, 2), None if b_hh is None else b_hh[own], own)
-        last, hs = loop(step, [s[own] for s in state0], gi.unsqueeze(1))  # hs (L, 1, N, H_out)
+        last, hs = scan(step, [s[own] for s in state0], gi.unsqueeze(1))  # hs (L, 1, N, H_out)
         outputs.append(hs[:, 0] if d == 0 else hs[:, 0].flip(0))
         for i, state in enumerate(last):
             finals[i].append(state)
@@ -111,23 +74,5 @@ def _scan_step(cell_step: CellStep, w_hh_t: Tensor, b_hh: Optional[Tensor], own:
         # scan wants fresh tensors out: no output aliasing the carry, no carry aliasing an input (an
         # LSTM step's c is one under autograd)
         return [s.clone() for s in new], output.clone()
-
-    return step
-
-
-def kind_step(mode: str, extra: List[Tensor]) -> CellStep:
-    """The step of a built-in kind; ``extra``: LSTM's stacked projection weights [W_hr (D, P, H)] or []."""
-
-    def step(g: Tensor, gh: Tensor, state: List[Tensor], own: slice) -> Tuple[Tensor, List[Tensor]]:
-        if mode == "GRU":
-            h = gru_step(g, gh, state[0])[0]
-            return h, [h]
-        if mode == "LSTM":
-            h, c = lstm_step(g, gh, state[1])[:2]
-            if extra:
-                h = torch.bmm(h, extra[0][own].transpose(1, 2))
-            return h, [h, c]
-        h = rnn_relu_step(g + gh) if mode == "RNN_RELU" else rnn_tanh_step(g + gh)
-        return h, [h]
 
     return step

@@ -1,8 +1,9 @@
 """The one place that knows a layer's parameter order.
 
 torch.nn registers, per layer and direction, ``weight_ih, weight_hh[, bias_ih, bias_hh][, weight_hr]``
-(the forward direction's list, then the reverse one's). The layers register their parameters in
-this order, the kernels stack them in it, and the hand-written backward returns its gradients in it.
+(the forward direction's list, then the reverse one's), and a custom cell's own parameters after
+them. The layers register their parameters in this order, the kernels stack them in it, and the
+hand-written backward returns its gradients in it.
 """
 
 from __future__ import annotations
@@ -63,34 +64,42 @@ def stack_directions(tensors: List[Tensor]) -> Tensor:
 
 
 @script
+def is_kind_weight(name: str) -> bool:
+    """Whether a parameter is one of the kind's own, beyond what every kind has (W_ih, W_hh, the biases)."""
+    return name != "weight_ih" and name != "weight_hh" and name != "bias_ih" and name != "bias_hh"
+
+
+@script
 def stack_weights(
-    params: List[Tensor], directions: int, bias: bool, proj: bool, fold_bias: bool
+    params: List[Tensor], directions: int, names: List[str], fold_bias: bool
 ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], List[Tensor]]:
-    """A layer's per-direction parameters stacked on a new dim 0: (w_ih (D, G, I), w_hh (D, G, H),
-    b_ih (D, 1, G), b_hh (D, 1, G), [w_hr (D, P, H)] or []). With ``fold_bias`` the input bias is
+    """A layer's per-direction parameters (``names`` per direction, in order) stacked on a new dim 0:
+    (w_ih (D, G, I), w_hh (D, G, H), b_ih (D, 1, G), b_hh (D, 1, G), the kind's other weights (D, ...):
+    the LSTM's W_hr (D, P, H), a custom cell's own parameters). With ``fold_bias`` the input bias is
     b_ih + b_hh and the hidden one None; b_hh enters the sum through :func:`own_gradients`, so that
     the two do not get one gradient tensor."""
-    kinds = layer_param_kinds(bias, proj)
-    per = len(kinds)
-    by_kind: Dict[str, List[Tensor]] = {}
-    for i, kind in enumerate(kinds):
-        by_kind[kind] = [params[d * per + i] for d in range(directions)]
-    w_ih, w_hh = stack_directions(by_kind["weight_ih"]), stack_directions(by_kind["weight_hh"])
-    extra = [stack_directions(by_kind["weight_hr"])] if proj else []
-    if not bias:
-        return w_ih, w_hh, None, None, extra
+    per = len(names)
+    by_name: Dict[str, List[Tensor]] = {}
+    for i, name in enumerate(names):
+        by_name[name] = [params[d * per + i] for d in range(directions)]
+    w_ih, w_hh = stack_directions(by_name["weight_ih"]), stack_directions(by_name["weight_hh"])
+    kind_weights: List[Tensor] = []
+    for name in names:
+        if is_kind_weight(name):
+            kind_weights.append(stack_directions(by_name[name]))
+    if "bias_ih" not in by_name:
+        return w_ih, w_hh, None, None, kind_weights
     if fold_bias:
-        folded = [b_ih + own_gradients([b_hh])[0] for b_ih, b_hh in zip(by_kind["bias_ih"], by_kind["bias_hh"])]
-        return w_ih, w_hh, stack_directions(folded).unsqueeze(1), None, extra
-    b_ih, b_hh = stack_directions(by_kind["bias_ih"]), stack_directions(by_kind["bias_hh"])
-    return w_ih, w_hh, b_ih.unsqueeze(1), b_hh.unsqueeze(1), extra
+        folded = [b_ih + own_gradients([b_hh])[0] for b_ih, b_hh in zip(by_name["bias_ih"], by_name["bias_hh"])]
+        return w_ih, w_hh, stack_directions(folded).unsqueeze(1), None, kind_weights
+    b_ih, b_hh = stack_directions(by_name["bias_ih"]), stack_directions(by_name["bias_hh"])
+    return w_ih, w_hh, b_ih.unsqueeze(1), b_hh.unsqueeze(1), kind_weights
 
 
-def unstack_grads(grads: Dict[str, Tensor], directions: int, bias: bool, proj: bool) -> List[Tensor]:
-    """Gradients stacked by direction ({kind: (D, ...)}, one tensor per kind) as one flat list in the
+def unstack_grads(grads: Dict[str, Tensor], directions: int, names: List[str]) -> List[Tensor]:
+    """Gradients stacked by direction ({name: (D, ...)}, one tensor per name) as one flat list in the
     layer's parameter order. Each direction's gradient is copied out of the stacked buffer when there
     are two: autograd would keep the views as ``.grad``, two parameters' gradients on one storage."""
-    kinds = layer_param_kinds(bias, proj)
     if directions == 1:
-        return [grads[kind][0] for kind in kinds]
-    return [grads[kind][d].clone() for d in range(directions) for kind in kinds]
+        return [grads[name][0] for name in names]
+    return [grads[name][d].clone() for d in range(directions) for name in names]

@@ -1,7 +1,7 @@
 """Native CPU kernels: each kind's whole time loop as one C++ op (:mod:`.sequences`), which
-:mod:`.build` compiles on the user's machine. The eager layers take them for float32 CPU calls on
-the fast path (:func:`..products.fast_cpu`) when the library loaded; otherwise, and for a projected
-LSTM, the TorchScript kernels' ATen fast path runs.
+:mod:`.build` compiles on the user's machine. The route (:mod:`recurrent.routes`) takes them for
+float32 CPU calls where the library loaded; elsewhere, and for a projected LSTM, the TorchScript
+kernels on oneDNN's products run ("onednn").
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Optional
 
-from ..registry import Kernel
+from ..contract import Kernel
 from . import sequences
 from .build import available, status
 
@@ -32,8 +32,8 @@ _KERNELS = {
 }
 
 
-def native_kernel(mode: str, proj: bool) -> Optional[Kernel]:
+def native_kernel(mode: str, projected: bool) -> Optional[Kernel]:
     """The native kernel pair of ``mode``; None for a projected LSTM or where the library did not load."""
-    if proj or mode not in _KERNELS or not available():
+    if projected or mode not in _KERNELS or not available():
         return None
     return _KERNELS[mode]

@@ -30,6 +30,7 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
+from ... import settings
 from ..._cache import cache_folders, cached_file, untrusted
 
 LOG = logging.getLogger("recurrent")
@@ -83,14 +84,8 @@ def _compiler_env() -> dict:
     return {key: value for key, value in os.environ.items() if key != "LD_PRELOAD"}
 
 
-def target() -> str:
-    """The CPU the library is compiled for, as -march takes it: ``RECURRENT_NATIVE_MARCH``, else native."""
-    return os.environ.get("RECURRENT_NATIVE_MARCH", "") or "native"
-
-
-def _sanitizers() -> List[str]:
-    """The sanitizers asked for (``RECURRENT_NATIVE_SANITIZE``, comma-separated), e.g. address, undefined."""
-    return [s for s in os.environ.get("RECURRENT_NATIVE_SANITIZE", "").split(",") if s]
+target = settings.native_march  # the CPU the library is compiled for, as -march takes it
+_sanitizers = settings.native_sanitizers  # the sanitizers asked for, e.g. address, undefined
 
 
 def _flags() -> List[str]:
@@ -215,7 +210,7 @@ def _record_failure(name: str, reason: str) -> None:
 def _attempt(retry: bool) -> Tuple[bool, str]:
     """Builds or finds the library and loads it: (loaded, what happened). ``retry``: build again even
     where an earlier build failed."""
-    if os.environ.get("RECURRENT_NATIVE_CPU", "1") == "0":
+    if not settings.native_cpu():
         return False, "off: RECURRENT_NATIVE_CPU=0"
     try:
         plan = _plan()

@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..autograd import JoinedGrad, SummedWeight
+from ..contract import JoinedGrad, SummedWeight
 from . import build  # noqa: F401 - declares the ops' schemas
 
 _ops = torch.ops.recurrent_cpu
@@ -33,7 +33,7 @@ def _flat(bias: Optional[Tensor]) -> Optional[Tensor]:
 
 def lstm_forward(
     x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], state0: List[Tensor], w_hh: Tensor, b_hh: Optional[Tensor],
-    extra: List[Tensor], batch_sizes: List[int], save: bool,
+    kind_weights: List[Tensor], batch_sizes: List[int], save: bool,
 ) -> Forward:  # fmt: skip
     """Returns (hs, [h_n, c_n], saved); with ``save``, saved = [gates (i, f, g, o), c] for every row."""
     h0, c0 = (s.contiguous() for s in state0)
@@ -45,7 +45,7 @@ def lstm_forward(
 
 def lstm_backward(
     grad_hs: JoinedGrad, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
-    saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int],
+    saved: List[Tensor], w_hh: Tensor, kind_weights: List[Tensor], batch_sizes: List[int],
 ) -> Backward:  # fmt: skip
     """Returns (dgates, dgates, [dh0, dc0], []); the op's comment has the formulas."""
     dh_n, dc_n = (g.contiguous() for g in grad_finals)
@@ -57,7 +57,7 @@ def lstm_backward(
 
 def gru_forward(
     x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], state0: List[Tensor], w_hh: Tensor, b_hh: Optional[Tensor],
-    extra: List[Tensor], batch_sizes: List[int], save: bool,
+    kind_weights: List[Tensor], batch_sizes: List[int], save: bool,
 ) -> Forward:  # fmt: skip
     """Returns (hs, [h_n], saved); with ``save``, saved = [(r, z, n), W_hn h + b_hn] for every row."""
     hs, h_n, gates, ghn = _ops.gru_sequence(
@@ -69,7 +69,7 @@ def gru_forward(
 
 def gru_backward(
     grad_hs: JoinedGrad, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
-    saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int],
+    saved: List[Tensor], w_hh: Tensor, kind_weights: List[Tensor], batch_sizes: List[int],
 ) -> Backward:  # fmt: skip
     """Returns (dgi, dgh's n block, [dh0], [])."""
     dgi, dghn, dh0 = _ops.gru_sequence_backward(
@@ -81,7 +81,7 @@ def gru_backward(
 
 def rnn_forward(
     x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], state0: List[Tensor], w_hh: Tensor, b_hh: Optional[Tensor],
-    extra: List[Tensor], batch_sizes: List[int], save: bool, relu: bool,
+    kind_weights: List[Tensor], batch_sizes: List[int], save: bool, relu: bool,
 ) -> Forward:  # fmt: skip
     """Returns (hs, [h_n], []): the outputs are all the backward needs."""
     hs, h_n = _ops.rnn_sequence(
@@ -92,7 +92,7 @@ def rnn_forward(
 
 def rnn_backward(
     grad_hs: JoinedGrad, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
-    saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int], relu: bool,
+    saved: List[Tensor], w_hh: Tensor, kind_weights: List[Tensor], batch_sizes: List[int], relu: bool,
 ) -> Backward:  # fmt: skip
     """Returns (da, dW_hh summed, [dh0], []), da = (dh' + grad) act'(a) written over hs, dh = da W_hh."""
     dh0, dw_hh = _ops.rnn_sequence_backward(

@@ -1,6 +1,6 @@
 """Persistent Triton kernels: per cell kind one launch per layer and pass (design in :mod:`.common`).
 
-Each kind's pair keeps the contract of :mod:`recurrent.kernels.autograd` and saves the same
+Each kind's pair keeps the contract of :mod:`recurrent.kernels.contract` and saves the same
 activations as its TorchScript kernel, so the input projection before the loop and the dx/dW/db
 products after it stay single large products, shared with the TorchScript backend.
 """
@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from ..registry import Kernel
+from ..contract import Kernel
 from .common import DTYPES, MAX_HIDDEN
 from .generated import generated_loop
 from .generated import refusal as custom_refusal

@@ -49,7 +49,7 @@ class Blocks(NamedTuple):
 
 
 # The column widths per kind of dot, small hidden sizes first: (largest hidden size, BLOCK_N); the last
-# entry serves every larger size. benchmarks/triton_check.py compiles each.
+# entry serves every larger size. tools/triton_check.py compiles each.
 WIDTHS = {
     "fma": ((16, 16), (None, 32)),  # IEEE float32 and float64: FMA dots, operand tiles in registers
     "tensor-core": ((16, 16), (32, 32), (None, 64)),  # TF32, float16 and bfloat16

@@ -93,7 +93,7 @@ def gru_backward_kernel(
 
 
 def gru_forward(
-    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
+    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], kind_weights: List[Tensor],
     batch_sizes: List[int], save: bool,
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """The contract of :func:`recurrent.kernels.gru.gru_forward`, in one launch for every step and direction."""
@@ -109,7 +109,7 @@ def gru_forward(
 
 def gru_backward(
     grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
-    saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int],
+    saved: List[Tensor], w_hh: Tensor, kind_weights: List[Tensor], batch_sizes: List[int],
 ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
     """The contract of :func:`recurrent.kernels.gru.gru_backward`, in one launch."""
     dgi = hs.new_empty(hs.size(0), hs.size(1), 3 * hs.size(2))

@@ -65,10 +65,10 @@ def lstm_backward_kernel(
 
 
 def lstm_forward(
-    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
+    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], kind_weights: List[Tensor],
     batch_sizes: List[int], save: bool,
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
-    """The contract of :func:`recurrent.kernels.lstm.lstm_forward` (b_hh folded into gi): ``extra`` is
+    """The contract of :func:`recurrent.kernels.lstm.lstm_forward` (b_hh folded into gi): ``kind_weights`` is
     [w_hr (D, P, H)] for a projected LSTM, whose state and outputs h then have P columns."""
     gi, h0, hs, h_n = common.forward_buffers(gi, state0[0])
     w_hh_t = common.unit_stride(w_hh_t, 1)
@@ -76,11 +76,11 @@ def lstm_forward(
     c_n = state0[1].clone(memory_format=torch.contiguous_format)  # also the running cell state
     saved = [gi.new_empty(directions, rows, 2 * hidden)] + [gi.new_empty(directions, rows, hidden) for _ in range(3)]
     buffers = saved if save else [hs] * 4
-    if not extra:
+    if not kind_weights:
         tensors = [gi, h0, w_hh_t, hs, h_n, c_n, *buffers]
         common.launch(lstm_forward_kernel, tensors, w_hh_t, batch_sizes, batch, hidden, (save,))
     else:
-        w_hr_t = common.unit_stride(extra[0].transpose(1, 2), 1)
+        w_hr_t = common.unit_stride(kind_weights[0].transpose(1, 2), 1)
         u = gi.new_empty(directions, batch, hidden)  # o ⊙ tanh(c') of the running step
         tensors = [gi, h0, w_hh_t, w_hr_t, hs, h_n, c_n, u, *buffers]
         own = (save, h0.size(2), *w_hr_t.stride())
@@ -90,7 +90,7 @@ def lstm_forward(
 
 def lstm_backward(
     grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
-    saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int],
+    saved: List[Tensor], w_hh: Tensor, kind_weights: List[Tensor], batch_sizes: List[int],
 ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
     """The contract of :func:`recurrent.kernels.lstm.lstm_backward`, in one launch (dW_hr after it)."""
     cs = saved[3]
@@ -98,11 +98,11 @@ def lstm_backward(
     dh, dc = common.running_gradient(grad_finals[0]), common.running_gradient(grad_finals[1])
     rows = [common.as_rows(t) for t in [grad_hs, state0[1], *saved]]
     w_hh = common.unit_stride(w_hh, 2)
-    if not extra:
+    if not kind_weights:
         common.launch(lstm_backward_kernel, [*rows, w_hh, dgates, dh, dc], w_hh, batch_sizes, dc.size(1), cs.size(2))
         return dgates, dgates, [dh.to(hs.dtype), dc.to(hs.dtype)], []
     dhs = torch.empty_like(hs)  # every row's dh', for dW_hr
-    w_hr = common.unit_stride(extra[0], 2)
+    w_hr = common.unit_stride(kind_weights[0], 2)
     tensors = [*rows, w_hh, w_hr, dgates, dhs, dh, dc]
     own = (hs.size(2), *w_hr.stride())
     common.launch(lstm_proj_backward_kernel, tensors, w_hh, batch_sizes, dc.size(1), cs.size(2), own)

@@ -69,7 +69,7 @@ def rnn_backward_kernel(
 
 
 def rnn_forward(
-    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], extra: List[Tensor],
+    gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], kind_weights: List[Tensor],
     batch_sizes: List[int], save: bool, relu: bool,
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """The contract of :func:`recurrent.kernels.rnn.rnn_forward` (b_hh folded into gi), in one launch."""
@@ -81,7 +81,7 @@ def rnn_forward(
 
 def rnn_backward(
     grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
-    saved: List[Tensor], w_hh: Tensor, extra: List[Tensor], batch_sizes: List[int], relu: bool,
+    saved: List[Tensor], w_hh: Tensor, kind_weights: List[Tensor], batch_sizes: List[int], relu: bool,
 ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
     """The contract of :func:`recurrent.kernels.rnn.rnn_backward`, in one launch."""
     da = hs.new_empty(hs.shape)

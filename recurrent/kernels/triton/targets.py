@@ -1,5 +1,5 @@
-"""Every kernel configuration the dispatcher can launch, described for ahead-of-time compilation
-(``benchmarks/triton_check.py`` compiles each for sm_90 and sm_80 and checks its resources).
+"""Every kernel configuration the route can launch, described for ahead-of-time compilation
+(``tools/triton_check.py`` compiles each for sm_90 and sm_80 and checks its resources).
 
 Each is described as Triton's launcher would compile it: the weights' unit stride as a constant,
 and the ``tt.divisibility`` hints of its arguments, in two variants (every pointer and size divisible
@@ -17,7 +17,7 @@ from .lstm import lstm_backward_kernel, lstm_forward_kernel
 from .lstm_proj import lstm_proj_backward_kernel, lstm_proj_forward_kernel
 from .rnn import rnn_backward_kernel, rnn_forward_kernel
 
-# (dtype, dot precision) pairs the dispatcher launches; float64 is only ever forced, never chosen.
+# (dtype, dot precision) pairs the route launches; float64 is only ever forced, never chosen.
 PRECISIONS = [(torch.float32, "ieee"), (torch.float32, "tf32"), (torch.float16, "ieee"), (torch.bfloat16, "ieee")]
 KERNELS = [  # (name, kernel, its own compile-time constants)
     ("rnn_tanh_forward", rnn_forward_kernel, {"RELU": False}),

@@ -22,6 +22,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor
 
+pytestmark = pytest.mark.triton_suite
+
 layer_options = st.fixed_dictionaries(
     {
         "kind": st.sampled_from(["RNN_tanh", "RNN_relu", "GRU", "LSTM"]),

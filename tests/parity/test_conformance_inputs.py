@@ -254,26 +254,39 @@ def assert_same_outcome(
         assert_all_close(actual, expected, torch.float32, names, result_tensors(exact()))
 
 
-def layer_bad_inputs(kind: str, batch_first: bool) -> dict[str, tuple[object, object]]:
-    """name -> (input, hx) for a layer of input_size 3, hidden_size 4, 2 layers, bidirectional (h0: (4, N, 4),
-    (4, N, 2) for LSTM_proj; c0: (4, N, 4))."""
-    torch.manual_seed(1)
-    r = torch.randn
-    lstm = kind.startswith("LSTM")
-    hs = 2 if kind == "LSTM_proj" else 4
+class LayerInputs:
+    """What layer_bad_inputs' cases are made of, for a layer of input_size 3, hidden_size 4, 2 layers,
+    bidirectional (h0: (4, N, 4), (4, N, 2) for LSTM_proj; c0: (4, N, 4))."""
 
-    def x(steps, batch, features=3, **kwargs):
-        return r(batch, steps, features, **kwargs) if batch_first else r(steps, batch, features, **kwargs)
+    def __init__(self, kind: str, batch_first: bool) -> None:
+        self.lstm, self.hs, self.batch_first = kind.startswith("LSTM"), 2 if kind == "LSTM_proj" else 4, batch_first
 
-    def hidden(lead, h_size=None, c_size=4, **kwargs):
-        h = r(*lead, h_size or hs, **kwargs)
-        return (h, r(*lead, c_size, **kwargs)) if lstm else h
+    def x(self, steps: int, batch: int, features: int = 3, **kwargs) -> Tensor:
+        r = torch.randn
+        return r(batch, steps, features, **kwargs) if self.batch_first else r(steps, batch, features, **kwargs)
 
-    def packed(features, dtype=torch.float32, sorted=True):
-        sequences = [r(4, features, dtype=dtype), r(2, features, dtype=dtype)]
+    def hidden(self, lead: tuple, h_size: Optional[int] = None, c_size: int = 4, **kwargs):
+        h = torch.randn(*lead, h_size or self.hs, **kwargs)
+        return (h, torch.randn(*lead, c_size, **kwargs)) if self.lstm else h
+
+    def packed(self, features: int, dtype: torch.dtype = torch.float32, sorted: bool = True):
+        sequences = [torch.randn(4, features, dtype=dtype), torch.randn(2, features, dtype=dtype)]
         return pack_sequence(sequences if sorted else sequences[::-1], enforce_sorted=sorted)
 
-    cases = {
+
+def layer_bad_inputs(kind: str, batch_first: bool) -> dict[str, tuple[object, object]]:
+    """name -> (input, hx) for a layer (:class:`LayerInputs`)."""
+    torch.manual_seed(1)
+    d = LayerInputs(kind, batch_first)
+    cases = {**padded_cases(d), **packed_cases(d)}
+    cases.update(lstm_cases(d) if d.lstm else {"hx a tuple": (d.x(5, 2), (torch.randn(4, 2, d.hs),))})
+    return cases
+
+
+def padded_cases(d: LayerInputs) -> dict[str, tuple[object, object]]:
+    r, x, hidden, hs = torch.randn, d.x, d.hidden, d.hs
+    integer = torch.ones(4, 2, hs, dtype=torch.long)
+    return {
         "valid": (x(5, 2), None),
         "valid with states": (x(5, 2), hidden((4, 2))),
         "valid unbatched": (r(5, 3), hidden((4,))),
@@ -298,12 +311,7 @@ def layer_bad_inputs(kind: str, batch_first: bool) -> dict[str, tuple[object, ob
         "h0 wrong size": (x(5, 2), hidden((4, 2), h_size=5)),
         "h0 broadcastable": (x(5, 2), hidden((4, 1))),
         "h0 dtype": (x(5, 2), hidden((4, 2), dtype=torch.float64)),
-        "h0 integer": (
-            x(5, 2),
-            (torch.ones(4, 2, hs, dtype=torch.long), torch.ones(4, 2, 4, dtype=torch.long))
-            if lstm
-            else torch.ones(4, 2, hs, dtype=torch.long),
-        ),
+        "h0 integer": (x(5, 2), (integer, torch.ones(4, 2, 4, dtype=torch.long)) if d.lstm else integer),
         "states 2-D, input batched": (x(5, 2), hidden((4,))),
         "states 4-D": (x(5, 2), hidden((4, 2, 1))),
         "states 3-D, input unbatched": (r(5, 3), hidden((4, 1))),
@@ -312,7 +320,13 @@ def layer_bad_inputs(kind: str, batch_first: bool) -> dict[str, tuple[object, ob
         "unbatched, h0 wrong layers": (r(5, 3), hidden((3,))),
         "input not a tensor": ([[1.0]], None),
         "hx not a tensor": (x(5, 2), 3.0),
-        "hx a list": (x(5, 2), list(hidden((4, 2))) if lstm else [r(4, 2, hs)]),
+        "hx a list": (x(5, 2), list(hidden((4, 2))) if d.lstm else [r(4, 2, hs)]),
+    }
+
+
+def packed_cases(d: LayerInputs) -> dict[str, tuple[object, object]]:
+    packed, hidden = d.packed, d.hidden
+    return {
         "packed": (packed(3), None),
         "packed, wrong features": (packed(5), None),
         "packed, input dtype": (packed(3, torch.float64), None),
@@ -321,25 +335,23 @@ def layer_bad_inputs(kind: str, batch_first: bool) -> dict[str, tuple[object, ob
         "packed, input dtype, states 2-D": (packed(3, torch.float64), hidden((4,))),
         "packed unsorted, h0 wrong batch": (packed(3, sorted=False), hidden((4, 1))),
     }
-    if lstm:
-        cases.update(
-            {
-                "c0 wrong size": (x(5, 2), hidden((4, 2), c_size=5)),
-                "c0 2-D": (x(5, 2), (r(4, 2, hs), r(4, 4))),
-                "hx a single tensor": (x(5, 2), r(4, 2, hs)),
-                "hx a stacked tensor": (x(5, 2), r(2, 4, 2, 4)),
-                "hx a 1-tuple": (x(5, 2), (r(4, 2, hs),)),
-                "hx an empty tuple": (x(5, 2), ()),
-                "hx a 3-tuple": (x(5, 2), (r(4, 2, hs), r(4, 2, 4), r(4, 2, 4))),
-                "hx a 3-tuple, empty batch": (x(5, 0), (r(4, 0, hs), r(4, 0, 4), r(4, 0, 4))),
-                "hx (h0, None)": (x(5, 2), (r(4, 2, hs), None)),
-                "packed, hx a single tensor": (packed(3), r(4, 2, hs)),
-                "packed, hx a 3-tuple": (packed(3), (r(4, 2, hs), r(4, 2, 4), r(4, 2, 4))),
-            }
-        )
-    else:
-        cases["hx a tuple"] = (x(5, 2), (r(4, 2, hs),))
-    return cases
+
+
+def lstm_cases(d: LayerInputs) -> dict[str, tuple[object, object]]:
+    r, x, hs = torch.randn, d.x, d.hs
+    return {
+        "c0 wrong size": (x(5, 2), d.hidden((4, 2), c_size=5)),
+        "c0 2-D": (x(5, 2), (r(4, 2, hs), r(4, 4))),
+        "hx a single tensor": (x(5, 2), r(4, 2, hs)),
+        "hx a stacked tensor": (x(5, 2), r(2, 4, 2, 4)),
+        "hx a 1-tuple": (x(5, 2), (r(4, 2, hs),)),
+        "hx an empty tuple": (x(5, 2), ()),
+        "hx a 3-tuple": (x(5, 2), (r(4, 2, hs), r(4, 2, 4), r(4, 2, 4))),
+        "hx a 3-tuple, empty batch": (x(5, 0), (r(4, 0, hs), r(4, 0, 4), r(4, 0, 4))),
+        "hx (h0, None)": (x(5, 2), (r(4, 2, hs), None)),
+        "packed, hx a single tensor": (d.packed(3), r(4, 2, hs)),
+        "packed, hx a 3-tuple": (d.packed(3), (r(4, 2, hs), r(4, 2, 4), r(4, 2, 4))),
+    }
 
 
 _DTYPE = ("ValueError", "RuntimeError")
@@ -409,24 +421,25 @@ def cell_bad_inputs(kind: str) -> dict[str, tuple[object, object]]:
         "h dtype": (r(2, 3), hidden(2, 4, dtype=torch.float64)),
         "h a tuple" if not lstm else "hx a 1-tuple": (r(2, 3), (r(2, 4),)),
     }
-    if lstm:
-        cases.update(
-            {
-                "c wrong batch": (r(2, 3), (r(2, 4), r(3, 4))),
-                "c wrong size": (r(2, 3), (r(2, 4), r(2, 5))),
-                "c 3-D": (r(2, 3), (r(2, 4), r(1, 2, 4))),
-                "c 1-D": (r(2, 3), (r(2, 4), r(4))),
-                "hx a single tensor": (r(2, 3), r(2, 4)),
-                "hx a stacked tensor": (r(2, 3), r(2, 2, 4)),
-                "hx a 1-D tensor": (r(2, 3), r(4)),
-                "hx a 3-tuple": (r(2, 3), (r(2, 4), r(2, 4), r(2, 4))),
-                "hx a 1-tuple, unbatched": (r(3), (r(4),)),
-                "hx (h, None)": (r(2, 3), (r(2, 4), None)),
-                "hx a stacked tensor, unbatched": (r(3), r(2, 4)),
-                "hx a 3-tuple, unbatched": (r(3), (r(4), r(4), r(4))),
-            }
-        )
-    return cases
+    return {**cases, **lstm_cell_cases()} if lstm else cases
+
+
+def lstm_cell_cases() -> dict[str, tuple[object, object]]:
+    r = torch.randn
+    return {
+        "c wrong batch": (r(2, 3), (r(2, 4), r(3, 4))),
+        "c wrong size": (r(2, 3), (r(2, 4), r(2, 5))),
+        "c 3-D": (r(2, 3), (r(2, 4), r(1, 2, 4))),
+        "c 1-D": (r(2, 3), (r(2, 4), r(4))),
+        "hx a single tensor": (r(2, 3), r(2, 4)),
+        "hx a stacked tensor": (r(2, 3), r(2, 2, 4)),
+        "hx a 1-D tensor": (r(2, 3), r(4)),
+        "hx a 3-tuple": (r(2, 3), (r(2, 4), r(2, 4), r(2, 4))),
+        "hx a 1-tuple, unbatched": (r(3), (r(4),)),
+        "hx (h, None)": (r(2, 3), (r(2, 4), None)),
+        "hx a stacked tensor, unbatched": (r(3), r(2, 4)),
+        "hx a 3-tuple, unbatched": (r(3), (r(4), r(4), r(4))),
+    }
 
 
 # Deliberate divergences, (ours, torch.nn's): torch.nn's cells do not check dtypes and fail inside a matmul with a

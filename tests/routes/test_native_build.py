@@ -12,14 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import triton_forced
+from helpers import ROOT, triton_forced
 
 from recurrent import _cache
 from recurrent.kernels.cpu import build
 
 HAS_COMPILER = shutil.which(os.environ.get("CXX", "c++")) is not None
 BUILDING = "recurrent: building the native CPU kernels"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_build(cache: Path, **env) -> subprocess.Popen:

@@ -10,6 +10,8 @@ from helpers import AUTOCAST_DTYPE, grads, pair
 
 import recurrent
 
+pytestmark = pytest.mark.triton_suite
+
 LAYERS = [("RNN", {}), ("RNN", {"nonlinearity": "relu"}), ("GRU", {}), ("LSTM", {}), ("LSTM", {"proj_size": 3})]
 
 

@@ -1,7 +1,7 @@
 """Compile every Triton kernel configuration the dispatcher can launch, ahead of time, and check
 that each fits the GPU: shared memory within the per-block limit, and no register spills.
 
-    python benchmarks/triton_check.py [--arch 90 80] [--jobs N] [--json PATH]
+    python tools/triton_check.py [--arch 90 80] [--jobs N] [--json PATH]
 
 Why: the persistent kernels (recurrent/kernels/triton) keep a block of batch rows on one SM for
 the whole sequence. A configuration that asks for more shared memory than a block may have fails

@@ -7,10 +7,11 @@ run again with ``RECURRENT_BACKEND=triton``.
 
 import copy
 import os
+from functools import partial
 
 import pytest
 import torch
-from helpers import assert_as_accurate, triton_forced
+from helpers import ROOT, assert_as_accurate, triton_forced
 
 import recurrent
 from recurrent.kernels import KINDS
@@ -18,9 +19,12 @@ from recurrent.kernels.common import previous_blocks
 
 pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(
-    DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1", reason="needs a GPU or TRITON_INTERPRET=1"
-)
+pytestmark = [
+    pytest.mark.triton_suite,
+    pytest.mark.skipif(
+        DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1", reason="needs a GPU or TRITON_INTERPRET=1"
+    ),
+]
 # (directions, hidden size, per-step batch sizes): padded, several column blocks with a ragged
 # last one, packed with sequences ending at different steps, a single step.
 LAYOUTS = [(1, 5, [3, 3, 3, 3]), (2, 20, [4, 4, 4]), (2, 37, [18, 17, 9, 2, 1]), (1, 3, [1])]
@@ -61,59 +65,40 @@ def test_kernels_equal_torchscript_kernels(mode, projected, layout, dtype):
     """Forward (saving and not), the saved activations and the backward, against the TorchScript pair."""
     directions, hidden, batch_sizes = layout
     torch.manual_seed(0)
-    gi, states, w_hh, b_hh, extra = kernel_inputs(mode, projected, directions, hidden, batch_sizes, dtype)
+    gi, states, w_hh, b_hh, weights = kernel_inputs(mode, projected, directions, hidden, batch_sizes, dtype)
     reference, triton = KINDS[mode].kernel("torchscript"), KINDS[mode].kernel("triton")
     # The TorchScript kernels are the reference in float64: 16-bit runs compare with them in float64.
     ref_in = [gi.double(), [s.double() for s in states], w_hh.double(), None if b_hh is None else b_hh.double()]
-    ref_extra = [e.double() for e in extra]
+    ref_weights = [w.double() for w in weights]
     hs, finals, saved = reference.forward(
-        ref_in[0], ref_in[1], ref_in[2].transpose(1, 2), ref_in[3], ref_extra, batch_sizes, True
+        ref_in[0], ref_in[1], ref_in[2].transpose(1, 2), ref_in[3], ref_weights, batch_sizes, True
     )
-    t_hs, t_finals, t_saved = triton.forward(gi, states, w_hh.transpose(1, 2), b_hh, extra, batch_sizes, True)
+    t_hs, t_finals, t_saved = triton.forward(gi, states, w_hh.transpose(1, 2), b_hh, weights, batch_sizes, True)
     assert_same([t_hs, *t_finals, *t_saved], [hs, *finals, *saved], dtype, f"{mode} forward")
-    plain = triton.forward(gi, states, w_hh.transpose(1, 2), b_hh, extra, batch_sizes, False)
+    plain = triton.forward(gi, states, w_hh.transpose(1, 2), b_hh, weights, batch_sizes, False)
     assert plain[2] == [] and torch.equal(plain[0], t_hs), "forward without saving"
-
     # Drawn on the CPU, so that a GPU run checks the numbers the interpreter checks: on the GPU's own
     # draw one 16-bit case summed to dh0 with 138-fold cancellation, past what fp16 rounding can keep.
     grad_hs = torch.randn(hs.shape, dtype=hs.dtype).to(DEVICE)
     grad_finals = [torch.randn(f.shape, dtype=f.dtype).to(DEVICE) for f in finals]
     expected = reference.backward(
-        grad_hs,
-        grad_finals,
-        ref_in[1],
-        hs,
-        previous_blocks(ref_in[1][0], hs, batch_sizes),
-        saved,
-        ref_in[2],
-        ref_extra,
-        batch_sizes,
-    )
+        grad_hs, grad_finals, ref_in[1], hs, previous_blocks(ref_in[1][0], hs, batch_sizes), saved, ref_in[2],
+        ref_weights, batch_sizes,
+    )  # fmt: skip
     # The backward gets the forward's own activations, so 16-bit rounding of the forward does not count twice.
-    t_in = [t.to(dtype) for t in (grad_hs, hs)]
+    grad_hs, hs = grad_hs.to(dtype), hs.to(dtype)
     actual = triton.backward(
-        t_in[0],
-        [g.to(dtype) for g in grad_finals],
-        states,
-        t_in[1],
-        previous_blocks(states[0], t_in[1], batch_sizes),
-        [s.to(dtype) for s in saved],
-        w_hh,
-        extra,
-        batch_sizes,
-    )
-    assert_same(
-        [actual[0], actual[1], *actual[2], *actual[3]],
-        [expected[0], expected[1], *expected[2], *expected[3]],
-        dtype,
-        f"{mode} backward",
-    )
+        grad_hs, [g.to(dtype) for g in grad_finals], states, hs, previous_blocks(states[0], hs, batch_sizes),
+        [s.to(dtype) for s in saved], w_hh, weights, batch_sizes,
+    )  # fmt: skip
+    flat = lambda result: [result[0], result[1], *result[2], *result[3]]  # noqa: E731
+    assert_same(flat(actual), flat(expected), dtype, f"{mode} backward")
 
 
 @pytest.mark.parametrize("mode,projected", MODES, ids=lambda m: str(m))
 def test_kernels_get_weights_with_the_compiled_unit_stride(mode, projected, monkeypatch):
     """Weights laid out the other way round (as a user's non-contiguous parameter may be) reach every
-    launch with the unit stride that Triton compiles in and benchmarks/triton_check.py checks (the
+    launch with the unit stride that Triton compiles in and tools/triton_check.py checks (the
     forward's W_hhᵀ and W_hrᵀ along K, the backward's W_hh and W_hr along the columns), and give the
     same results as the usual layout."""
     from recurrent.kernels.triton import common
@@ -164,7 +149,7 @@ def test_forced_backend_runs_the_triton_kernels(kind, options, monkeypatch):
     calls = []
     kernel = KINDS[layer.mode].kernel("triton")
     spy = kernel._replace(forward=lambda *a, **k: calls.append(1) or kernel.forward(*a, **k))
-    monkeypatch.setitem(KINDS[layer.mode].backends, "triton", lambda: spy)
+    monkeypatch.setitem(KINDS[layer.mode].kernels, "triton", lambda projected: spy)
     layer(x)[0].sum().backward()
     assert len(calls) == 2, "one forward launch per layer"
 
@@ -191,9 +176,8 @@ def test_tuning_script_times_and_compares_every_candidate(tmp_path):
     and outputs that match the pinned configuration's."""
     import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "triton_tune.py"
+    path = ROOT / "benchmarks" / "triton_tune.py"
     spec = importlib.util.spec_from_file_location("triton_tune", path)
     tune = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tune)
@@ -243,38 +227,20 @@ def test_triton_layers_equal_torch_nn_at_real_sizes_cuda(case, precision, monkey
     monkeypatch.setenv("RECURRENT_BACKEND", "triton")
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
     torch.manual_seed(0)
-    batch = 37  # three blocks of 16 rows, the last one ragged
     ref = getattr(torch.nn, kind)(inputs, hidden, layers, bidirectional=bidirectional, **options)
     ours = getattr(recurrent, kind)(inputs, hidden, layers, bidirectional=bidirectional, **options)
     ours.load_state_dict(ref.state_dict())
     ref, ours = ref.to("cuda", torch.float64), ours.to("cuda", dtype)
-    x = torch.randn(length, batch, inputs, device="cuda", dtype=torch.float64)
-    lengths = torch.randint(1, length + 1, (batch,)) if packing else None
-
-    def run(layer):
-        data = x.to(next(layer.parameters()).dtype).requires_grad_()
-        arg = torch.nn.utils.rnn.pack_padded_sequence(data, lengths, enforce_sorted=False) if packing else data
-        assert recurrent.backend_for(ours, arg) == "triton"
-        out, state = layer(arg)  # the float64 reference is exact whatever the TF32 switch says
-        out = out.data if packing else out
-        finals = list(state) if isinstance(state, tuple) else [state]
-        weights = torch.randn(out.shape, device="cuda", dtype=torch.float64).to(out.dtype)
-        loss = (out * weights).sum() + sum((f * (i + 2)).sum() for i, f in enumerate(finals))
-        return [out, *finals, *torch.autograd.grad(loss, [data, *layer.parameters()])]
-
-    def errors(results):
-        return [((a.double() - e).norm() / e.norm().clamp_min(1e-12)).item() for a, e in zip(results, expected)]
-
-    torch.manual_seed(1)
-    expected = run(ref)
-    torch.manual_seed(1)
-    actual = run(ours)
-    torch.manual_seed(1)
-    cudnn = run(copy.deepcopy(ref).float()) if dtype == torch.float32 else expected  # cuDNN's own float32
-    torch_errors = errors(cudnn)
+    x = torch.randn(length, 37, inputs, device="cuda", dtype=torch.float64)  # 37: three blocks of 16 rows
+    lengths = torch.randint(1, length + 1, (37,)) if packing else None
+    expected, actual, cudnn = (
+        results_at_real_sizes(layer, ours, x, lengths)
+        for layer in (ref, ours, copy.deepcopy(ref).float() if dtype == torch.float32 else ref)
+    )
+    errors = partial(relative_errors, expected)
     names = ["output"] + ["h_n", "c_n"][: len(expected) - 2 - len(list(ref.parameters()))] + ["input"]
     names += [n for n, _ in ref.named_parameters()]
-    for name, a, e, c, error, torch_error in zip(names, actual, expected, cudnn, errors(actual), torch_errors):
+    for name, a, e, c, error, torch_error in zip(names, actual, expected, cudnn, errors(actual), errors(cudnn)):
         if dtype == torch.float64:
             torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9, msg=lambda m, name=name: f"{name}: {m}")
         elif limit is None:
@@ -284,3 +250,22 @@ def test_triton_layers_equal_torch_nn_at_real_sizes_cuda(case, precision, monkey
                 f"{name}: relative error {error:.2e} against torch.nn in float64 ({precision}; "
                 f"torch.nn's own: {torch_error:.2e})"
             )
+
+
+def relative_errors(expected: list, results: list) -> list:
+    return [((a.double() - e).norm() / e.norm().clamp_min(1e-12)).item() for a, e in zip(results, expected)]
+
+
+def results_at_real_sizes(layer, ours, x, lengths) -> list:
+    """[output, *final states, *gradients of the input and every parameter] of ``layer`` on x (packed to
+    ``lengths`` where given), under a loss drawn with seed 1 (the same for every layer)."""
+    torch.manual_seed(1)
+    data = x.to(next(layer.parameters()).dtype).requires_grad_()
+    arg = torch.nn.utils.rnn.pack_padded_sequence(data, lengths, enforce_sorted=False) if lengths is not None else data
+    assert recurrent.backend_for(ours, arg) == "triton"
+    out, state = layer(arg)  # the float64 reference is exact whatever the TF32 switch says
+    out = out.data if lengths is not None else out
+    finals = list(state) if isinstance(state, tuple) else [state]
+    weights = torch.randn(out.shape, device="cuda", dtype=torch.float64).to(out.dtype)
+    loss = (out * weights).sum() + sum((f * (i + 2)).sum() for i, f in enumerate(finals))
+    return [out, *finals, *torch.autograd.grad(loss, [data, *layer.parameters()])]

@@ -21,6 +21,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from recurrent.kernels import cpu
 
+pytestmark = pytest.mark.native_suite
+
 EPS = torch.finfo(torch.float32).eps
 
 

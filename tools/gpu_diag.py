@@ -1,7 +1,8 @@
 """One-off GPU diagnostics of the first GPU run's test failures, as run in the second run from the repo
-root (``PYTHONPATH=$PWD python <this file>``; output in diag.log beside it): the spread of bfloat16
-autocast errors of a ReLU RNN over seeds (cuDNN's own, ours on TorchScript and on Triton), the
-cancellation in a 16-bit projected-LSTM case, and the size of TF32 errors at real shapes."""
+root (``PYTHONPATH=$PWD python tools/gpu_diag.py``; its output is benchmarks/results/gpu-h200-2026-12-04/
+run2/diag.log): the spread of bfloat16 autocast errors of a ReLU RNN over seeds (cuDNN's own, ours on
+TorchScript and on Triton), the cancellation in a 16-bit projected-LSTM case, and the size of TF32
+errors at real shapes. A check, not a benchmark: kept with the tools."""
 
 import os
 import statistics

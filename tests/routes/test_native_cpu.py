@@ -23,6 +23,7 @@ from recurrent.kernels import cpu, products
 from recurrent.kernels.cpu import build
 
 pytestmark = [
+    pytest.mark.native_suite,
     pytest.mark.skipif(not products.ONEDNN, reason="the native kernels run on the fast CPU path (oneDNN's products)"),
     pytest.mark.skipif(triton_forced(), reason="the TorchScript backend's CPU path"),
     pytest.mark.skipif(os.environ.get("RECURRENT_NATIVE_CPU") == "0", reason="native CPU kernels switched off"),

@@ -35,7 +35,7 @@ Left out, one line each:
 - test_nn.py::TestNN::test_partial_flat_weights: CUDA (.cuda() with a deleted weight); ported with .double()
   in the place of .cuda() (test_nn_partial_flat_weights).
 - test_nn.py::TestNN::test_rnn_check_device, test_projections_lstm_check_device: need two GPUs (recurrent's
-  device check is tested on 'meta' in tests/test_errors.py::test_layer_rejects_input_on_other_device_meta).
+  device check is tested on 'meta' in tests/parity/test_errors.py::test_layer_rejects_input_on_other_device_meta).
 - test_nn.py::TestNN::test_pack_sequence_batch_sizes_throw: CUDA, and a check of the PackedSequence class, not
   of the modules.
 - test_nn.py::TestNNDeviceType::test_rnn_fused: CUDA-only (torch's fused CUDA cell kernels against cuDNN).
@@ -44,15 +44,16 @@ Left out, one line each:
 - test_nn.py::TestNNDeviceType::test_save_lstm_compatibility: loads torch.nn's pre-1.8 pickles (no proj_size);
   recurrent has no older format to stay compatible with.
 - test_nn.py::TestNN::test_invalid_dropout_p: about nn.Dropout and F.dropout, not the RNN modules (the RNNs'
-  dropout argument checks are test_modules' error inputs here and tests/test_errors.py).
+  dropout argument checks are test_modules' error inputs here and tests/parity/test_errors.py).
 - test/nn/test_packed_sequence.py: torch.nn.utils.rnn's packing functions, not the modules (the modules on
-  packed input: test_nn_variable_sequence here, tests/test_packed.py).
+  packed input: test_nn_variable_sequence here, tests/parity/test_packed.py).
 - test_nn.py::TestNN::test_projections_errors_on_gru_and_rnn: already in
-  tests/test_conformance_inputs.py::test_proj_size_rejected_by_rnn_and_gru_like_torch.
+  tests/parity/test_conformance_inputs.py::test_proj_size_rejected_by_rnn_and_gru_like_torch.
 - test_nn.py::TestNN::test_error_RNN_seq_len_zero: already in
-  tests/test_conformance_inputs.py::test_zero_length_sequence_raises_like_torch.
+  tests/parity/test_conformance_inputs.py::test_zero_length_sequence_raises_like_torch.
 - test_nn.py::TestNN::test_RNN_input_size_zero (an empty batch, (5, 0, 3)): already in
-  tests/test_conformance_inputs.py::test_layer_empty_batch_like_torch and test_layer_empty_batch_backward_fills_grad.
+  tests/parity/test_conformance_inputs.py::test_layer_empty_batch_like_torch and
+  test_layer_empty_batch_backward_fills_grad.
 - There is no test_RNN_grad_and_gradgrad upstream (only the LSTM and GRU ones, ported); nn.RNN's gradients are
   checked by test_modules_grad / test_modules_gradgrad.
 - test/test_expanded_weights.py::TestExpandedWeightModule::test_module: per-sample gradients of RNN/GRU/LSTM
@@ -616,34 +617,19 @@ class ErrorCase:
     forward_dtype: Optional[torch.dtype] = None
 
 
+# Upstream's messages, the same for every cell: what each error says.
+_INPUT_SIZE = "input has inconsistent input_size: got 11 expected 10"
+_HIDDEN_SIZE = "hidden0 has inconsistent hidden_size: got 21, expected 20"
+_HIDDEN_BATCH = "Input batch size 3 doesn't match hidden0 batch size 5"
+
+
 def cell_error_cases(kind: str) -> list[ErrorCase]:
     """module_error_inputs_torch_nn_RNN_GRU_Cell (RNNCell, GRUCell) and module_error_inputs_torch_nn_LSTMCell."""
     if kind == "LSTMCell":
         return [
-            ErrorCase(
-                "input_size 11",
-                (10, 20),
-                {},
-                ((3, 11), ((3, 20), (3, 20))),
-                RuntimeError,
-                "input has inconsistent input_size: got 11 expected 10",
-            ),
-            ErrorCase(
-                "hidden_size 21",
-                (10, 20),
-                {},
-                ((3, 10), ((3, 21), (3, 21))),
-                RuntimeError,
-                "hidden0 has inconsistent hidden_size: got 21, expected 20",
-            ),
-            ErrorCase(
-                "hidden batch 5",
-                (10, 20),
-                {},
-                ((3, 10), ((5, 20), (5, 20))),
-                RuntimeError,
-                "Input batch size 3 doesn't match hidden0 batch size 5",
-            ),
+            ErrorCase("input_size 11", (10, 20), {}, ((3, 11), ((3, 20), (3, 20))), RuntimeError, _INPUT_SIZE),
+            ErrorCase("hidden_size 21", (10, 20), {}, ((3, 10), ((3, 21), (3, 21))), RuntimeError, _HIDDEN_SIZE),
+            ErrorCase("hidden batch 5", (10, 20), {}, ((3, 10), ((5, 20), (5, 20))), RuntimeError, _HIDDEN_BATCH),
             ErrorCase(
                 "hx 4-D",
                 (10, 20),
@@ -651,33 +637,12 @@ def cell_error_cases(kind: str) -> list[ErrorCase]:
                 ((3, 10), ((3, 1, 1, 20), (3, 1, 1, 20))),
                 ValueError,
                 r"Expected hx\[0\] to be 1D or 2D, got 4D instead",
-            ),
+            ),  # fmt: skip
         ]
     return [
-        ErrorCase(
-            "input_size 11",
-            (10, 20),
-            {},
-            ((3, 11), (3, 20)),
-            RuntimeError,
-            "input has inconsistent input_size: got 11 expected 10",
-        ),
-        ErrorCase(
-            "hidden_size 21",
-            (10, 20),
-            {},
-            ((3, 10), (3, 21)),
-            RuntimeError,
-            "hidden0 has inconsistent hidden_size: got 21, expected 20",
-        ),
-        ErrorCase(
-            "hidden batch 5",
-            (10, 20),
-            {},
-            ((3, 10), (5, 20)),
-            RuntimeError,
-            "Input batch size 3 doesn't match hidden0 batch size 5",
-        ),
+        ErrorCase("input_size 11", (10, 20), {}, ((3, 11), (3, 20)), RuntimeError, _INPUT_SIZE),
+        ErrorCase("hidden_size 21", (10, 20), {}, ((3, 10), (3, 21)), RuntimeError, _HIDDEN_SIZE),
+        ErrorCase("hidden batch 5", (10, 20), {}, ((3, 10), (5, 20)), RuntimeError, _HIDDEN_BATCH),
         ErrorCase(
             "hx 4-D",
             (10, 20),
@@ -688,22 +653,8 @@ def cell_error_cases(kind: str) -> list[ErrorCase]:
         ),
         # Upstream's third positional argument is the cell's bias (a truthy string for torch.nn), not its
         # nonlinearity; torch.nn then fails in the forward on the hidden size.
-        ErrorCase(
-            "third arg 'relu'",
-            (10, 20, "relu"),
-            {},
-            ((3, 10), (3, 21)),
-            RuntimeError,
-            "hidden0 has inconsistent hidden_size: got 21, expected 20",
-        ),
-        ErrorCase(
-            "third arg 'tanh'",
-            (10, 20, "tanh"),
-            {},
-            ((3, 10), (3, 21)),
-            RuntimeError,
-            "hidden0 has inconsistent hidden_size: got 21, expected 20",
-        ),
+        ErrorCase("third arg 'relu'", (10, 20, "relu"), {}, ((3, 10), (3, 21)), RuntimeError, _HIDDEN_SIZE),
+        ErrorCase("third arg 'tanh'", (10, 20, "tanh"), {}, ((3, 10), (3, 21)), RuntimeError, _HIDDEN_SIZE),
     ]
 
 
@@ -805,53 +756,60 @@ def test_modules_to(kind, swap, set_grad):
     (same Python objects, new storage) or sets .data (same objects, same _cdata) as swap mode says; the module
     still computes torch.nn's numbers afterwards (the port's addition)."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    dtype = torch.float32
     with swap_mode(swap):
         for sample in covering_samples(kind):
-            torch.manual_seed(0)
-            ours = getattr(recurrent, kind)(*sample.args, **sample.kwargs)
-            ours._port_ctor = (sample.args, sample.kwargs)
-            for name, p in list(ours.named_parameters()):  # upstream's _to: new Parameters, set with setattr
-                new = nn.Parameter(p.detach().clone().to("cpu", dtype))
-                setattr(ours, name, new)
-                if set_grad:
-                    new.grad = torch.randn_like(new)
-            args = build(sample.forward, dtype)
-            if swap and not set_grad:
-                out = ours(*args)
-                leaves(out)[0].sum().backward()
-                ours.to(dtype=torch.half)
-                ours.to(dtype=torch.float32)
-            previous = ("cpu", dtype)
+            ours = module_to_convert(kind, sample, swap, set_grad)
+            previous = ("cpu", torch.float32)
             for device_, dtype_ in itertools.product(devices, (torch.float32, torch.float64)):
-                grad_unchanged = (device_, dtype_) == previous
+                check_to(ours, device_, dtype_, swap, set_grad, grad_unchanged=(device_, dtype_) == previous)
                 previous = (device_, dtype_)
-                ids = [id(p) for p in ours.parameters()]
-                cdatas = [p._cdata for p in ours.parameters()]
-                if set_grad:
-                    grad_ids = [id(p.grad) for p in ours.parameters()]
-                    grad_cdatas = [p.grad._cdata for p in ours.parameters()]
-                ours.to(device=device_, dtype=dtype_)
-                assert all(isinstance(p, nn.Parameter) for p in ours.parameters())
-                assert all(p.device.type == device_ and p.dtype == dtype_ for p in ours.parameters())
-                if set_grad:
-                    assert all(p.grad.device.type == device_ and p.grad.dtype == dtype_ for p in ours.parameters())
-                assert [id(p) for p in ours.parameters()] == ids
-                if swap:
-                    assert all(a != b for a, b in zip(cdatas, [p._cdata for p in ours.parameters()]))
-                    if set_grad:
-                        after = [p.grad._cdata for p in ours.parameters()]
-                        assert all((a == b) if grad_unchanged else (a != b) for a, b in zip(grad_cdatas, after))
-                else:
-                    assert [p._cdata for p in ours.parameters()] == cdatas
-                    if set_grad:
-                        assert [id(p.grad) for p in ours.parameters()] == grad_ids
-                        assert [p.grad._cdata for p in ours.parameters()] == grad_cdatas
                 reference = twin(ours)
                 args = build(sample.forward, dtype_, device=device_)
-                assert_tree_close(
-                    ours(*args), reference(*args), dtype_, f"{sample.name} after .to({device_}, {dtype_})"
-                )
+                what = f"{sample.name} after .to({device_}, {dtype_})"
+                assert_tree_close(ours(*args), reference(*args), dtype_, what, float64_call(reference, *args))
+
+
+def module_to_convert(kind: str, sample: Sample, swap: bool, set_grad: bool) -> nn.Module:
+    """Ours for ``sample`` with new float32 Parameters set with setattr (upstream's _to), with .grad if
+    ``set_grad``; in swap mode without grads, once run and converted to half and back."""
+    torch.manual_seed(0)
+    ours = getattr(recurrent, kind)(*sample.args, **sample.kwargs)
+    ours._port_ctor = (sample.args, sample.kwargs)
+    for name, p in list(ours.named_parameters()):
+        new = nn.Parameter(p.detach().clone().to("cpu", torch.float32))
+        setattr(ours, name, new)
+        if set_grad:
+            new.grad = torch.randn_like(new)
+    if swap and not set_grad:
+        leaves(ours(*build(sample.forward, torch.float32)))[0].sum().backward()
+        ours.to(dtype=torch.half)
+        ours.to(dtype=torch.float32)
+    return ours
+
+
+def check_to(ours: nn.Module, device_: str, dtype_: torch.dtype, swap: bool, set_grad: bool, grad_unchanged: bool):
+    """``ours.to(device_, dtype_)``: the same Parameter objects, converted, their storage swapped or kept as
+    the swap mode says (and their .grad's, which a conversion to what they already are leaves as they are)."""
+    params = list(ours.parameters())
+    ids, cdatas = [id(p) for p in params], [p._cdata for p in params]
+    grad_ids = [id(p.grad) for p in params] if set_grad else []
+    grad_cdatas = [p.grad._cdata for p in params] if set_grad else []
+    ours.to(device=device_, dtype=dtype_)
+    params = list(ours.parameters())
+    assert all(isinstance(p, nn.Parameter) for p in params)
+    assert all(p.device.type == device_ and p.dtype == dtype_ for p in params)
+    if set_grad:
+        assert all(p.grad.device.type == device_ and p.grad.dtype == dtype_ for p in params)
+    assert [id(p) for p in params] == ids
+    if swap:
+        assert all(a != b for a, b in zip(cdatas, [p._cdata for p in params]))
+        if set_grad:
+            after = [p.grad._cdata for p in params]
+            assert all((a == b) if grad_unchanged else (a != b) for a, b in zip(grad_cdatas, after))
+    else:
+        assert [p._cdata for p in params] == cdatas
+        if set_grad:
+            assert [id(p.grad) for p in params] == grad_ids and [p.grad._cdata for p in params] == grad_cdatas
 
 
 # test/test_modules.py::TestModule::test_to_empty (float32)
@@ -1170,63 +1128,57 @@ def forward_backward(
 # subset (pairwise_six: 12 rows without dropout, 6 with).
 @pytest.mark.parametrize("module,dropout", cpu_vs_torch_nn_configs())
 def test_nn_RNN_cpu_vs_torch_nn(module, dropout):
-    input_size, hidden_size, proj_size, num_layers, steps, batch = 10, 6, 3, 2, 7, 6
-    dtype = torch.float64
-
-    def make_noncontig(t: Tensor) -> Tensor:
-        return torch.stack([t.clone().zero_(), t], t.dim()).select(t.dim(), 1)
-
     if module == "RNN_nonlinearity":  # upstream's last loop: both nonlinearities, bias off, one direction
         grid = [("RNN", dict(bias=False, nonlinearity=nl), False, False, True, False, False) for nl in ("tanh", "relu")]
     else:
         kind = module.partition("_")[0]
-        extra = {"proj_size": proj_size} if module == "LSTM_proj" else {}
+        extra = {"proj_size": 3} if module == "LSTM_proj" else {}
         grid = [
             (kind, dict(bias=b, **extra), bi, bf, contig, var, as_tensor)
             for b, bi, bf, contig, var, as_tensor in pairwise_six(with_complements=dropout == 0)
         ]
     torch.manual_seed(0)
     for kind, kwargs, bidirectional, batch_first, contig, variable_len, lens_as_tensor in grid:
-        directions = 2 if bidirectional else 1
-        out_size = kwargs.get("proj_size", 0) or hidden_size
-        lead = (batch, steps) if batch_first else (steps, batch)
-        input_val = torch.randn(*lead, input_size, dtype=dtype)
-        grad_output = torch.randn(*lead, out_size * directions, dtype=dtype)
-        hx_val = torch.randn(num_layers * directions, batch, out_size, dtype=dtype)
-        grad_hy = torch.randn(num_layers * directions, batch, out_size, dtype=dtype)
-        cx_val = grad_cy = None
-        if "proj_size" in kwargs:
-            cx_val = torch.randn(num_layers * directions, batch, hidden_size, dtype=dtype)
-            grad_cy = torch.randn(num_layers * directions, batch, hidden_size, dtype=dtype)
-        if not contig:
-            input_val, grad_output, hx_val, grad_hy = map(make_noncontig, (input_val, grad_output, hx_val, grad_hy))
-            if cx_val is not None:
-                cx_val, grad_cy = make_noncontig(cx_val), make_noncontig(grad_cy)
-        if variable_len:
-            lengths = [7, 5, 5, 2, 1, 1]
-            if lens_as_tensor:
-                lengths = torch.tensor(lengths, dtype=torch.long)
-            input_val = rnn_utils.pack_padded_sequence(input_val, lengths, batch_first=batch_first)
-            grad_output = rnn_utils.pack_padded_sequence(grad_output, lengths, batch_first=batch_first).data
+        values = cpu_vs_torch_nn_values(kwargs, bidirectional, batch_first, contig, variable_len, lens_as_tensor)
         reference, ours = pair(
-            kind,
-            input_size,
-            hidden_size,
-            num_layers,
-            dropout=dropout,
-            bidirectional=bidirectional,
-            batch_first=batch_first,
-            dtype=dtype,
-            **kwargs,
-        )
-        expected = forward_backward(reference, input_val, grad_output, hx_val, grad_hy, cx_val, grad_cy)
-        actual = forward_backward(ours, input_val, grad_output, hx_val, grad_hy, cx_val, grad_cy)
+            kind, 10, 6, 2, dropout=dropout, bidirectional=bidirectional, batch_first=batch_first,
+            dtype=torch.float64, **kwargs,
+        )  # fmt: skip
+        expected, actual = forward_backward(reference, *values), forward_backward(ours, *values)
         what = (
             f"{kind} {kwargs} bidirectional={bidirectional} batch_first={batch_first} contig={contig} "
             f"variable_len={variable_len}"
         )
         for key in expected:
-            assert_tree_close(actual[key], expected[key], dtype, f"{what}: {key}")
+            assert_tree_close(actual[key], expected[key], torch.float64, f"{what}: {key}")
+
+
+def cpu_vs_torch_nn_values(kwargs: dict, bidirectional: bool, batch_first: bool, contig: bool, variable_len: bool,
+                           lens_as_tensor: bool) -> tuple:  # fmt: skip
+    """_test_RNN_cpu_vs_cudnn's (input, grad_output, hx, grad_hy, cx, grad_cy) for input size 10, hidden 6,
+    2 layers, 7 steps, a batch of 6: non-contiguous or packed as asked."""
+    dtype, directions = torch.float64, 2 if bidirectional else 1
+    out_size = kwargs.get("proj_size", 0) or 6
+    lead = (6, 7) if batch_first else (7, 6)
+    input_val = torch.randn(*lead, 10, dtype=dtype)
+    grad_output = torch.randn(*lead, out_size * directions, dtype=dtype)
+    hx_val = torch.randn(2 * directions, 6, out_size, dtype=dtype)
+    grad_hy = torch.randn(2 * directions, 6, out_size, dtype=dtype)
+    cx_val = grad_cy = None
+    if "proj_size" in kwargs:
+        cx_val, grad_cy = torch.randn(2 * directions, 6, 6, dtype=dtype), torch.randn(2 * directions, 6, 6, dtype=dtype)
+    if not contig:
+        noncontig = lambda t: torch.stack([t.clone().zero_(), t], t.dim()).select(t.dim(), 1)  # noqa: E731
+        input_val, grad_output, hx_val, grad_hy = map(noncontig, (input_val, grad_output, hx_val, grad_hy))
+        if cx_val is not None:
+            cx_val, grad_cy = noncontig(cx_val), noncontig(grad_cy)
+    if variable_len:
+        lengths = [7, 5, 5, 2, 1, 1]
+        if lens_as_tensor:
+            lengths = torch.tensor(lengths, dtype=torch.long)
+        input_val = rnn_utils.pack_padded_sequence(input_val, lengths, batch_first=batch_first)
+        grad_output = rnn_utils.pack_padded_sequence(grad_output, lengths, batch_first=batch_first).data
+    return input_val, grad_output, hx_val, grad_hy, cx_val, grad_cy
 
 
 # test/test_nn.py::TestNN::test_cudnn_weight_tying (cuDNN against the CPU upstream; here the tying itself: a

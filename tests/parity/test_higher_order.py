@@ -34,6 +34,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import recurrent
 from recurrent.kernels import autograd as layer_autograd
 
+pytestmark = pytest.mark.triton_suite
+
 KINDS = [("RNN_tanh", 0), ("RNN_relu", 0), ("GRU", 0), ("LSTM", 0), ("LSTM", 2)]  # (kind, proj_size)
 # (kind, proj_size, bidirectional, packed); under Triton's interpreter only the bidirectional packed case.
 CASES = [

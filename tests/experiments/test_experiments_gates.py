@@ -327,6 +327,9 @@ def test_grid_runs_lngru_with_recurrent_only() -> None:
 # -- the summary -----------------------------------------------------------------------------------------
 
 
+FIGURES = {"gru-curves.png", "gru-confusion.png", "gru-gates.png", "lngru-curves.png", "lngru-confusion.png"}
+
+
 def test_summary_shows_lngru_beside_gru_and_keeps_previous_runs(
     tmp_path: Path, fake_data: data.Splits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -347,12 +350,14 @@ def test_summary_shows_lngru_beside_gru_and_keeps_previous_runs(
     assert "| lngru | recurrent | cpu | 1 |" in md and "## lngru vs gru" in md
     assert "stronger configuration" not in md  # lngru is compared with gru, not a stronger configuration
     assert "![gru mean update gate per class and image row](figures/gru-gates.png)" in md
-    for name in ("gru-curves", "gru-confusion", "gru-gates", "lngru-curves", "lngru-confusion"):
-        assert (results / "figures" / f"{name}.png").is_file()
-    assert not (results / "figures" / "lngru-gates.png").exists()
+    assert {p.name for p in (results / "figures").iterdir()} == FIGURES
     assert "previous summary.json" not in md
+    check_the_summary_keeps_previous_runs(specs, made, md, runs, results, elsewhere)
 
-    # The run folders gone (another machine): the rebuilt summary keeps every record and figure.
+
+def check_the_summary_keeps_previous_runs(specs, made, md: str, runs: Path, results: Path, elsewhere: Path) -> None:
+    """The run folders gone (another machine): the rebuilt summary keeps every record and figure; a run
+    folder here replaces its old record; records of runs outside the grid are not shown."""
     shutil.move(runs, elsewhere)
     runs.mkdir()
     shutil.rmtree(results / "figures")
@@ -365,19 +370,10 @@ def test_summary_shows_lngru_beside_gru_and_keeps_previous_runs(
         "3 of the 3 runs (gru/recurrent, gru/torch.nn, lngru/recurrent) come from the previous summary.json" in rebuilt
     )
     assert rebuilt.replace(summary.carried_note(again), "") == md
-    assert {p.name for p in (results / "figures").iterdir()} == {
-        "gru-curves.png",
-        "gru-confusion.png",
-        "gru-gates.png",
-        "lngru-curves.png",
-        "lngru-confusion.png",
-    }
-
-    # A run folder here replaces its old record; the others are still kept.
+    assert {p.name for p in (results / "figures").iterdir()} == FIGURES
     shutil.move(elsewhere / run_name(specs[2]), runs / run_name(specs[2]))
     third = summary.summarize(specs, runs, results, "cmd")
     assert [r["carried_over"] for r in third["runs"]] == [True, True, False]
-    # Records of runs outside the grid are not shown; --fresh shows the run folders alone.
     assert [r["model"] for r in summary.summarize(specs[2:], runs, results, "cmd")["runs"]] == ["lngru"]
-    fresh = summary.summarize(specs, runs, tmp_path / "other", "cmd", fresh=True)
+    fresh = summary.summarize(specs, runs, results.parent / "other", "cmd", fresh=True)
     assert [r["model"] for r in fresh["runs"]] == ["lngru"]

@@ -1,11 +1,13 @@
-"""Short functions: none in recurrent/ over 50 lines (docstring and comments included)."""
+"""Short functions: none in the repository's Python (the library, experiments, benchmarks, tools and these
+tests) over 50 lines, docstring and comments included."""
 
 import ast
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-PACKAGE = Path(__file__).resolve().parents[1] / "recurrent"
+FOLDERS = ["recurrent", "experiments", "benchmarks", "tools", "tests"]
 LIMIT = 50
 
 
@@ -15,7 +17,10 @@ def functions(path: Path):
             yield node.name, node.lineno, node.end_lineno - node.lineno + 1
 
 
-@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+SOURCES = sorted(path for folder in FOLDERS for path in (ROOT / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_functions_are_short(path):
     long = [f"{name} (line {line}): {length} lines" for name, line, length in functions(path) if length > LIMIT]
     assert long == []

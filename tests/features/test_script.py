@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from helpers import assert_close, float64_call, scripted
+from helpers import ROOT, assert_close, float64_call, scripted
 from torch import nn
 
 import recurrent
@@ -105,7 +105,7 @@ def test_scripted_module_follows_dtype_and_state_dict_changes():
 
 
 def _run_clean(code: str, **env) -> subprocess.CompletedProcess:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = str(ROOT)
     return subprocess.run(
         [
             sys.executable,

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Dict, List, Set
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 def module_files() -> Dict[str, Path]:
@@ -74,10 +73,12 @@ LEVELS = [
     ["recurrent", "recurrent.build", "recurrent.recording", "recurrent.variants", "recurrent.example_cells"],
     ["recurrent.custom"],
     ["recurrent.layers"],
+    ["recurrent.routes"],
     ["recurrent.onnx_native"],
     ["recurrent.kernels"],
     ["recurrent.cells"],
     ["recurrent.checks", "recurrent._amp", "recurrent._jit", "recurrent._cache"],
+    ["recurrent.settings"],
 ]
 
 
@@ -95,3 +96,31 @@ def test_imports_point_down(module):
     graph = import_graph()
     upward = [t for t in graph[module] if level(t) < level(module)]
     assert upward == [], f"{module} imports from above it: {upward}"
+
+
+@pytest.mark.parametrize("package", ["recurrent.kernels.cpu", "recurrent.kernels.triton"])
+def test_the_backend_kernels_take_only_the_contract_from_the_kernels_above_them(package):
+    """cpu/ and triton/ know a kernel's contract (kernels/contract.py), not the autograd wiring, the stack
+    or the registry that use them."""
+    graph = import_graph()
+    above = {"recurrent.kernels.autograd", "recurrent.kernels.stack", "recurrent.kernels.registry"}
+    for module in graph:
+        if module.startswith(package):
+            assert not graph[module] & above, f"{module} imports {sorted(graph[module] & above)}"
+
+
+# What a call's route is decided from: read in recurrent/routes.py alone (the layers ask it, once a call).
+ROUTE_FACTS = ["is_compiling", "is_tracing", "capture_scalar_outputs", "forward_ad", "cpu.available"]
+ROUTE_FACTS += ["TRITON_INTERPRET"]
+
+
+def test_one_file_decides_the_route():
+    deciding = {}
+    for path in sorted((ROOT / "recurrent").rglob("*.py")):
+        found = [fact for fact in ROUTE_FACTS if fact in path.read_text()]
+        if found:
+            deciding[str(path.relative_to(ROOT))] = found
+    allowed = {"recurrent/routes.py", "recurrent/kernels/triton/common.py"}  # (the interpreter's own tanh)
+    assert set(deciding) <= allowed, deciding
+    callers = [p for p in (ROOT / "recurrent").rglob("*.py") if "routes.decide(" in p.read_text()]
+    assert [str(p.relative_to(ROOT)) for p in callers] == ["recurrent/layers.py"]

@@ -25,6 +25,8 @@ runs_kernels = pytest.mark.skipif(
     DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1", reason="needs a GPU or TRITON_INTERPRET=1"
 )
 
+pytestmark = pytest.mark.triton_suite
+
 
 class KitchenSinkCell(recurrent.CustomCell):
     """Most of the ops a generated kernel maps, in one step (its gradient takes the rest)."""
@@ -238,7 +240,7 @@ def test_generated_source_is_written_to_the_cache_and_read_from_it(tmp_path, mon
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compile targets need Triton's JIT functions")
 @pytest.mark.parametrize("hidden", [100, 128])
 def test_the_compile_check_covers_every_configuration_generated_kernels_launch(hidden):
-    """benchmarks/triton_check.py compiles generated kernels as their launcher runs them: for each dtype
+    """tools/triton_check.py compiles generated kernels as their launcher runs them: for each dtype
     and dot, the configuration the launcher picks at this hidden size, aligned where the size is."""
     from recurrent.kernels.triton import common, generated
     from recurrent.kernels.triton.targets import PRECISIONS, compile_targets, generated_kernels
@@ -253,13 +255,17 @@ def test_the_compile_check_covers_every_configuration_generated_kernels_launch(h
 
 
 def test_custom_cells_keep_the_torchscript_loop_while_a_compiler_traces(monkeypatch):
-    from recurrent.kernels import dispatch
+    """Under torch.compile a custom cell asked for Triton keeps its TorchScript loop (make_fx inside dynamo's
+    trace would fail); torch.export gets its scans."""
+    from recurrent import routes, settings
 
-    monkeypatch.setenv("RECURRENT_BACKEND", "triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(dispatch, "_tracing", lambda: True)
-    backend = dispatch.select_custom_backend(MinimalGatedUnit(), torch.device("cpu"), torch.float32, 8)
-    assert backend == "torchscript" and "tracing" in backend.reason
+    layer = recurrent.CustomRNN(MinimalGatedUnit(), 3, 8)
+    call = routes.facts(layer, [torch.randn(2, 1, 3), *layer.parameters()], False, False, torch.float32, False)
+    forced = settings.Settings("triton", True, True, True)
+    route = routes.decide(call._replace(tracer="compile"), forced)
+    assert route.kernel == "torchscript" and "tracing" in route.reason
+    assert routes.decide(call._replace(tracer="export"), forced).kernel == "scan"
 
 
 def test_an_unwritable_cache_directory_falls_back_to_the_temp_directory(tmp_path, monkeypatch):

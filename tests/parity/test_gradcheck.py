@@ -10,10 +10,12 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import recurrent
 from recurrent import _jit
 
+pytestmark = pytest.mark.triton_suite
+
 KINDS = [("RNN_tanh", 0), ("RNN_relu", 0), ("GRU", 0), ("LSTM", 0), ("LSTM", 2)]  # (kind, proj_size)
 # Under Triton's interpreter a forward pass takes a good fraction of a second, and gradcheck makes dozens
 # (the LSTM's bidirectional cases took 50 to 110 s each): that run checks a covering set, every kind and
-# each option at least once, packed where the kernels differ most (tests/test_triton.py compares every
+# each option at least once, packed where the kernels differ most (tests/routes/test_triton.py compares every
 # kernel's backward with the TorchScript one's, and the layer parity suite every gradient with torch.nn's,
 # over all the options). Without bias only the GRU's kernel changes (its b_hh acts inside the loop).
 INTERPRETED = [
@@ -53,7 +55,7 @@ def test_gradcheck_layers(kind, proj_size, bidirectional, bias, packed):
 @pytest.mark.parametrize("kind,proj_size", KINDS)
 def test_double_backward_matches_scripted_module(kind, proj_size):
     """A gradient penalty (create_graph=True) through the eager fast path gives the input and parameter
-    gradients that TorchScript's own autograd gives through the scripted module. (tests/test_higher_order.py has
+    gradients that TorchScript's own autograd gives through the scripted module. (tests/parity/test_higher_order.py has
     gradgradcheck over every option.)"""
     torch.manual_seed(0)
     layer = getattr(recurrent, kind.partition("_")[0])(

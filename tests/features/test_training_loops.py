@@ -16,6 +16,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import recurrent
 
+pytestmark = pytest.mark.triton_suite
+
 DTYPE = torch.float64
 TOL = dict(rtol=1e-9, atol=1e-10)
 # (torch.nn class name, constructor extras): every built-in kind, the projected LSTM included.

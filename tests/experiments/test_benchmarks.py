@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = ROOT / "benchmarks"
 CUSTOM, CUSTOM_LOOP = "custom cell", "custom cell, Python loop"
 CONTENDERS = {
     "torch.nn",

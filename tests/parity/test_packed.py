@@ -36,6 +36,8 @@ packed_options = st.fixed_dictionaries(
     }
 )
 
+pytestmark = [pytest.mark.native_suite, pytest.mark.triton_suite]
+
 
 def pack(o: dict, dtype, device):
     """A PackedSequence the way users make one, with the padded leaf tensor it came from."""

@@ -207,10 +207,39 @@ def compare(kind: str, options: dict, sizes: dict, form: str, with_h0: bool, tra
     torch.manual_seed(seed)
     layer = build(kind, options, sizes)
     layer.train(training)
+    x, leaves, states_used, hx = inputs_of(kind, sizes, form, with_h0)
+    packed, sequences, batch_sizes, rows = layout_of(x, sizes, form)
+    torch.manual_seed(seed + 1)
+    masks = None
+    if training:
+        directions, hidden = 2 if sizes["bidirectional"] else 1, sizes["hidden_size"]
+        zoneout, weight_drop = options.get("zoneout", 0.0), options.get("weight_drop", 0.0)
+        masks = draw_masks(kind, sizes["num_layers"], directions, hidden, batch_sizes, zoneout, weight_drop)
+    torch.manual_seed(seed + 1)  # ours draws the same masks
+    ours, finals = run_ours(layer, x, packed if form == "packed" else None, hx, sizes, form)
+    params = dict(layer.named_parameters())
+    expected, expected_finals = reference(
+        kind, params, sequences, states_used, layers=sizes["num_layers"],
+        directions=2 if sizes["bidirectional"] else 1, layer_norm=bool(options.get("layer_norm")),
+        zoneout=options.get("zoneout", 0.0), training=training, masks=masks, rows=rows,
+    )  # fmt: skip
+    names = [f"output of sequence {b}" for b in range(len(ours))] + ["h_n", "c_n"][: len(finals)]
+    for a, e, name in zip(ours + finals, expected + expected_finals, names):
+        torch.testing.assert_close(a, e, **TOL, msg=lambda m, name=name: f"{name}: {m}")
+    inputs = [x, *leaves, *params.values()]
+    grad_names = ["input"] + ["h0", "c0"][: len(leaves)] + list(params)
+    ours_grads = torch.autograd.grad(loss(ours + finals), inputs, retain_graph=True)
+    expected_grads = torch.autograd.grad(loss(expected + expected_finals), inputs)
+    for a, e, name in zip(ours_grads, expected_grads, grad_names):
+        torch.testing.assert_close(a, e, **TOL, msg=lambda m, name=name: f"grad of {name}: {m}")
+
+
+def inputs_of(kind: str, sizes: dict, form: str, with_h0: bool) -> tuple:
+    """(x (L, N, I), the initial states as leaves (none without h0), the states the reference starts from,
+    the hx argument)."""
     steps, batch, hidden = sizes["steps"], len(sizes["lengths"]), sizes["hidden_size"]
+    batch = 1 if form == "unbatched" else batch
     directions = 2 if sizes["bidirectional"] else 1
-    if form == "unbatched":
-        batch = 1
     x = torch.randn(steps, batch, sizes["input_size"], dtype=DTYPE, requires_grad=True)
     states0 = [torch.randn(sizes["num_layers"] * directions, batch, hidden, dtype=DTYPE) for _ in range(STATES[kind])]
     leaves = [s.squeeze(1) if form == "unbatched" else s for s in states0]
@@ -220,29 +249,22 @@ def compare(kind: str, options: dict, sizes: dict, form: str, with_h0: bool, tra
     else:
         states_used = [s.unsqueeze(1) for s in leaves] if form == "unbatched" else leaves
     hx = None if not with_h0 else (leaves[0] if kind == "GRU" else tuple(leaves))
+    return x, leaves, states_used, hx
 
+
+def layout_of(x: Tensor, sizes: dict, form: str) -> tuple:
+    """(the PackedSequence or None, each sequence's rows, the per-step batch sizes, which row each is)."""
     if form == "packed":
         lengths = sizes["lengths"]
         packed = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False)
         sequences = [x[:n, b] for b, n in enumerate(lengths)]
-        batch_sizes, rows = packed.batch_sizes.tolist(), packed.unsorted_indices.tolist()
-    else:
-        sequences = [x[:, b] for b in range(batch)]
-        batch_sizes, rows = [batch] * steps, list(range(batch))
+        return packed, sequences, packed.batch_sizes.tolist(), packed.unsorted_indices.tolist()
+    steps, batch = x.size(0), x.size(1)
+    return None, [x[:, b] for b in range(batch)], [batch] * steps, list(range(batch))
 
-    torch.manual_seed(seed + 1)
-    masks = None
-    if training:
-        masks = draw_masks(
-            kind,
-            sizes["num_layers"],
-            directions,
-            hidden,
-            batch_sizes,
-            options.get("zoneout", 0.0),
-            options.get("weight_drop", 0.0),
-        )
-    torch.manual_seed(seed + 1)  # ours draws the same masks
+
+def run_ours(layer, x: Tensor, packed, hx, sizes: dict, form: str) -> tuple:
+    """(each sequence's outputs, the final states with a batch dimension) of our layer."""
     if form == "packed":
         output, finals = layer(packed, hx)
         padded, _ = pad_packed_sequence(output)
@@ -252,35 +274,9 @@ def compare(kind: str, options: dict, sizes: dict, form: str, with_h0: bool, tra
         ours = [output]
     else:
         output, finals = layer(x.transpose(0, 1) if sizes["batch_first"] else x, hx)
-        ours = [output[b] if sizes["batch_first"] else output[:, b] for b in range(batch)]
+        ours = [output[b] if sizes["batch_first"] else output[:, b] for b in range(x.size(1))]
     finals = tensors_of((output, finals))[1:]
-    if form == "unbatched":
-        finals = [f.unsqueeze(1) for f in finals]
-
-    params = dict(layer.named_parameters())
-    expected, expected_finals = reference(
-        kind,
-        params,
-        sequences,
-        states_used,
-        layers=sizes["num_layers"],
-        directions=directions,
-        layer_norm=bool(options.get("layer_norm")),
-        zoneout=options.get("zoneout", 0.0),
-        training=training,
-        masks=masks,
-        rows=rows,
-    )
-    names = [f"output of sequence {b}" for b in range(len(ours))] + ["h_n", "c_n"][: len(finals)]
-    for a, e, name in zip(ours + finals, expected + expected_finals, names):
-        torch.testing.assert_close(a, e, **TOL, msg=lambda m, name=name: f"{name}: {m}")
-
-    inputs = [x, *leaves, *params.values()]
-    grad_names = ["input"] + ["h0", "c0"][: len(leaves)] + list(params)
-    ours_grads = torch.autograd.grad(loss(ours + finals), inputs, retain_graph=True)
-    expected_grads = torch.autograd.grad(loss(expected + expected_finals), inputs)
-    for a, e, name in zip(ours_grads, expected_grads, grad_names):
-        torch.testing.assert_close(a, e, **TOL, msg=lambda m, name=name: f"grad of {name}: {m}")
+    return ours, [f.unsqueeze(1) for f in finals] if form == "unbatched" else finals
 
 
 def layer_sizes() -> st.SearchStrategy:

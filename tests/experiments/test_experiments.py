@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_as_accurate, float64_call
+from helpers import ROOT, assert_as_accurate, float64_call
 from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
@@ -103,7 +103,7 @@ def test_corrupted_file_is_a_clear_error(synthetic: dict) -> None:
 
 def test_md5_table_is_the_one_shared_data_documents() -> None:
     """data.FILES equals the file/MD5 table of ../shared/data/FashionMNIST/SOURCE.md, all four rows."""
-    source = Path(__file__).resolve().parents[2] / "shared" / "data" / "FashionMNIST" / "SOURCE.md"
+    source = ROOT.parent / "shared" / "data" / "FashionMNIST" / "SOURCE.md"
     if not source.is_file():
         pytest.skip(f"{source} not found")
     rows = re.findall(r"^\| (\S+\.gz) \| [\d,]+ \| ([0-9a-f]{32}) \|", source.read_text(), re.MULTILINE)
@@ -393,44 +393,18 @@ def test_grid_summarizes_and_skips_finished_runs(tmp_path: Path, capsys: pytest.
 
 
 @needs_data
+def torchrun(args: list[str], out: Path) -> subprocess.CompletedProcess:
+    """``python -m experiments.fashion_mnist args`` as a torchrun job of 2 processes on this machine."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    command += ["-m", "experiments.fashion_mnist", *args, "--out", str(out)]
+    return subprocess.run(command, cwd=data.REPO, capture_output=True, text=True, timeout=120)
+
+
 def test_torchrun_job_trains_one_model_and_rank_0_writes_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out, limit, batch_size = tmp_path / "run", 256, 32
-    args = [
-        "--model",
-        "gru",
-        "--impl",
-        "recurrent",
-        "--epochs",
-        "1",
-        "--limit",
-        str(limit),
-        "--set",
-        f"batch_size={batch_size}",
-        "--threads",
-        "1",
-        "--device",
-        "cpu",
-        "--data-dir",
-        str(REAL_DIR),
-    ]
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--standalone",
-            "-m",
-            "experiments.fashion_mnist",
-            *args,
-            "--out",
-            str(out),
-        ],
-        cwd=data.REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    args = ["--model", "gru", "--impl", "recurrent", "--epochs", "1", "--limit", str(limit)]
+    args += ["--set", f"batch_size={batch_size}", "--threads", "1", "--device", "cpu", "--data-dir", str(REAL_DIR)]
+    done = torchrun(args, out)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("test accuracy") == 1  # rank 0 reports, once
     assert {p.name for p in out.iterdir()} >= {"best.pt", "last.pt", "metrics.json", "curves.png", "confusion.png"}

@@ -24,6 +24,7 @@ import recurrent
 from recurrent.kernels import cpu, products
 
 pytestmark = [
+    pytest.mark.native_suite,
     pytest.mark.skipif(not products.ONEDNN, reason="this torch build has no oneDNN linear"),
     pytest.mark.skipif(triton_forced(), reason="the TorchScript backend's CPU path"),
 ]
