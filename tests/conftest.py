@@ -12,7 +12,14 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("thorough", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+# "ci-interpreter": the suite's second run, on the Triton kernels under Triton's CPU interpreter, which runs
+# them 10-100x slower than compiled; test_triton compares those kernels with the TorchScript ones on fixed
+# cases besides (make test-triton).
+settings.register_profile(
+    "ci-interpreter", max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev")
+settings.load_profile("ci-interpreter" if _PROFILE == "ci" and os.environ.get("TRITON_INTERPRET") == "1" else _PROFILE)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # The torch.nn reference on CUDA must be exact float32: cuDNN computes in TF32 unless told not to.
