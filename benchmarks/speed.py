@@ -6,6 +6,8 @@ Contenders, all built from the same weights (torch.nn's state_dict loaded into o
   torch.nn     the reference (cuDNN on GPU, ATen's native loop on CPU)
   recurrent    our layer as a user gets it by default (RECURRENT_BACKEND unset), eager fast path
   recurrent (TorchScript)  our layer with RECURRENT_BACKEND=torchscript: the TorchScript time loop
+  recurrent (compiled)  torch.compile(our layer, dynamic=True): each layer one op in the graph, which
+               runs the default route's kernels (compiling happens in the warm-up)
   recurrent (Triton)  (CUDA) our layer with RECURRENT_BACKEND=triton: the persistent Triton
                kernels (n/a, saying why, where they cannot run the layer, e.g. Triton missing)
   eager cells  our cells driven by a plain Python loop over layers, directions and time steps
@@ -111,7 +113,7 @@ CPU_MODES = ["inference", "fwd+bwd"]
 CUDA_MODES = list(MODES)
 
 REFERENCE = "torch.nn"
-TORCHSCRIPT, TRITON = "recurrent (TorchScript)", "recurrent (Triton)"
+TORCHSCRIPT, TRITON, COMPILED = "recurrent (TorchScript)", "recurrent (Triton)", "recurrent (compiled)"
 # The table order of the contenders.
 CUSTOM, CUSTOM_LOOP, CUSTOM_TRITON = "custom cell", "custom cell, Python loop", "custom cell (Triton)"
 CONTENDERS = [
@@ -119,6 +121,7 @@ CONTENDERS = [
     "recurrent",
     TORCHSCRIPT,
     TRITON,
+    COMPILED,
     "eager cells",
     "scripted",
     "recurrent+graph",
@@ -341,6 +344,8 @@ def build(shape: Shape, device: torch.device) -> tuple[dict[str, nn.Module], dic
         REFERENCE: ref,
         "recurrent": OnBackend(ours(), None),
         TORCHSCRIPT: OnBackend(ours(), "torchscript"),
+        # compiled during warm-up, once per mode (train and eval are guarded apart)
+        COMPILED: torch.compile(ours(), dynamic=True),
     }
     failed: dict[str, str] = {}
     if device.type == "cuda":

@@ -161,6 +161,8 @@ class RNNBase(nn.Module):
     def __setattr__(self, name: str, value) -> None:
         if name in self.__dict__.get("_flat_weights_names", ()) and "_flat_weights" in self.__dict__:
             self._flat_weights[self._flat_weights_names.index(name)] = value
+        if name == "dropout":  # what a compiled call reads (_op_stack says why), kept in step
+            super().__setattr__("_dropout_ratio", float(value).as_integer_ratio())
         super().__setattr__(name, value)
 
     def _apply(self, fn, recurse=True):
@@ -235,7 +237,7 @@ class RNNBase(nn.Module):
     def _run_packed(self, input: PackedSequence, hx: Optional[List[Tensor]]) -> Tuple[PackedSequence, List[Tensor]]:
         """A call on a PackedSequence: its data are the rows, its batch_sizes the steps (sorted by length)."""
         if torch.jit.is_scripting():
-            call = self._read_packed(input, hx, self._flat_weights)
+            call = self._read_packed(input, input.data, hx, self._flat_weights)
             rows, finals = self._scripted_stack(call.rows, call.batch_sizes, call.state0, call.weights)
         else:
             rows, finals = self._eager_packed(input, hx)
@@ -245,7 +247,14 @@ class RNNBase(nn.Module):
         return PackedSequence(rows, input.batch_sizes, input.sorted_indices, input.unsorted_indices), finals
 
     def _read_padded(self, input: Tensor, hx: Optional[List[Tensor]], weights: List[Tensor]) -> LayerCall:
+        self._check_padded(input, hx, weights)
+        return self._padded_call(input, hx, weights)
+
+    def _check_padded(self, input: Tensor, hx: Optional[List[Tensor]], weights: List[Tensor]) -> None:
         checks.check_padded_call(input, hx, self._state_specs(), self.input_size, weights[0], self.batch_first)
+
+    def _padded_call(self, input: Tensor, hx: Optional[List[Tensor]], weights: List[Tensor]) -> LayerCall:
+        """A checked padded call as time-major rows."""
         batched = input.dim() == 3
         x = self._time_major(input)
         steps, batch = x.size(0), x.size(1)
@@ -253,8 +262,10 @@ class RNNBase(nn.Module):
         rows = x.reshape(steps * batch, x.size(2))
         return LayerCall(rows, [], state0, weights, steps, batch, batched)
 
-    def _read_packed(self, input: PackedSequence, hx: Optional[List[Tensor]], weights: List[Tensor]) -> LayerCall:
-        data = input.data
+    def _read_packed(
+        self, input: PackedSequence, data: Tensor, hx: Optional[List[Tensor]], weights: List[Tensor]
+    ) -> LayerCall:
+        """``data``: the input's data, or it cast (autocast)."""
         batch_sizes: List[int] = input.batch_sizes.tolist()
         checks.check_packed_call(data, batch_sizes[0], hx, self._state_specs(), self.input_size, weights[0])
         state0 = self._initial_states(hx, batch_sizes[0], data, True)
@@ -333,12 +344,13 @@ class RNNBase(nn.Module):
     @torch.jit.unused
     def _eager_padded(self, input: Tensor, hx: Optional[List[Tensor]]) -> Tuple[LayerCall, Tensor, List[Tensor]]:
         input, hx, weights = self._eager_arguments(input, hx)
-        with warnings.catch_warnings():
-            # The TorchScript-based ONNX exporter traces: the checks read the example's sizes, which the
-            # tracer warns it takes as constants. They are.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            call = self._read_padded(input, hx, weights)
-        route = self._decide([call.rows, *call.state0, *weights], False, call.batch == 0, call.rows.dtype)
+        self._check_padded(input, hx, weights)
+        batched = input.dim() == 3
+        batch = input.size(0 if self.batch_first else 1) if batched else 1
+        route = self._decide([input, *(hx or []), *weights], False, batch == 0, input.dtype)
+        if route.stack == "ops":
+            return self._compiled_padded(route, input, hx, weights, batch)
+        call = self._padded_call(input, hx, weights)
         if route.stack == "onnx":
             x = call.rows.view(call.steps, call.batch, call.rows.size(-1))
             spec, kind = self._stack_spec(False), self.kind()
@@ -353,13 +365,16 @@ class RNNBase(nn.Module):
         # route refuses to export a PackedSequence, saying so).
         tensors = [data, *(hx or []), *weights]
         route = self._decide(tensors, True, input.batch_sizes.numel() == 0, data.dtype)
-        return self._run_route(route, self._read_packed(input._replace(data=data), hx, weights))
+        return self._run_route(route, self._read_packed(input, data, hx, weights))
 
     @torch.jit.unused
     def _run_route(self, route: routes.Route, call: LayerCall) -> Tuple[Tensor, List[Tensor]]:
         """(output rows (T, D·H_out), final states) of a read call, as its route says."""
         if route.stack == "empty":
             return self._empty_batch(call)
+        if route.stack == "ops":  # a packed batch (a padded one goes to the ops as it is: _compiled_padded)
+            sizes = torch.tensor(call.batch_sizes)
+            return self._op_stack(route, call.rows, sizes, call.state0, call.weights, call.batch, False)
         if route.stack == "scan":  # the length may be symbolic: a list as long would pin it
             (rows, state0, weights), batch_sizes = _scan_inputs(call), [call.batch]
         else:
@@ -371,6 +386,36 @@ class RNNBase(nn.Module):
                 return self._whole_stack(spec, rows, batch_sizes, state0, weights)
             layer = self._layer_spec(route, spec, batch_sizes)
             return kernels.eager_stack(layer, spec, rows, batch_sizes, state0, weights, route.stack == "scan")
+
+    @torch.jit.unused
+    def _compiled_padded(
+        self, route: routes.Route, input: Tensor, hx: Optional[List[Tensor]], weights: List[Tensor], batch: int
+    ) -> Tuple[LayerCall, Tensor, List[Tensor]]:
+        """A checked padded call whose route runs each layer as an op (torch.compile), handed to the ops as
+        it is: no reshaped copy of the input, no zero states in the graph (:mod:`recurrent.kernels.ops` says
+        why)."""
+        batched = input.dim() == 3
+        x = input if batched else input.unsqueeze(1)
+        state0 = [] if hx is None else self._initial_states(hx, batch, x, batched)
+        batch_first = self.batch_first and batched
+        rows, finals = self._op_stack(route, x, None, state0, weights, batch, batch_first)
+        return LayerCall(x, [], state0, weights, rows.size(0) // batch, batch, batched), rows, finals
+
+    @torch.jit.unused
+    def _op_stack(
+        self, route: routes.Route, input: Tensor, batch_sizes: Optional[Tensor], state0: List[Tensor],
+        weights: List[Tensor], batch: int, batch_first: bool,
+    ) -> Tuple[Tensor, List[Tensor]]:  # fmt: skip
+        """Each layer as one opaque op (torch.compile: :mod:`recurrent.kernels.ops`)."""
+        # The probability from its exact ratio of ints: dynamo makes a float attribute symbolic, then restarts
+        # its whole trace to specialize it.
+        numerator, denominator = self._dropout_ratio if self.training else (0, 1)
+        layer = kernels.ops.OpLayer(
+            batch, batch_first, numerator / denominator, self.mode, route.kernel, 2 if self.bidirectional else 1,
+            self.bias, route.kernel in ("onednn", "native"), route.backward != "none",
+        )  # fmt: skip
+        with _amp.disabled(input.device):
+            return kernels.ops.op_stack(layer, self.num_layers, input, batch_sizes, state0, weights)
 
     @torch.jit.unused
     def _layer_spec(self, route: routes.Route, spec: kernels.StackSpec, batch_sizes: List[int]) -> kernels.LayerSpec:

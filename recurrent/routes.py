@@ -34,7 +34,7 @@ KERNELS = {
     "torchscript": "the TorchScript kernels on ATen's ops (a custom cell's: its loop)",
     "triton": "the built-in Triton kernels (CUDA)",
     "generated": "Triton kernels generated from a custom cell's step",
-    "scan": "torch's scan operator over the cells' steps (torch.export, torch.compile)",
+    "scan": "torch's scan operator over the cells' steps (torch.export)",
     "onnx": "ONNX's RNN, GRU and LSTM operators (the TorchScript-based ONNX exporter)",
     "plain": "the kernels' ops one by one, differentiable and vmappable (torch.func, forward-mode AD)",
     "none": "nothing: an empty batch",
@@ -42,6 +42,7 @@ KERNELS = {
 STACKS = {
     "layers": "each layer from Python",
     "whole": "the whole stack in one TorchScript call",
+    "ops": "each layer as one opaque torch op",
     "scan": "each layer as scans",
     "onnx": "one ONNX operator per layer",
     "empty": "no layer runs",
@@ -69,7 +70,6 @@ class Call(NamedTuple):
     packed: bool
     empty: bool  # a batch of 0
     tracer: str  # "onnx" (the TorchScript-based exporter), "export", "compile", "jit" (torch.jit.trace) or ""
-    scan_lowers: bool  # torch.compile can lower a scan (capture_scalar_outputs)
     transform: bool  # a torch.func transform is active, or forward-mode AD dual tensors are among the inputs
     observed: bool  # gate recording is open
 
@@ -87,6 +87,8 @@ class Route(NamedTuple):
         return f"{self.kernel} kernels, {STACKS[self.stack]}, {BACKWARDS[self.backward]}: {self.reason}"
 
 
+# Dynamo runs it rather than tracing into it (under torch.compile: it may build the library, read files).
+@torch._dynamo.assume_constant_result
 def _native_library() -> Optional[str]:
     """Why the native library is not loaded here (building or finding it on first use), or None."""
     from .kernels import cpu
@@ -203,18 +205,19 @@ def _traced(call: Call, settings: _settings.Settings) -> Optional[Route]:
             "recurrent: a PackedSequence cannot be exported (its batch sizes are data, not shapes); "
             "export the model on padded input instead"
         )
-    if call.packed or scan is None or not settings.scan:
+    if call.tracer == "compile" and call.cell is None and not (call.empty or call.transform):
+        # The kernel eager would run, as one op per layer that dynamo does not enter (kernels/ops.py); a kind
+        # whose kernel has no backward of its own is differentiated through its ops, which dynamo traces.
+        kernel, reason = _kernel(call._replace(tracer=""), settings)
+        # (The native and Triton kernels all have one; their loaders import modules, which dynamo cannot trace.)
+        own = kernel in ("native", "triton") or call.kind.kernel(kernel, call.projected).backward is not None
+        if own or not call.needs_grad:
+            backward = "hand-written" if call.needs_grad else "none"
+            return Route("ops", kernel, backward, f"torch.compile traces: one op per layer, any length; {reason}")
+    if call.packed or scan is None or not settings.scan or call.tracer != "export":
         return None
     backward = "autograd" if call.needs_grad else "none"
-    if call.tracer == "export":
-        return Route("scan", "scan", backward, "torch.export traces: one scan per layer and direction, any length")
-    # Under torch.compile (torch 2.14.1) Inductor lowers a scan only with capture_scalar_outputs, gets the
-    # hidden weights' gradients wrong through a bidirectional layer (1e0 off, forward exact), and a scan
-    # over a custom cell's step fails in training: those compile the loop unrolled, once per length.
-    if call.tracer == "compile" and call.scan_lowers and call.cell is None:
-        if not (call.bidirectional and call.needs_grad):
-            return Route("scan", "scan", backward, "torch.compile traces: scans, no recompile per length")
-    return None
+    return Route("scan", "scan", backward, "torch.export traces: one scan per layer and direction, any length")
 
 
 def decide(call: Call, settings: _settings.Settings) -> Route:
@@ -258,12 +261,10 @@ def _transformed(tensors) -> bool:
 def facts(layer: Any, tensors: list, packed: bool, empty: bool, dtype: torch.dtype, observed: bool) -> Call:
     """The facts of a call of ``layer`` (an RNNBase) over ``tensors`` (its input or rows, states and weights:
     their device, whether they need gradients, whether they are dual tensors), computing in ``dtype``."""
-    tracer = _tracer()
-    scan_lowers = tracer == "compile" and bool(getattr(torch._dynamo.config, "capture_scalar_outputs", False))
     return Call(
         layer.kind(), getattr(layer, "cell", None), tensors[0].device.type, dtype, layer.hidden_size,
         layer.proj_size > 0, layer.bidirectional,
-        torch.is_grad_enabled() and any(t.requires_grad for t in tensors), packed, empty, tracer, scan_lowers,
+        torch.is_grad_enabled() and any(t.requires_grad for t in tensors), packed, empty, _tracer(),
         _transformed(tensors), observed,
     )  # fmt: skip
 

@@ -6,7 +6,7 @@ route, its scan step, its ONNX operator, its recorded gates); :mod:`.stack` is t
 kernel runs a call is :mod:`recurrent.routes`'s decision, not theirs.
 """
 
-from . import products, scan
+from . import ops, products, scan
 from .autograd import LayerSpec, gate_inputs, kernel_forward, run_layer
 from .common import join_directions, per_direction, reverse_index
 from .contract import Kernel, SequenceKernel, SequenceModule
@@ -36,6 +36,7 @@ __all__ = [
     "layer_param_shapes",
     "lstm_backward",
     "lstm_forward",
+    "ops",
     "per_direction",
     "products",
     "register",

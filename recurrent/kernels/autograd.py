@@ -157,25 +157,41 @@ class LayerFunction(torch.autograd.Function):
         rows, *rest = ctx.saved_tensors
         state0, (w_ih, w_hh, hs, *rest) = rest[:states], rest[states + params :]
         weights, saved = rest[:count], rest[count:]
-        if spec.kernel.joined_grad:
-            grad_hs = JoinedGrad(grad_out.contiguous(), spec.reverse)
-        else:
-            grad_hs = split_directions(grad_out, spec.reverse)
         ctx.spent = spec.kernel.overwrites_saved
         if spec.kernel.overwrites_hs:
             # hs is the layer's own unless one direction's output went on to the next layer as a view.
             hs = hs if spec.last or spec.reverse is not None else hs.clone()
-        h_prev = _previous_states(spec, state0, hs, saved)
-        dgi, dgh, dstate0, dweights = spec.kernel.backward(
-            grad_hs, list(grad_finals), state0, hs, h_prev, saved, w_hh, weights, spec.batch_sizes
+        stacked = (w_ih, w_hh, weights)
+        dx, dstate0, dparams = kernel_backward(
+            spec, grad_out, list(grad_finals), rows, state0, stacked, hs, saved, ctx.needs_input_grad[1]
         )
-        dx = None
-        if ctx.needs_input_grad[1]:  # the input, weight and bias gradients as single products over all rows
-            w_ih_t = w_ih.transpose(1, 2).contiguous() if spec.onednn else w_ih.transpose(1, 2)
-            dx = sum_directions(rows_linear(dgi, w_ih_t, None, spec.onednn), spec.reverse)
-        stacked = _weight_and_bias_grads(spec, dgi, dgh, per_direction(rows, spec.reverse), h_prev)
-        stacked.update(zip([n for n in spec.param_names if is_kind_weight(n)], dweights))
-        return (None, dx, None, *dstate0, *unstack_grads(stacked, spec.directions, spec.param_names))
+        return (None, dx, None, *dstate0, *dparams)
+
+
+def kernel_backward(
+    spec: LayerSpec, grad_out: Tensor, grad_finals: List[Tensor], rows: Tensor, state0: List[Tensor],
+    stacked: Tuple[Tensor, Tensor, List[Tensor]], hs: Tensor, saved: List[Tensor], input_grad: bool,
+) -> Tuple[Optional[Tensor], List[Tensor], List[Tensor]]:  # fmt: skip
+    """(dx where ``input_grad``, dstate0, every parameter's gradient) of one layer from the kernel's
+    backward: the gate gradients per step, then the input, weight and bias gradients as single products
+    over all rows. ``stacked`` is (w_ih, w_hh, kind weights) stacked by direction; the kernel may write
+    over ``hs`` and ``saved`` as its flags say."""
+    w_ih, w_hh, weights = stacked
+    if spec.kernel.joined_grad:
+        grad_hs = JoinedGrad(grad_out.contiguous(), spec.reverse)
+    else:
+        grad_hs = split_directions(grad_out, spec.reverse)
+    h_prev = _previous_states(spec, state0, hs, saved)
+    dgi, dgh, dstate0, dweights = spec.kernel.backward(
+        grad_hs, grad_finals, state0, hs, h_prev, saved, w_hh, weights, spec.batch_sizes
+    )
+    dx = None
+    if input_grad:
+        w_ih_t = w_ih.transpose(1, 2).contiguous() if spec.onednn else w_ih.transpose(1, 2)
+        dx = sum_directions(rows_linear(dgi, w_ih_t, None, spec.onednn), spec.reverse)
+    grads = _weight_and_bias_grads(spec, dgi, dgh, per_direction(rows, spec.reverse), h_prev)
+    grads.update(zip([n for n in spec.param_names if is_kind_weight(n)], dweights))
+    return dx, dstate0, unstack_grads(grads, spec.directions, spec.param_names)
 
 
 def _previous_states(spec: LayerSpec, state0: List[Tensor], hs: Tensor, saved: List[Tensor]) -> List[Tensor]:

@@ -21,6 +21,8 @@ backward, and with ``overwrites_hs`` over hs too; a second backward then recompu
 ``joined_grad`` gets grad_hs as a :class:`JoinedGrad`. One with ``previous_states`` saves the states
 before each row itself (a custom cell, whose output need not be its state) and gives them from
 ``saved``. One with ``weight_grad`` sums gradᵀ x, gradᵀ h and grad over the rows in one pass itself.
+``saved_widths`` says what ``saved`` holds (each (D, T, k·H), the k in order), from which torch.compile's
+layer op (:mod:`.ops`) makes their shapes.
 
 :class:`SequenceKernel` is the forward as a TorchScript class, what the compiled stack loop calls for a
 built-in kind (TorchScript has no function values to look up in a table; interfaces it has), and
@@ -55,6 +57,8 @@ class Kernel(NamedTuple):
     # The forward to run where autograd records the ops, if not ``forward`` (a custom cell's loop compiled
     # apart: recurrent.custom._loop_class says why)
     recorded_forward: Optional[Forward] = None
+    # What ``saved`` holds: each (D, T, k·H), k listed in order (the layer op's fake shapes: .ops)
+    saved_widths: Tuple[int, ...] = ()
 
 
 class JoinedGrad(NamedTuple):

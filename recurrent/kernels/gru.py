@@ -13,6 +13,9 @@ from .common import carry_rows, hidden_product, step_rows, tanh_slope
 from .products import pack, packed_linear
 from .scan import CellStep
 
+# What the forward saves, [rz, n, W_hn h + b_hn]: each (D, T, k·H), the k in order (Kernel.saved_widths).
+GRU_SAVED = (2, 1, 1)
+
 
 @script
 def gru_forward(

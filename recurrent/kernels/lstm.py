@@ -13,6 +13,9 @@ from .common import carry_rows, hidden_product, previous_blocks, step_rows, tanh
 from .products import pack
 from .scan import CellStep
 
+# What the forward saves, [if, g, o, c]: each (D, T, k·H), the k in order (Kernel.saved_widths).
+LSTM_SAVED = (2, 1, 1, 1)
+
 
 @script
 def lstm_forward(

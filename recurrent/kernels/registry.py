@@ -3,7 +3,8 @@ projection, and the code that runs it on each route (:mod:`recurrent.routes`).
 
 Adding a cell kind: a step function in :mod:`recurrent.cells` (the formula in its docstring), a kernel
 module with its TorchScript ``*_forward``/``*_backward`` pair, its :class:`.contract.SequenceKernel`
-module, its scan step and the names of its recorded gates (:mod:`.gru` shows all five), and one
+module, its scan step, the names of its recorded gates and the widths of what its forward saves
+(:mod:`.gru` shows all six), and one
 :class:`CellKind` given to :func:`register` (here for the built-in kinds). Its layer is then
 ``RNNBase(mode, ...)`` or a thin subclass naming the mode. The native, Triton and ONNX entries are
 optional: a kind without them runs the TorchScript kernels there (``tests/routes/test_registry.py`` adds a
@@ -21,9 +22,9 @@ from torch import Tensor
 
 from .autograd import layer_forward_saving
 from .contract import Kernel
-from .gru import GRUSequence, gru_backward, gru_forward, gru_gates, gru_scan_step
-from .lstm import LSTMSequence, lstm_backward, lstm_forward, lstm_gates, lstm_scan_step
-from .rnn import RNNSequence, rnn_backward, rnn_forward, rnn_gates, rnn_scan_step
+from .gru import GRU_SAVED, GRUSequence, gru_backward, gru_forward, gru_gates, gru_scan_step
+from .lstm import LSTM_SAVED, LSTMSequence, lstm_backward, lstm_forward, lstm_gates, lstm_scan_step
+from .rnn import RNN_SAVED, RNNSequence, rnn_backward, rnn_forward, rnn_gates, rnn_scan_step
 from .scan import CellStep
 
 # Route kernel name -> (projected: an LSTM with proj_size) -> the kernel, or None where it has none.
@@ -74,9 +75,9 @@ def _sequence(make: Callable[[bool], Any], onednn: bool) -> Any:
     return make(onednn)
 
 
-def _torchscript(forward, backward, onednn: bool) -> KernelLoader:
+def _torchscript(forward, backward, saved: Tuple[int, ...], onednn: bool) -> KernelLoader:
     """A TorchScript kernel pair; ``onednn``: on oneDNN's products (:mod:`.products`)."""
-    pair = Kernel(partial(forward, onednn=onednn), partial(backward, onednn=onednn))
+    pair = Kernel(partial(forward, onednn=onednn), partial(backward, onednn=onednn), saved_widths=saved)
     return lambda projected: pair
 
 
@@ -96,11 +97,12 @@ def _triton(mode: str, projected: bool) -> Optional[Kernel]:
     return importlib.import_module(f"{__package__}.triton").kernel(mode)
 
 
-def _built_in(mode: str, forward: Callable, backward: Callable, **entry: Any) -> CellKind:
-    """A built-in kind: its TorchScript pair with and without oneDNN, its native and Triton kernels."""
+def _built_in(mode: str, forward: Callable, backward: Callable, saved: Tuple[int, ...], **entry: Any) -> CellKind:
+    """A built-in kind: its TorchScript pair with and without oneDNN (``saved``: what its forward saves,
+    Kernel.saved_widths), its native and Triton kernels."""
     kernels = {
-        "torchscript": _torchscript(forward, backward, False),
-        "onednn": _torchscript(forward, backward, True),
+        "torchscript": _torchscript(forward, backward, saved, False),
+        "onednn": _torchscript(forward, backward, saved, True),
         "native": partial(_native, mode),
         "triton": partial(_triton, mode),
     }
@@ -111,15 +113,16 @@ def _built_in(mode: str, forward: Callable, backward: Callable, **entry: Any) ->
 for _relu in (False, True):
     _built_in(
         "RNN_RELU" if _relu else "RNN_TANH", partial(rnn_forward, relu=_relu), partial(rnn_backward, relu=_relu),
+        RNN_SAVED,
         gates=1, states=1, folds_bias=True, make=partial(RNNSequence, _relu), scan_step=partial(rnn_scan_step, _relu),
         gates_of=partial(_saved_gates, rnn_gates), onnx=("RNN", [0], "Relu" if _relu else "Tanh"),
     )  # fmt: skip
 _built_in(
-    "GRU", gru_forward, gru_backward, gates=3, states=1, folds_bias=False, make=GRUSequence,
+    "GRU", gru_forward, gru_backward, GRU_SAVED, gates=3, states=1, folds_bias=False, make=GRUSequence,
     scan_step=gru_scan_step, gates_of=partial(_saved_gates, gru_gates), onnx=("GRU", [1, 0, 2], ""),
 )  # fmt: skip
 _built_in(
-    "LSTM", lstm_forward, lstm_backward, gates=4, states=2, folds_bias=True, make=LSTMSequence,
+    "LSTM", lstm_forward, lstm_backward, LSTM_SAVED, gates=4, states=2, folds_bias=True, make=LSTMSequence,
     scan_step=lstm_scan_step, gates_of=partial(_saved_gates, lstm_gates), onnx=("LSTM", [0, 3, 1, 2], ""),
     projects=True,
 )  # fmt: skip

@@ -13,6 +13,9 @@ from .common import carry_rows, step_rows, tanh_slope, times_w_hh
 from .products import pack, packed_linear
 from .scan import CellStep
 
+# What the forward saves (nothing: its outputs suffice), each (D, T, k·H), the k in order (Kernel.saved_widths).
+RNN_SAVED = ()
+
 
 @script
 def rnn_forward(

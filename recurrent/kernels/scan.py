@@ -1,8 +1,8 @@
 """A layer's time loops as torch's scan operator, for ``torch.export`` (and the exporters built on
-it) and for ``torch.compile``: the graph holds one loop per layer and direction, whatever the
-example's length, so one exported program serves every batch size and sequence length, and a
-compiled model does not recompile for a new length. A Python loop would be unrolled at the
-example's length, and its per-step slicing would pin the length to the example's.
+it): the graph holds one loop per layer and direction, whatever the example's length, so one
+exported program serves every batch size and sequence length. A Python loop would be unrolled at the
+example's length, and its per-step slicing would pin the length to the example's. (torch.compile
+gets one opaque op per layer instead: :mod:`.ops`.)
 
 Padded input only (a PackedSequence's per-step batch sizes are data, not a shape). The route
 (:mod:`recurrent.routes`) decides when a call scans; the stack loop then runs each layer here, the

@@ -20,6 +20,7 @@ CONTENDERS = {
     "torch.nn",
     "recurrent",
     "recurrent (TorchScript)",
+    "recurrent (compiled)",
     "eager cells",
     "scripted",
     CUSTOM,

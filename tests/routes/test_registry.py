@@ -192,3 +192,12 @@ def test_a_new_kind_is_its_registry_entry_and_its_kernels(mgu_kind):
     with recurrent.record_gates(layer) as record:
         layer(x)
     assert set(record[""][0]) == {"f", "n"} and record[""][0]["f"].shape == (2, 2, 2, 6, 4)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend="aot_eager", dynamic=True)  # its loop traced: no own backward
+    output = compiled(x)[0]
+    torch.testing.assert_close(output, expected, rtol=1e-9, atol=1e-9)
+    grads = torch.autograd.grad(output.square().sum(), [x, *layer.parameters()])
+    for got, want in zip(grads, wanted):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    with torch.no_grad():  # one op per layer, the kind's TorchScript kernel, nothing saved
+        torch.testing.assert_close(compiled(x)[0], expected, rtol=1e-9, atol=1e-9)

@@ -5,6 +5,7 @@ takes it."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 
 import pytest
@@ -14,14 +15,22 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import recurrent
 from recurrent import routes, settings
-from recurrent.kernels import KINDS, autograd, cpu, products
+from recurrent.kernels import KINDS, Kernel, autograd, cpu, products
 
 DEFAULT = settings.Settings("default", True, True, True)
 BASE = routes.Call(
     kind=KINDS["GRU"], cell=None, device="cpu", dtype=torch.float32, hidden_size=8, projected=False,
-    bidirectional=False, needs_grad=True, packed=False, empty=False, tracer="", scan_lowers=False, transform=False,
+    bidirectional=False, needs_grad=True, packed=False, empty=False, tracer="", transform=False,
     observed=False,
 )  # fmt: skip
+
+
+# A kind whose kernel has no hand-written backward (a new kind's need not have one): autograd records its ops.
+UNAIDED = dataclasses.replace(
+    KINDS["GRU"],
+    mode="UNAIDED",
+    kernels={"torchscript": lambda projected: Kernel(KINDS["GRU"].kernel("torchscript").forward, None)},
+)
 
 
 def world(monkeypatch, native: bool = True, triton: bool = True) -> None:
@@ -50,16 +59,20 @@ TABLE = [
     ({"device": "cuda", "dtype": torch.bfloat16}, DEFAULT, True, True, ("layers", "triton", "hand-written")),
     ({"device": "cuda", "hidden_size": 300}, DEFAULT, True, True, ("layers", "torchscript", "hand-written")),
     ({"device": "cuda", "dtype": torch.float64}, DEFAULT, True, True, ("layers", "torchscript", "hand-written")),
-    ({"device": "cuda", "tracer": "compile"}, DEFAULT, True, True, ("layers", "torchscript", "hand-written")),
+    ({"device": "cuda", "tracer": "compile"}, DEFAULT, True, True, ("ops", "triton", "hand-written")),
     ({"device": "cuda", "hidden_size": 300}, settings.Settings("triton", True, True, True), True, True,
      ("layers", "triton", "hand-written")),
     ({"tracer": "export"}, DEFAULT, True, False, ("scan", "scan", "autograd")),
     ({"tracer": "export"}, settings.Settings("default", True, True, False), True, False,
      ("layers", "torchscript", "hand-written")),
-    ({"tracer": "compile", "scan_lowers": True}, DEFAULT, True, False, ("scan", "scan", "autograd")),
-    ({"tracer": "compile", "scan_lowers": True, "bidirectional": True}, DEFAULT, True, False,
-     ("layers", "torchscript", "hand-written")),
-    ({"tracer": "compile"}, DEFAULT, True, False, ("layers", "torchscript", "hand-written")),
+    ({"tracer": "compile"}, DEFAULT, True, False, ("ops", "native", "hand-written")),
+    ({"tracer": "compile", "needs_grad": False, "packed": True}, DEFAULT, True, False, ("ops", "native", "none")),
+    ({"tracer": "compile", "dtype": torch.float64}, DEFAULT, True, False, ("ops", "torchscript", "hand-written")),
+    ({"tracer": "compile", "kind": UNAIDED}, DEFAULT, True, False, ("layers", "torchscript", "autograd")),
+    ({"tracer": "compile", "kind": UNAIDED, "needs_grad": False}, DEFAULT, True, False, ("ops", "torchscript", "none")),
+    ({"tracer": "compile"}, DEFAULT, False, False, ("ops", "onednn", "hand-written")),
+    ({"tracer": "compile", "empty": True}, DEFAULT, True, False, ("empty", "none", "autograd")),
+    ({"tracer": "compile", "transform": True}, DEFAULT, True, False, ("layers", "plain", "autograd")),
     ({"tracer": "jit", "needs_grad": False}, DEFAULT, True, False, ("whole", "torchscript", "none")),
     ({"tracer": "onnx", "needs_grad": False}, DEFAULT, True, False, ("onnx", "onnx", "none")),
     ({"transform": True}, DEFAULT, True, False, ("layers", "plain", "autograd")),

@@ -12,6 +12,9 @@ from typing import Optional
 import torch
 
 from ..contract import Kernel
+from ..gru import GRU_SAVED
+from ..lstm import LSTM_SAVED
+from ..rnn import RNN_SAVED
 from .common import DTYPES, MAX_HIDDEN
 from .generated import generated_loop
 from .generated import refusal as custom_refusal
@@ -22,10 +25,10 @@ from .rnn import rnn_backward, rnn_forward
 __all__ = ["custom_refusal", "generated_loop", "kernel", "refusal"]
 
 _KERNELS = {
-    "RNN_TANH": Kernel(partial(rnn_forward, relu=False), partial(rnn_backward, relu=False)),
-    "RNN_RELU": Kernel(partial(rnn_forward, relu=True), partial(rnn_backward, relu=True)),
-    "GRU": Kernel(gru_forward, gru_backward),
-    "LSTM": Kernel(lstm_forward, lstm_backward),
+    "RNN_TANH": Kernel(partial(rnn_forward, relu=False), partial(rnn_backward, relu=False), saved_widths=RNN_SAVED),
+    "RNN_RELU": Kernel(partial(rnn_forward, relu=True), partial(rnn_backward, relu=True), saved_widths=RNN_SAVED),
+    "GRU": Kernel(gru_forward, gru_backward, saved_widths=GRU_SAVED),
+    "LSTM": Kernel(lstm_forward, lstm_backward, saved_widths=LSTM_SAVED),
 }
 
 
