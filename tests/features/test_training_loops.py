@@ -6,6 +6,7 @@ Plus: no two gradients (parameters, input, initial states) share a storage, on e
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Dict, List
 
 import pytest
@@ -99,11 +100,34 @@ def train_steps(module: nn.Module, optimizer, batches, clip: str, set_to_none: b
         check(f"step {step}, after the optimizer")
 
 
-@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
-@pytest.mark.parametrize("clip,set_to_none", CLIPPING)
-@pytest.mark.parametrize("layers,bidirectional,bias", SHAPES)
-@pytest.mark.parametrize("kind", sorted(KINDS))
-def test_optimizer_steps_equal_torch(kind, layers, bidirectional, bias, clip, set_to_none, optimizer):
+def flat_case(parts: tuple) -> tuple:
+    """A case's parts with the tuples among them spread out: (("GRU", (1, True)), "sgd") -> ("GRU", 1, True, "sgd")."""
+    return tuple(value for part in parts for value in (flat_case(part) if isinstance(part, tuple) else (part,)))
+
+
+def cases(heads: list, options: List[list]) -> List[tuple]:
+    """Every head (what the kernels see: a kind, a shape) with every combination of ``options`` (what acts
+    outside them: an optimizer, an in-place op). Under Triton's interpreter, which runs the kernels 10-100x
+    slower, each head once, with the combinations taken in turn: every head still runs, and every
+    combination (as long as there are as many heads)."""
+    if not triton_forced():
+        return [flat_case(combo) for combo in itertools.product(heads, *options)]
+    chosen = []
+    for i, head in enumerate(heads):
+        combo, rest = [head], i
+        for values in options:
+            combo.append(values[rest % len(values)])
+            rest //= len(values)
+        chosen.append(flat_case(tuple(combo)))
+    return chosen
+
+
+# The kind varies fastest among the heads, and there are five kinds: each shape meets every combination.
+OPTIMIZER_CASES = cases(list(itertools.product(SHAPES, sorted(KINDS))), [CLIPPING, sorted(OPTIMIZERS)])
+
+
+@pytest.mark.parametrize("layers,bidirectional,bias,kind,clip,set_to_none,optimizer", OPTIMIZER_CASES)
+def test_optimizer_steps_equal_torch(layers, bidirectional, bias, kind, clip, set_to_none, optimizer):
     reference, ours = build(kind, layers, bidirectional, bias)
     torch.manual_seed(1)
     batches = [
@@ -195,11 +219,12 @@ def run_layout(module: nn.Module, layout: str, x: Tensor, states: List[Tensor]):
     return output, list(finals) if isinstance(finals, tuple) else [finals]
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("op", sorted(IN_PLACE))
-@pytest.mark.parametrize("bidirectional", [False, True])
-@pytest.mark.parametrize("kind", sorted(KINDS))
-def test_in_place_ops_on_outputs(kind, bidirectional, op, layout):
+# As OPTIMIZER_CASES: each layout meets both directions and every op.
+IN_PLACE_CASES = cases(list(itertools.product(LAYOUTS, sorted(KINDS))), [[False, True], sorted(IN_PLACE)])
+
+
+@pytest.mark.parametrize("layout,kind,bidirectional,op", IN_PLACE_CASES)
+def test_in_place_ops_on_outputs(layout, kind, bidirectional, op):
     """The output modified in place after the layer (torch.nn allows it in float64), then the final
     states too: the final states keep their values, and the gradients equal torch.nn's."""
     batch_first = layout == "batch_first"
