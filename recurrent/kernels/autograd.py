@@ -40,7 +40,7 @@ from .common import (
     sum_directions,
 )
 from .contract import JoinedGrad, Kernel, SummedWeight
-from .products import rows_linear, weight_grad
+from .products import MIN_ROWS, rows_linear, weight_grad
 from .weights import is_kind_weight, stack_weights, unstack_grads
 
 
@@ -84,19 +84,24 @@ def kernel_forward(spec: LayerSpec, rows: Tensor, state0: List[Tensor], params: 
 
 def _weight_grad(spec: LayerSpec, grad: Tensor, blocks: List[Tensor]) -> Tensor:
     """Σ over rows of gradᵀ · x (x as row blocks), where the kernel has no product of its own: on the
-    fast path through oneDNN from 192 gate columns on, where it beat MKL's transposed product despite
-    its transposed copy of x; at 128 they tied, and MKL's needs no copy (benchmarks/cpu_ops.py)."""
-    return weight_grad(grad, blocks) if spec.onednn and grad.size(2) > 128 else blocks_product(grad, blocks)
+    fast path through oneDNN from 192 gate columns and MIN_ROWS rows on, where it beat MKL's transposed
+    product despite its transposed copy of x; at 128 columns they tied, and MKL's needs no copy
+    (benchmarks/cpu_ops.py); below MIN_ROWS rows (a one-step call) the copies cost more than the products."""
+    if spec.onednn and grad.size(2) > 128 and grad.size(1) >= MIN_ROWS:
+        return weight_grad(grad, blocks)
+    return blocks_product(grad, blocks)
 
 
 def _sums(spec: LayerSpec, grad: Tensor, x: List[Tensor], h: List[Tensor], bias: bool) -> Tuple[Tensor, Any, Any]:
     """(Σ gradᵀ x, Σ gradᵀ h where h has blocks, Σ grad where ``bias``; else None) over rows, x and h as
-    row blocks. From 192 gate columns on, the kernel's own products where it has them: one pass over
-    grad for all three, no transposed copies. Up to 128 the layer's: the kernel's is faster there too
-    (3584 rows, 128 x 128: 0.33-0.41 against 0.56-0.62 ms, benchmarks/cpu_ops.py), but on narrow
-    layers its sums, no further from float64's, drifted past the parity tests' 1e-5 from torch.nn's
-    (RNN, H = 10, 500 rows: 1.1e-5) where MKL's stayed within."""
-    if spec.kernel.weight_grad is not None and grad.size(2) > 128:
+    row blocks. From 192 gate columns and MIN_ROWS rows on, the kernel's own products where it has them:
+    one pass over grad for all three, no transposed copies. Up to 128 columns the layer's: the kernel's is
+    faster there too (3584 rows, 128 x 128: 0.33-0.41 against 0.56-0.62 ms, benchmarks/cpu_ops.py), but on
+    narrow layers its sums, no further from float64's, drifted past the parity tests' 1e-5 from torch.nn's
+    (RNN, H = 10, 500 rows: 1.1e-5) where MKL's stayed within. Below MIN_ROWS rows (a one-step call) MKL's:
+    the kernel's per-thread sums of the whole gradient cost more than the few rows' products (G = 600,
+    K = 200, 1 thread: 347 against 117 µs at 1 row, 616 against 437 at 20; a tie from 700 rows)."""
+    if spec.kernel.weight_grad is not None and grad.size(2) > 128 and grad.size(1) >= MIN_ROWS:
         dw_x, dw_h, db = spec.kernel.weight_grad(grad, x, h, bias)
         return dw_x, dw_h if h else None, db if bias else None
     dw_h = _weight_grad(spec, grad, h) if h else None
@@ -126,7 +131,12 @@ def _hidden_grads(spec: LayerSpec, dgi: Tensor, dgh, h_prev: List[Tensor]) -> Tu
     whole gradient, its last columns (the first ones being dgi's), or a :class:`SummedWeight`."""
     if isinstance(dgh, SummedWeight):
         return dgh.weight, [dgh.rows]
-    hidden = [dgi[:, :, : dgi.size(2) - dgh.size(2)], dgh] if dgh.size(2) < dgi.size(2) else [dgh]
+    if dgh.size(2) == dgi.size(2):
+        return _sums(spec, dgh, h_prev, [], False)[0], [dgh]
+    hidden = [dgi[:, :, : dgi.size(2) - dgh.size(2)], dgh]
+    if dgi.size(1) < MIN_ROWS:  # few rows: joining them is cheaper than joining the two products
+        joined = torch.cat(hidden, 2)
+        return _sums(spec, joined, h_prev, [], False)[0], [joined]
     return torch.cat([_sums(spec, part, h_prev, [], False)[0] for part in hidden], 1), hidden
 
 
@@ -187,8 +197,11 @@ def kernel_backward(
     )
     dx = None
     if input_grad:
-        w_ih_t = w_ih.transpose(1, 2).contiguous() if spec.onednn else w_ih.transpose(1, 2)
-        dx = sum_directions(rows_linear(dgi, w_ih_t, None, spec.onednn), spec.reverse)
+        if spec.onednn and dgi.size(1) >= MIN_ROWS:  # oneDNN's product takes W_ihᵀ contiguous
+            dx = rows_linear(dgi, w_ih.transpose(1, 2).contiguous(), None, True)
+        else:
+            dx = torch.bmm(dgi, w_ih)
+        dx = sum_directions(dx, spec.reverse)
     grads = _weight_and_bias_grads(spec, dgi, dgh, per_direction(rows, spec.reverse), h_prev)
     grads.update(zip([n for n in spec.param_names if is_kind_weight(n)], dweights))
     return dx, dstate0, unstack_grads(grads, spec.directions, spec.param_names)

@@ -140,10 +140,10 @@ needs_cpu_route = pytest.mark.skipif(triton_forced(), reason="the CPU routes (th
 @needs_cpu_route
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 def test_route_for_names_the_cpu_kernel_that_runs(grad, monkeypatch):
-    """float32: native (its op runs; in training oneDNN's products around it) where the library loaded,
-    else oneDNN's products; RECURRENT_BACKEND=torchscript and float64: neither."""
+    """float32: native (its op runs; in training oneDNN's products around it, from MIN_ROWS rows on) where
+    the library loaded, else oneDNN's products; RECURRENT_BACKEND=torchscript and float64: neither."""
     layer = recurrent.GRU(4, 8, 2, bidirectional=True)
-    x = torch.randn(5, 3, 4, requires_grad=grad)
+    x = torch.randn(products.MIN_ROWS // 4, 4, 4, requires_grad=grad)
     cases = [("native" if cpu.available() else "onednn", layer, x)]
     cases.append(("torchscript", copy.deepcopy(layer).double(), x.detach().double().requires_grad_(grad)))
     for kernel, module, data in cases:
