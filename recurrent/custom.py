@@ -281,9 +281,13 @@ class CustomRNN(RNNBase):
         return [self.hidden_size] * self._num_states
 
     def __getstate__(self):
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         state.pop("_compiled", None)  # a TorchScript module does not pickle; it is rebuilt on use
         return state
+
+    @torch.jit.unused
+    def _custom_cell(self) -> Optional[CustomCell]:
+        return self.cell
 
     # -- the cell as a kind ---------------------------------------------------------------------
     @torch.jit.unused

@@ -74,6 +74,7 @@ class RNNBase(nn.Module):
         "proj_size",
     ]
     __jit_unused_properties__ = ["all_weights"]
+    __jit_ignored_attributes__ = ["_last_route"]
     _rejects_proj_size = False  # True for RNN and GRU
 
     def __new__(cls, *args, **kwargs):
@@ -169,6 +170,11 @@ class RNNBase(nn.Module):
         result = super()._apply(fn, recurse)
         self._init_flat_weights()
         return result
+
+    def __getstate__(self) -> dict:
+        # The last route decision (_decide) holds the kind's functions, which do not pickle; a copy decides anew.
+        state = super().__getstate__()
+        return {name: value for name, value in state.items() if name != "_last_route"}
 
     def flatten_parameters(self) -> None:
         """Kept for drop-in compatibility with torch.nn: our weights need no flat cuDNN buffer."""
@@ -325,6 +331,11 @@ class RNNBase(nn.Module):
         return kernels.KINDS[self.mode]
 
     @torch.jit.unused
+    def _custom_cell(self) -> Optional[object]:
+        """A custom layer's cell (recurrent.CustomRNN); None for a built-in kind."""
+        return None
+
+    @torch.jit.unused
     def route(self, input: Union[Tensor, PackedSequence]) -> routes.Route:
         """The route a call on ``input`` (no initial states) takes now: :func:`recurrent.routes.route_for`."""
         packed = isinstance(input, PackedSequence)
@@ -339,7 +350,17 @@ class RNNBase(nn.Module):
     @torch.jit.unused
     def _decide(self, tensors: List[Tensor], packed: bool, empty: bool, dtype: torch.dtype) -> routes.Route:
         call = routes.facts(self, tensors, packed, empty, dtype, bool(kernels.LAYER_OBSERVERS))
-        return routes.decide(call, settings.current())
+        now = settings.current()
+        if call.tracer:  # a tracer's facts may hold its symbolic values: decided afresh, not kept
+            return routes.decide(call, now)
+        # The last eager decision serves the next call with the same facts and settings (a decision depends
+        # on nothing else: whether the native library loaded is settled by the first one).
+        last = self.__dict__.get("_last_route")
+        if last is not None and last[0] == call and last[1] == now:
+            return last[2]
+        route = routes.decide(call, now)
+        self.__dict__["_last_route"] = (call, now, route)
+        return route
 
     @torch.jit.unused
     def _eager_padded(self, input: Tensor, hx: Optional[List[Tensor]]) -> Tuple[LayerCall, Tensor, List[Tensor]]:
@@ -454,7 +475,12 @@ class RNNBase(nn.Module):
         """(input, hx, weights) for the eager path. The weights are looked up by name on every call,
         so torch.func.functional_call and reassigned weights work; under torch.autocast all three
         come in autocast's dtype."""
-        weights = [getattr(self, name) for name in self._flat_weights_names]
+        # Straight from the registered parameters where they all are (getattr through nn.Module's __getattr__
+        # took 16 µs for 8 weights); a weight deleted or set as a plain tensor is found by name.
+        registered = self._parameters
+        weights = [registered.get(name) for name in self._flat_weights_names]
+        if any(w is None for w in weights):
+            weights = [getattr(self, name) for name in self._flat_weights_names]
         dtype = _amp.autocast_dtype(input.device)
         if dtype is None:
             return input, hx, weights

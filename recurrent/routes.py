@@ -238,7 +238,7 @@ def decide(call: Call, settings: _settings.Settings) -> Route:
 
 
 def _tracer() -> str:
-    if torch.onnx.is_in_onnx_export() and torch.jit.is_tracing():
+    if torch.jit.is_tracing() and torch.onnx.is_in_onnx_export():  # the cheap question first
         return "onnx"
     if exporting():
         return "export"
@@ -262,7 +262,7 @@ def facts(layer: Any, tensors: list, packed: bool, empty: bool, dtype: torch.dty
     """The facts of a call of ``layer`` (an RNNBase) over ``tensors`` (its input or rows, states and weights:
     their device, whether they need gradients, whether they are dual tensors), computing in ``dtype``."""
     return Call(
-        layer.kind(), getattr(layer, "cell", None), tensors[0].device.type, dtype, layer.hidden_size,
+        layer.kind(), layer._custom_cell(), tensors[0].device.type, dtype, layer.hidden_size,
         layer.proj_size > 0, layer.bidirectional,
         torch.is_grad_enabled() and any(t.requires_grad for t in tensors), packed, empty, _tracer(),
         _transformed(tensors), observed,

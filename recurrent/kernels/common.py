@@ -23,6 +23,11 @@ from torch import Tensor
 from .._jit import script
 from .products import packed_linear
 
+# The eager layers call per_direction, join_directions, split_directions, sum_directions, previous_blocks
+# and blocks_product from Python once per layer, where a TorchScript function's call can cost more than its
+# work (blocks_product of one row, G = 600, H = 200: 49 µs scripted, 25 µs its one bmm alone): they are
+# plain functions, which the TorchScript code that calls them compiles with itself.
+
 
 @script
 def hidden_product(h: Tensor, w_hh_t: Tensor, b_hh: Optional[Tensor], packed: Optional[List[Tensor]] = None) -> Tensor:
@@ -62,7 +67,6 @@ def reverse_index(batch_sizes: List[int], device: torch.device) -> Tensor:
     return starts[lengths[sequence] - 1 - step] + sequence
 
 
-@script
 def per_direction(rows: Tensor, reverse: Optional[Tensor]) -> Tensor:
     """(T, W) → (D, T, W): what each direction reads, the second one reversed in time."""
     if reverse is None:
@@ -70,7 +74,6 @@ def per_direction(rows: Tensor, reverse: Optional[Tensor]) -> Tensor:
     return torch.stack([rows, rows.index_select(0, reverse)])
 
 
-@script
 def join_directions(per_dir: Tensor, reverse: Optional[Tensor]) -> Tensor:
     """(D, T, W) → (T, D·W) in natural time, written in place into one new tensor."""
     if reverse is None:
@@ -91,7 +94,6 @@ def gather_directions(per_dir: Tensor, reverse: Optional[Tensor]) -> Tensor:
     return torch.cat([per_dir[0], per_dir[1].index_select(0, reverse)], 1)
 
 
-@script
 def split_directions(rows: Tensor, reverse: Optional[Tensor]) -> Tensor:
     """(T, D·W) → (D, T, W): the inverse of :func:`join_directions` (backward only: writes with out=)."""
     if reverse is None:
@@ -103,7 +105,6 @@ def split_directions(rows: Tensor, reverse: Optional[Tensor]) -> Tensor:
     return split
 
 
-@script
 def sum_directions(per_dir: Tensor, reverse: Optional[Tensor]) -> Tensor:
     """(D, T, W) → (T, W): gradients of what :func:`per_direction` handed out, added back up."""
     if reverse is None:
@@ -122,7 +123,6 @@ def previous_states(h0: Tensor, hs: Tensor, batch_sizes: List[int]) -> Tensor:
     return torch.cat(pieces, 1)
 
 
-@script
 def previous_blocks(h0: Tensor, hs: Tensor, batch_sizes: List[int]) -> List[Tensor]:
     """The state before every row, as consecutive row blocks (D, ·, H) covering rows 0..T in order.
     For a padded batch that is h0, then hs one step behind: two views, nothing copied."""
@@ -131,13 +131,13 @@ def previous_blocks(h0: Tensor, hs: Tensor, batch_sizes: List[int]) -> List[Tens
     return [previous_states(h0, hs, batch_sizes)]
 
 
-@script
 def blocks_product(grad: Tensor, blocks: List[Tensor]) -> Tensor:
     """Σ over rows of gradᵀ · state, with the states given as consecutive row blocks: (D, G, H)."""
     total = torch.bmm(grad[:, : blocks[0].size(1)].transpose(1, 2), blocks[0])
     start = blocks[0].size(1)
     for block in blocks[1:]:
-        total = torch.baddbmm(total, grad[:, start : start + block.size(1)].transpose(1, 2), block)
+        if block.size(1) > 0:  # a one-step call's states before its rows are h0 alone
+            total = torch.baddbmm(total, grad[:, start : start + block.size(1)].transpose(1, 2), block)
         start += block.size(1)
     return total
 

@@ -15,6 +15,10 @@ from torch import Tensor
 
 from .._jit import script
 
+# own_gradients, stack_directions, stack_weights and is_kind_weight are plain functions: the eager layers call
+# them once per layer and call, where a TorchScript call of stack_weights cost 75 µs (one direction, H = 200),
+# 29 µs as Python (no gradients); the TorchScript stack loops that call them compile them with themselves.
+
 
 @script
 def layer_param_kinds(bias: bool, proj: bool) -> List[str]:
@@ -41,7 +45,6 @@ def layer_param_shapes(
     return [(kind, shapes[kind]) for kind in layer_param_kinds(bias, proj_size > 0)]
 
 
-@script
 def own_gradients(tensors: List[Tensor]) -> List[Tensor]:
     """The tensors, each through a product with a one where autograd will differentiate them.
 
@@ -55,7 +58,6 @@ def own_gradients(tensors: List[Tensor]) -> List[Tensor]:
     return tensors
 
 
-@script
 def stack_directions(tensors: List[Tensor]) -> Tensor:
     """One tensor per direction, stacked on a new dim 0: (D, ...), each with its own gradient."""
     if len(tensors) == 1:
@@ -63,13 +65,11 @@ def stack_directions(tensors: List[Tensor]) -> Tensor:
     return torch.stack(own_gradients(tensors))
 
 
-@script
 def is_kind_weight(name: str) -> bool:
     """Whether a parameter is one of the kind's own, beyond what every kind has (W_ih, W_hh, the biases)."""
     return name != "weight_ih" and name != "weight_hh" and name != "bias_ih" and name != "bias_hh"
 
 
-@script
 def stack_weights(
     params: List[Tensor], directions: int, names: List[str], fold_bias: bool
 ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], List[Tensor]]:
