@@ -21,8 +21,12 @@ REFERENCE = "torch.nn"
 FMNIST = ["fmnist-gru2", "fmnist-birnn"]
 FMNIST_CUDA = ["fmnist-gru2", "fmnist-birnn", "fmnist-lstm2"]
 
+SMALL_CALLS = [f"step-{kind}-N{n}" for kind in ("rnn", "gru", "lstm") for n in (1, 20)]
+SMALL_CALLS += ["cell-rnn", "cell-gru", "cell-lstm"]
+
 # (device, target, shapes (None: every non-tiny shape), modes, contender, versus, metric, limit):
-# met when metric(contender) / metric(versus) <= limit for every listed (shape, mode) measured.
+# met when metric(contender) / metric(versus) <= limit for every listed (shape, mode) measured. A device
+# "cpu-t1" holds for runs at 1 thread only. A run lists the targets it measured something of.
 TARGETS: list[tuple[str, str, Optional[list[str]], list[str], str, str, str, float]] = [
     (
         "cpu",
@@ -105,6 +109,27 @@ TARGETS: list[tuple[str, str, Optional[list[str]], list[str], str, str, str, flo
         1.2,
     ),
     (
+        "cpu",
+        "one-step calls of RNN/GRU/LSTM(200, 200, 2 layers) at batch 1 and 20, and the cells at batch 32, "
+        "inference and fwd+bwd ≤ 1.0× torch.nn",
+        SMALL_CALLS,
+        ["inference", "fwd+bwd"],
+        "recurrent",
+        REFERENCE,
+        "median_ms",
+        1.0,
+    ),
+    (
+        "cpu-t1",
+        "the word language model's LSTM (L=35, N=20, H=200, 2 layers), fwd+bwd at 1 thread ≤ 0.9× torch.nn",
+        ["wordlm-lstm2"],
+        ["fwd+bwd"],
+        "recurrent",
+        REFERENCE,
+        "median_ms",
+        0.9,
+    ),
+    (
         "cuda",
         "Fashion-MNIST shapes and GRU N=64 L=100 H=256, fwd+bwd ≤ 0.5× cuDNN",
         FMNIST_CUDA + ["gru-L100-H256"],
@@ -161,7 +186,8 @@ def target_lines(doc: dict) -> list[str]:
     measured = [s["name"] for s in doc["shapes"] if s["group"] != "tiny"]
     lines = []
     for device, text, shapes, modes, who, versus, metric, limit in TARGETS:
-        if device != doc["meta"]["device"]:
+        device, _, threads = device.partition("-t")
+        if device != doc["meta"]["device"] or threads and int(threads) != doc["meta"]["threads"]:
             continue
         ratios = []  # (ratio, shape, mode)
         for shape in shapes or measured:
@@ -170,8 +196,9 @@ def target_lines(doc: dict) -> list[str]:
                 if a.get(metric) and b.get(metric):
                     ratios.append((a[metric] / b[metric], shape, mode))
         missing = shapes is not None and {s for _, s, _ in ratios} != set(shapes)
-        if not ratios:
+        if not ratios and set(shapes or []) & set(measured):
             lines.append(f"- [ ] {text}: not measured")
+        if not ratios:
             continue
         worst, shape, mode = max(ratios)
         mark = "x" if worst <= limit and not missing else " "
@@ -221,7 +248,9 @@ def section(path: Path, doc: dict, out_dir: Path) -> list[str]:
         if not c["ok"]
     ]
     return [
-        f"## {m['device'].upper()}: {m['machine']}" + (" (quick run)" if m["quick"] else ""),
+        f"## {m['device'].upper()}: {m['machine']}"
+        + (" (quick run)" if m["quick"] else "")
+        + (f", small calls at {m['threads']} thread(s)" if all(s["group"] == "small" for s in doc["shapes"]) else ""),
         "",
         f"- torch {m['torch']}{cuda}",
         f"- threads: {m['threads']}; date: {m['date']}; commit: {m['git_commit'] or 'unknown'}",
@@ -326,7 +355,12 @@ def main() -> int:
     p.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
     p.add_argument("--notes", type=Path, default=HERE / "NOTES.md")
     args = p.parse_args()
-    found = [q for kind in ("speed", "export", "compile") for q in sorted((HERE / "results").glob(f"{kind}-*.json"))]
+    # Per kind, the full runs (speed-cpu, speed-cuda) before the small-call runs (speed-cpu-small-t1, ...).
+    found = [
+        q
+        for kind in ("speed", "export", "compile")
+        for q in sorted((HERE / "results").glob(f"{kind}-*.json"), key=lambda q: ("-small" in q.stem, q.stem))
+    ]
     paths = args.json or [q for q in found if not q.stem.endswith("-quick")]
     if not paths:
         print("no benchmark JSON found; run benchmarks/speed.py first", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Speed and memory of `recurrent` against torch.nn, side by side in one process.
 
-    python benchmarks/speed.py --device cpu|cuda [--quick] [--out DIR] [--threads T] [--reps N]
+    python benchmarks/speed.py --device cpu|cuda [--quick] [--out DIR] [--threads T] [--reps N] [--shapes S]
 
 Contenders, all built from the same weights (torch.nn's state_dict loaded into ours):
   torch.nn     the reference (cuDNN on GPU, ATen's native loop on CPU)
@@ -26,6 +26,9 @@ Modes: inference (forward under no_grad) and fwd+bwd (backward into every parame
 input); on CUDA also both under bf16 autocast. Packed shapes ('-var') give every contender a
 PackedSequence of a batch whose lengths vary; the cell loop has no packed path.
 
+Small shapes (--shapes small: one-step calls, the cells, the word language model's LSTM) time torch.nn
+and our layer or cell only, called directly, each sample the mean of 20 calls where one takes microseconds;
+run them at --threads 1 and 2, which write speed-<device>-small-t1.json and -t2.json.
 Writes DIR/speed-<device>[-quick].json and a .png chart next to it; benchmarks/report.py turns
 them into benchmarks/RESULTS.md.
 """
@@ -69,8 +72,19 @@ class Shape:
     seq_len: int  # L
     input_size: int  # I
     hidden_size: int  # H
-    group: str  # 'fmnist' | 'large' | 'tiny', selectable with --shapes
+    group: str  # 'fmnist' | 'large' | 'tiny' | 'small', selectable with --shapes
     packed: bool  # lengths drawn by lengths(), input packed from the padded batch
+
+    @property
+    def cell(self) -> bool:
+        """No layers: the kind's cell, called on (N, I) input."""
+        return self.layers == 0
+
+    @property
+    def calls(self) -> int:
+        """Calls per timed sample: a one-step call or a cell takes tens of microseconds, which one
+        perf_counter reading resolves but scheduling noise swamps; their samples time 20 calls."""
+        return 20 if self.cell or (self.group == "small" and self.seq_len == 1) else 1
 
 
 # fmt: off
@@ -91,6 +105,18 @@ SHAPES = [Shape(*row) for row in [
     ("tiny-rnn-relu",       "rnn_relu", 1,     False,   4,   6,   5,   8, "tiny",   False),
     ("tiny-lstm2-bi",       "lstm",     2,     True,    4,   6,   5,   8, "tiny",   False),
     ("tiny-gru2-bi-var",    "gru",      2,     True,    4,   6,   5,   8, "tiny",   True),
+    # Small calls (--shapes small, at --threads 1 and 2): one step of a 2-layer stack, as generation, RL
+    # actors and streaming decoders call it; the cells (layers 0); the word language model's LSTM.
+    ("step-rnn-N1",         "rnn_tanh", 2,     False,   1,   1, 200, 200, "small",  False),
+    ("step-gru-N1",         "gru",      2,     False,   1,   1, 200, 200, "small",  False),
+    ("step-lstm-N1",        "lstm",     2,     False,   1,   1, 200, 200, "small",  False),
+    ("step-rnn-N20",        "rnn_tanh", 2,     False,  20,   1, 200, 200, "small",  False),
+    ("step-gru-N20",        "gru",      2,     False,  20,   1, 200, 200, "small",  False),
+    ("step-lstm-N20",       "lstm",     2,     False,  20,   1, 200, 200, "small",  False),
+    ("cell-rnn",            "rnn_tanh", 0,     False,  32,   1,  64, 128, "small",  False),
+    ("cell-gru",            "gru",      0,     False,  32,   1,  64, 128, "small",  False),
+    ("cell-lstm",           "lstm",     0,     False,  32,   1,  64, 128, "small",  False),
+    ("wordlm-lstm2",        "lstm",     2,     False,  20,  35, 200, 200, "small",  False),
 ]]
 # fmt: on
 
@@ -328,8 +354,25 @@ def custom_contenders(shape: Shape, ref: nn.Module, device: torch.device, models
         failed[CUSTOM_TRITON] = reason(e)
 
 
+def build_small(shape: Shape, device: torch.device) -> dict[str, nn.Module]:
+    """A small shape's contenders: torch.nn and our layer (or cell) as a user calls it, directly: what is
+    timed is the cost of a call, which OnBackend's setting of RECURRENT_BACKEND would add to (so the shell's
+    RECURRENT_BACKEND applies; unset, ours is the default route)."""
+    layer_name, cell_name, kwargs = KINDS[shape.kind]
+    name = cell_name if shape.cell else layer_name
+    args, kw = (shape.input_size, shape.hidden_size), dict(kwargs)
+    if not shape.cell:
+        kw.update(num_layers=shape.layers, bidirectional=shape.bidirectional)
+    ref = getattr(nn, name)(*args, **kw).to(device)
+    ours = getattr(recurrent, name)(*args, **kw).to(device)
+    ours.load_state_dict(ref.state_dict())
+    return {REFERENCE: ref, "recurrent": ours}
+
+
 def build(shape: Shape, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """The contenders' modules, and the reasons for any that could not be built."""
+    if shape.group == "small":
+        return build_small(shape, device), {}
     layer_name, cell_name, kwargs = KINDS[shape.kind]
     args = (shape.input_size, shape.hidden_size)
     kw = dict(kwargs, num_layers=shape.layers, bidirectional=shape.bidirectional)
@@ -453,14 +496,16 @@ def graph_step(model: nn.Module, x: Tensor, mode: str) -> Callable[[], None]:
     return replay
 
 
-def timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
-    """Milliseconds of one call: perf_counter on CPU, CUDA events around a synchronised call."""
+def timer(device: torch.device, calls: int = 1) -> Callable[[Callable[[], None]], float]:
+    """Milliseconds of one call, averaged over ``calls`` consecutive ones: perf_counter on CPU, CUDA events
+    around synchronised calls."""
     if device.type != "cuda":
 
         def cpu_ms(fn: Callable[[], None]) -> float:
             start = time.perf_counter()
-            fn()
-            return (time.perf_counter() - start) * 1e3
+            for _ in range(calls):
+                fn()
+            return (time.perf_counter() - start) * 1e3 / calls
 
         return cpu_ms
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -468,10 +513,11 @@ def timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
     def cuda_ms(fn: Callable[[], None]) -> float:
         torch.cuda.synchronize()
         start.record()
-        fn()
+        for _ in range(calls):
+            fn()
         end.record()
         end.synchronize()
-        return start.elapsed_time(end)
+        return start.elapsed_time(end) / calls
 
     return cuda_ms
 
@@ -516,7 +562,7 @@ def peak_cuda_bytes(fn: Callable[[], None]) -> int:
 
 
 def bench_mode(
-    models: dict[str, nn.Module], failed: dict[str, str], x: Tensor, mode: str, reps: int
+    models: dict[str, nn.Module], failed: dict[str, str], x: Tensor, mode: str, reps: int, calls: int = 1
 ) -> dict[str, dict]:
     """Time every contender in one mode; returns contender -> figures (or status 'n/a: ...')."""
     results: dict[str, dict] = {name: {"status": why} for name, why in failed.items()}
@@ -532,7 +578,7 @@ def bench_mode(
             steps[name] = step
         except Exception as e:  # noqa: BLE001 - one contender failing must not end the run
             results[name] = {"status": reason(e)}
-    measure = timer(x.device)
+    measure = timer(x.device, calls)
     times: dict[str, list[float]] = {name: [] for name in steps}
     names = list(steps)
     gc.collect()
@@ -594,7 +640,7 @@ def git_commit() -> Optional[str]:
 
 
 def select(spec: str) -> list[Shape]:
-    """--shapes: comma-separated shape names and groups; 'all' is every non-tiny shape."""
+    """--shapes: comma-separated shape names and groups; 'all' is every fmnist and large shape."""
     wanted = set(spec.split(","))
     if "all" in wanted:
         wanted |= {"fmnist", "large"}
@@ -677,7 +723,7 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="output DIR")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--reps", type=int, help="timed repetitions per contender (default 20, quick 5)")
-    p.add_argument("--shapes", help="comma-separated names/groups: fmnist, large, tiny, all")
+    p.add_argument("--shapes", help="comma-separated names/groups: fmnist, large, tiny, small, all")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device")
@@ -685,6 +731,13 @@ def arguments() -> argparse.Namespace:
     if args.reps < 1:
         p.error("--reps must be at least 1")
     return args
+
+
+def run_tag(args: argparse.Namespace, shapes: list[Shape]) -> str:
+    """What sets a run's JSON apart from speed-<device>.json: the small shapes' runs, one per thread count
+    (-small-t1, -small-t2), and --quick."""
+    small = f"-small-t{torch.get_num_threads()}" if any(s.group == "small" for s in shapes) else ""
+    return f"{small}{'-quick' if args.quick else ''}"
 
 
 def run_meta(args: argparse.Namespace, device: torch.device, chart_path: Path) -> dict:
@@ -718,7 +771,8 @@ def run_meta(args: argparse.Namespace, device: torch.device, chart_path: Path) -
 def time_shape(shape: Shape, device: torch.device, reps: int) -> tuple[dict, list[dict]]:
     """(the output checks, the timing rows) of one shape, every mode and contender."""
     models, failed = build(shape, device)
-    x = torch.randn(shape.seq_len, shape.batch, shape.input_size, device=device)
+    dims = (shape.batch, shape.input_size) if shape.cell else (shape.seq_len, shape.batch, shape.input_size)
+    x = torch.randn(*dims, device=device)
     x.requires_grad_()
     checks = check_outputs(models, x, TOLERANCE[device.type])
     for name, c in checks.items():
@@ -727,7 +781,7 @@ def time_shape(shape: Shape, device: torch.device, reps: int) -> tuple[dict, lis
             failed[name] = f"n/a: output differs from torch.nn by {c['max_abs_diff']:.2e}"
     rows = []
     for mode in CUDA_MODES if device.type == "cuda" else CPU_MODES:
-        figures = bench_mode(models, failed, x, mode, reps)
+        figures = bench_mode(models, failed, x, mode, reps, shape.calls)
         ref = figures.get(REFERENCE, {})
         for name, f in figures.items():
             f["ratio"] = ratio(f.get("median_ms"), ref.get("median_ms"))
@@ -744,7 +798,7 @@ def main() -> int:
     device = torch.device(args.device)
     torch.manual_seed(0)
     args.out.mkdir(parents=True, exist_ok=True)
-    json_path = args.out / f"speed-{device.type}{'-quick' if args.quick else ''}.json"
+    json_path = args.out / f"speed-{device.type}{run_tag(args, shapes)}.json"
     chart_path = json_path.with_suffix(".png")
     meta = run_meta(args, device, chart_path)
     rows: list[dict] = []
