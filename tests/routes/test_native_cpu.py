@@ -102,6 +102,29 @@ def test_many_rows_split_between_threads_equal_torch_nn(kind, threads):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("batch", [1, 150])
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_step_calls_equal_torch_nn(kind, batch, threads):
+    """A one-step call runs its products on the weights unpacked (ATen's), the LSTM's gate math apart from
+    its micro-kernel, and its backward's products below 128 rows through MKL: one row and 150 rows split
+    between threads, given states, both directions, padded and packed (one step of every sequence)."""
+    if not cpu.available():
+        pytest.skip(cpu.status())
+    torch.manual_seed(batch)
+    reference, ours = module_pair(kind, 3, 10, 2, bidirectional=True)
+    x = torch.randn(1, batch, 3, requires_grad=True)
+    states = initial_states(kind, 10, 0, (4, batch), torch.float32)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for lengths in (None, torch.ones(batch, dtype=torch.long)):
+            run = partial(outputs_and_grads, lengths=lengths)
+            assert_like_torch_nn(run, reference, ours, [x, *states])
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["one direction", "two directions"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_retained_graph_gives_torch_nns_gradients_twice(kind, bidirectional):

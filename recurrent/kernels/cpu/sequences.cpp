@@ -310,16 +310,18 @@ void lstm_one_step(const Tensor& x, const Tensor& w_ih, const std::optional<Tens
     a.addmm_(h0[d], w_hh[d].t());
     float *a_ = data(a), *h_ = data(hs) + d * N * H, *c_new = data(save ? cs : c_n) + d * N * H;
     const float* c_ = data(c0) + d * N * H;
-    for (int64_t r = 0; r < N; ++r) {
-      float *i = a_ + r * G, *f = i + H, *g = i + 2 * H, *o = i + 3 * H;
+    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {  // a large batch's rows over the threads
+      for (int64_t r = begin; r < end; ++r) {
+        float *i = a_ + r * G, *f = i + H, *g = i + 2 * H, *o = i + 3 * H;
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        i[j] = sigmoid_(i[j]), f[j] = sigmoid_(f[j]), g[j] = tanh_(g[j]), o[j] = sigmoid_(o[j]);
-        const float c = f[j] * c_[r * H + j] + i[j] * g[j];
-        c_new[r * H + j] = c;
-        h_[r * H + j] = o[j] * tanh_(c);
+        for (int64_t j = 0; j < H; ++j) {
+          i[j] = sigmoid_(i[j]), f[j] = sigmoid_(f[j]), g[j] = tanh_(g[j]), o[j] = sigmoid_(o[j]);
+          const float c = f[j] * c_[r * H + j] + i[j] * g[j];
+          c_new[r * H + j] = c;
+          h_[r * H + j] = o[j] * tanh_(c);
+        }
       }
-    }
+    });
   }
   if (save) c_n.copy_(cs);
 }
