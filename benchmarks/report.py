@@ -236,6 +236,10 @@ def lengths_note(doc: dict) -> list[str]:
     return ["Packed shapes (lengths uniform in [L/2, L], `enforce_sorted=False`):", "", *lines, ""]
 
 
+def small_calls(threads: int) -> str:
+    return f", small calls, {threads} thread{'' if threads == 1 else 's'}"
+
+
 def section(path: Path, doc: dict, out_dir: Path) -> list[str]:
     m = doc["meta"]
     chart = Path(os.path.relpath(path.parent / m["chart"], out_dir)).as_posix()
@@ -250,7 +254,7 @@ def section(path: Path, doc: dict, out_dir: Path) -> list[str]:
     return [
         f"## {m['device'].upper()}: {m['machine']}"
         + (" (quick run)" if m["quick"] else "")
-        + (f", small calls at {m['threads']} thread(s)" if all(s["group"] == "small" for s in doc["shapes"]) else ""),
+        + (small_calls(m["threads"]) if all(s["group"] == "small" for s in doc["shapes"]) else ""),
         "",
         f"- torch {m['torch']}{cuda}",
         f"- threads: {m['threads']}; date: {m['date']}; commit: {m['git_commit'] or 'unknown'}",
