@@ -94,9 +94,9 @@ struct Panels {
   int64_t K, N, count;
   std::vector<float> data;
   Tensor plain;  // where not packed: the weight as (D, K, N) (a transposed view where `transposed`)
-  Panels(const Tensor& w, bool transposed, bool pack)
+  Panels(const Tensor& w, bool transposed, const Steps& steps)
       : K(w.size(transposed ? 2 : 1)), N(w.size(transposed ? 1 : 2)), count((N + kPanel - 1) / kPanel) {
-    if (!pack) {
+    if (steps.count() == 1) {
       plain = transposed ? w.transpose(1, 2) : w;
       return;
     }
@@ -118,7 +118,8 @@ struct Panels {
   const float* panel(int64_t d, int64_t p) const { return data.data() + (d * count + p) * K * kPanel; }
 };
 
-// c (m, N) = a (m, K) · direction d's weight (+ c when `add`), one brgemm micro-kernel call per panel.
+// c (m, N) = a (m, K) · direction d's weight (+ c when `add`), one brgemm micro-kernel call per panel, or
+// one ATen product where the weight is not packed.
 void product(int64_t m, const float* a, int64_t lda, const Panels& w, int64_t d, float* c, int64_t ldc, bool add) {
   if (w.plain.defined() && m > 0) {
     const at::NoGradGuard no_grad;  // the weights may require grad: ATen's out= products refuse those
@@ -132,7 +133,7 @@ void product(int64_t m, const float* a, int64_t lda, const Panels& w, int64_t d,
     }
     return;
   }
-  for (int64_t p = 0; m > 0 && !w.plain.defined() && p < w.count; ++p) {
+  for (int64_t p = 0; m > 0 && p < w.count; ++p) {
     const int64_t n0 = p * kPanel, width = std::min(kPanel, w.N - n0);
     if (w.K == 0) {  // an empty product: c stays, or is zero
       for (int64_t r = 0; r < m && !add; ++r) std::fill_n(c + r * ldc + n0, width, 0.0f);
@@ -406,7 +407,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_sequence_backward(const Tensor& grad_out
   check(gates, {D, R, G}, "gates"), check(cs, {D, R, H}, "cs"), check(c0, {D, N, H}, "c0");
   check(w_hh, {D, G, H}, "w_hh");
   Tensor dh = dh_n.clone(), dc = dc_n.clone();
-  const Panels w(w_hh, false, steps.count() > 1);
+  const Panels w(w_hh, false, steps);
   for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
     float *dh_ = data(dh) + d * N * H, *dc_ = data(dc) + d * N * H;
     const float* c_seq = data(cs) + d * R * H;
@@ -453,7 +454,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_sequence(const Tensor& x, const T
   const auto options = x.options();
   Tensor hs = at::empty({D, R, H}, options), h_n = at::empty({D, N, H}, options);
   Tensor gates = at::empty({D, save ? R : 0, G}, options), ghn = at::empty({D, save ? R : 0, H}, options);
-  const Panels w_i(w_ih, true, steps.count() > 1), w_h(w_hh, true, steps.count() > 1);
+  const Panels w_i(w_ih, true, steps), w_h(w_hh, true, steps);
   for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
     std::vector<float> gh(kTile * G), scratch(save ? 0 : kTile * G);
     const float *h0_ = data(h0) + d * N * H, *x_ = data(x) + d * R * I;
@@ -512,7 +513,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_sequence_backward(const Tensor& grad_out,
   check(dh_n, {D, N, H}, "dh_n"), check(gates, {D, R, G}, "gates");
   check(ghn, {D, R, H}, "ghn"), check(hs, {D, R, H}, "hs"), check(h0, {D, N, H}, "h0"), check(w_hh, {D, G, H}, "w_hh");
   Tensor dh = dh_n.clone();
-  const Panels w(w_hh, false, steps.count() > 1);
+  const Panels w(w_hh, false, steps);
   for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
     std::vector<float> dgh(kTile * G);
     float* dh_ = data(dh) + d * N * H;
@@ -548,7 +549,7 @@ std::tuple<Tensor, Tensor> rnn_sequence(const Tensor& x, const Tensor& w_ih, con
   check(x, {D, R, I}, "x"), check(w_ih, {D, H, I}, "w_ih"), check(h0, {D, N, H}, "h0"), check(w_hh, {D, H, H}, "w_hh");
   if (bias) check(*bias, {D, H}, "bias");
   Tensor hs = at::empty({D, R, H}, x.options()), h_n = at::empty({D, N, H}, x.options());
-  const Panels w_i(w_ih, true, steps.count() > 1), w_h(w_hh, true, steps.count() > 1);
+  const Panels w_i(w_ih, true, steps), w_h(w_hh, true, steps);
   for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
     const float *h0_ = data(h0) + d * N * H, *x_ = data(x) + d * R * I;
     float* hs_ = data(hs) + d * R * H;
@@ -591,7 +592,7 @@ std::tuple<Tensor, Tensor> rnn_sequence_backward(const Tensor& grad_out, const s
   check(dh_n, {D, N, H}, "dh_n"), check(hs, {D, R, H}, "hs");
   check(h0, {D, N, H}, "h0"), check(w_hh, {D, H, H}, "w_hh");
   Tensor dh = dh_n.clone(), dw = at::zeros({D, H, H}, hs.options());
-  const Panels w(w_hh, false, steps.count() > 1);
+  const Panels w(w_hh, false, steps);
   std::mutex adding;
   for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
     std::vector<float> sum(H * H), da_t(H * kTile);
