@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import kernels
+from . import kernels, routes
 from ._jit import JIT_ENABLED, script
 from .kernels.common import carry_rows, hidden_product, step_rows
 from .kernels.contract import Kernel
@@ -318,8 +318,9 @@ class CustomRNN(RNNBase):
 
     @torch.jit.unused
     def _whole_stack(
-        self, spec: kernels.StackSpec, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor]
-    ) -> Tuple[Tensor, List[Tensor]]:
+        self, route: routes.Route, spec: kernels.StackSpec, rows: Tensor, batch_sizes: List[int],
+        state0: List[Tensor], weights: List[Tensor],
+    ) -> Tuple[Tensor, List[Tensor]]:  # fmt: skip
         """The whole stack in one TorchScript call on the compiled loop (no gradients)."""
         return kernels.run_module_stack(self._compiled_loop(), spec, rows, batch_sizes, state0, weights)
 

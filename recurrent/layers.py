@@ -404,7 +404,7 @@ class RNNBase(nn.Module):
         spec = self._stack_spec(route.kernel in ("onednn", "native"))
         with _amp.disabled(rows.device):
             if route.stack == "whole":
-                return self._whole_stack(spec, rows, batch_sizes, state0, weights)
+                return self._whole_stack(route, spec, rows, batch_sizes, state0, weights)
             layer = self._layer_spec(route, spec, batch_sizes)
             return kernels.eager_stack(layer, spec, rows, batch_sizes, state0, weights, route.stack == "scan")
 
@@ -451,9 +451,14 @@ class RNNBase(nn.Module):
 
     @torch.jit.unused
     def _whole_stack(
-        self, spec: kernels.StackSpec, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor]
-    ) -> Tuple[Tensor, List[Tensor]]:
-        """The whole stack in one TorchScript call (no gradients: nothing to save)."""
+        self, route: routes.Route, spec: kernels.StackSpec, rows: Tensor, batch_sizes: List[int],
+        state0: List[Tensor], weights: List[Tensor],
+    ) -> Tuple[Tensor, List[Tensor]]:  # fmt: skip
+        """The whole stack in one call: on the route's kernel's stack ops (the native ones, differentiated as
+        the route says), else TorchScript's loop (no gradients: nothing to save)."""
+        if route.kernel not in ("torchscript", "onednn"):
+            layer = self._layer_spec(route, spec, batch_sizes)
+            return kernels.whole_stack(layer, spec, rows, batch_sizes, state0, weights)
         return kernels.run_stack(self.kind().sequence(spec.onednn), spec, rows, batch_sizes, state0, weights)
 
     def _empty_batch(self, call: LayerCall) -> Tuple[Tensor, List[Tensor]]:

@@ -25,6 +25,7 @@ import torch
 
 from . import settings as _settings
 from .kernels import products
+from .kernels.contract import Kernel
 from .kernels.registry import CellKind
 from .kernels.scan import exporting, scan
 
@@ -41,7 +42,7 @@ KERNELS = {
 }
 STACKS = {
     "layers": "each layer from Python",
-    "whole": "the whole stack in one TorchScript call",
+    "whole": "the whole stack in one call (TorchScript's, or the native ops')",
     "ops": "each layer as one opaque torch op",
     "scan": "each layer as scans",
     "onnx": "one ONNX operator per layer",
@@ -72,6 +73,7 @@ class Call(NamedTuple):
     tracer: str  # "onnx" (the TorchScript-based exporter), "export", "compile", "jit" (torch.jit.trace) or ""
     transform: bool  # a torch.func transform is active, or forward-mode AD dual tensors are among the inputs
     observed: bool  # gate recording is open
+    dropout: bool  # dropout between layers is on (training, p > 0)
 
 
 class Route(NamedTuple):
@@ -220,6 +222,11 @@ def _traced(call: Call, settings: _settings.Settings) -> Optional[Route]:
     return Route("scan", "scan", backward, "torch.export traces: one scan per layer and direction, any length")
 
 
+def _own(call: Call, kernel: str) -> Optional[Kernel]:
+    """The kind's kernel pair that ``kernel`` names (one :func:`refusal` found able to run the call)."""
+    return call.kind.kernel(kernel, call.projected)
+
+
 def decide(call: Call, settings: _settings.Settings) -> Route:
     """The route of ``call`` under ``settings``; raises as the call would where what is asked cannot run."""
     traced = _traced(call, settings) if call.tracer else None
@@ -230,11 +237,16 @@ def decide(call: Call, settings: _settings.Settings) -> Route:
     if call.transform:
         return Route("layers", "plain", "autograd", "a torch.func transform or forward-mode AD: plain ops")
     kernel, reason = _kernel(call, settings)
+    own = _own(call, kernel)
+    # A kernel's own stack ops run every layer in one call (a layer's Python cost more than a one-step call's
+    # op); an observer must see each layer, and their backward has no dropout to go through.
+    stacked = own is not None and own.stack is not None and not call.observed
     if not call.needs_grad:
-        whole = kernel in ("torchscript", "onednn") and not call.observed
+        whole = stacked or (kernel in ("torchscript", "onednn") and not call.observed)
         return Route("whole" if whole else "layers", kernel, "none", reason)
-    own = call.kind.kernel(kernel, call.projected).backward is not None
-    return Route("layers", kernel, "hand-written" if own else "autograd", reason)
+    if stacked and own.stack_backward is not None and not call.dropout:
+        return Route("whole", kernel, "hand-written", reason)
+    return Route("layers", kernel, "hand-written" if own.backward is not None else "autograd", reason)
 
 
 def _tracer() -> str:
@@ -265,7 +277,7 @@ def facts(layer: Any, tensors: list, packed: bool, empty: bool, dtype: torch.dty
         layer.kind(), layer._custom_cell(), tensors[0].device.type, dtype, layer.hidden_size,
         layer.proj_size > 0, layer.bidirectional,
         torch.is_grad_enabled() and any(t.requires_grad for t in tensors), packed, empty, _tracer(),
-        _transformed(tensors), observed,
+        _transformed(tensors), observed, layer.training and layer.dropout > 0,
     )  # fmt: skip
 
 

@@ -41,8 +41,28 @@ def native_cpu() -> bool:
     return _on("RECURRENT_NATIVE_CPU")
 
 
+_ROUTE_VARIABLES = ("RECURRENT_BACKEND", "RECURRENT_NATIVE_CPU", "RECURRENT_FAST_CPU", "RECURRENT_SCAN")
+# os.environ's own store, read raw: its get() encodes the name and decodes the value, 2 µs a variable, which
+# every layer call paid four times. What it holds is what os.environ.get reads (os.environ updates both).
+_STORE = getattr(os.environ, "_data", None)
+_KEYS = tuple(os.environ.encodekey(name) for name in _ROUTE_VARIABLES) if _STORE is not None else ()
+_seen: dict = {}  # the raw values -> their Settings (a few: one per combination a process sets)
+
+
 def current() -> Settings:
     """The route-choosing variables now; a ValueError for an unknown ``RECURRENT_BACKEND``."""
+    if _STORE is None:
+        return _read()
+    raw = tuple([_STORE.get(key) for key in _KEYS])
+    found = _seen.get(raw)
+    if found is None:
+        if len(_seen) > 64:  # a process that keeps changing them: forget the old ones
+            _seen.clear()
+        found = _seen[raw] = _read()
+    return found
+
+
+def _read() -> Settings:
     backend = os.environ.get("RECURRENT_BACKEND", "") or "default"
     if backend not in BACKENDS:
         raise ValueError(f"RECURRENT_BACKEND must be one of {', '.join(BACKENDS)}; got {backend!r}")

@@ -14,7 +14,7 @@ from .gru import gru_backward, gru_forward
 from .lstm import lstm_backward, lstm_forward
 from .registry import KINDS, CellKind, register
 from .rnn import rnn_backward, rnn_forward
-from .stack import LAYER_OBSERVERS, StackSpec, eager_stack, run_module_stack, run_stack
+from .stack import LAYER_OBSERVERS, StackSpec, eager_stack, run_module_stack, run_stack, whole_stack
 from .weights import layer_param_kinds, layer_param_shapes, stack_directions, stack_weights
 
 __all__ = [
@@ -49,4 +49,5 @@ __all__ = [
     "scan",
     "stack_directions",
     "stack_weights",
+    "whole_stack",
 ]

@@ -158,7 +158,7 @@ class LayerFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor, *grad_finals: Tensor):
-        if torch.is_grad_enabled() or _batched(grad_out) or any(_batched(g) for g in grad_finals):
+        if torch.is_grad_enabled() or batched(grad_out) or any(batched(g) for g in grad_finals):
             return _autograd_backward(ctx, grad_out, grad_finals)
         if getattr(ctx, "spent", False):  # a second backward (retain_graph) after the kernel reused its buffers
             return _autograd_backward(ctx, grad_out, grad_finals)
@@ -220,7 +220,7 @@ _functorch = torch._C._functorch
 _is_legacy_batched = getattr(_functorch, "is_legacy_batchedtensor", lambda t: False)
 
 
-def _batched(grad: Tensor) -> bool:
+def batched(grad: Tensor) -> bool:
     """Whether an incoming gradient is batched by vmap (legacy or torch.func) or wrapped by torch.func."""
     return _is_legacy_batched(grad) or _functorch.is_functorch_wrapped_tensor(grad)
 

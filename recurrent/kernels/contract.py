@@ -22,7 +22,8 @@ backward, and with ``overwrites_hs`` over hs too; a second backward then recompu
 before each row itself (a custom cell, whose output need not be its state) and gives them from
 ``saved``. One with ``weight_grad`` sums gradᵀ x, gradᵀ h and grad over the rows in one pass itself.
 ``saved_widths`` says what ``saved`` holds (each (D, T, k·H), the k in order), from which torch.compile's
-layer op (:mod:`.ops`) makes their shapes.
+layer op (:mod:`.ops`) makes their shapes. One with ``stack`` runs a whole stack in one call, and with
+``stack_backward`` differentiates it in one, where the route asks for it (``"whole"``).
 
 :class:`SequenceKernel` is the forward as a TorchScript class, what the compiled stack loop calls for a
 built-in kind (TorchScript has no function values to look up in a table; interfaces it has), and
@@ -59,6 +60,12 @@ class Kernel(NamedTuple):
     recorded_forward: Optional[Forward] = None
     # What ``saved`` holds: each (D, T, k·H), k listed in order (the layer op's fake shapes: .ops)
     saved_widths: Tuple[int, ...] = ()
+    # The whole stack in one call, where the kernel has one (the native kernels': one op for all layers):
+    # (StackSpec, rows, batch_sizes, state0, weights, save) -> (output rows, final states, saved), and its
+    # backward (StackSpec, grad_out, grad_finals, rows, state0, weights, saved, batch_sizes, input_grad) ->
+    # (dx or None, dstate0, each weight's gradient); it writes over ``saved``
+    stack: Optional[Callable[..., Tuple[Tensor, List[Tensor], List[Tensor]]]] = None
+    stack_backward: Optional[Callable[..., Tuple[Optional[Tensor], List[Tensor], List[Tensor]]]] = None
 
 
 class JoinedGrad(NamedTuple):

@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .._jit import script
-from .autograd import LayerSpec, gate_inputs, run_layer
+from .autograd import LayerSpec, batched, gate_inputs, run_layer
 from .common import join_directions, per_direction, reverse_index
 from .contract import SequenceKernel, SequenceModule
 from .scan import scan_layer
@@ -134,10 +134,11 @@ def eager_reverse_index(batch_sizes: List[int], device: torch.device) -> Tensor:
 
 def eager_stack(
     layer: LayerSpec, spec: StackSpec, rows: Tensor, batch_sizes: List[int], state0: List[Tensor],
-    weights: List[Tensor], scanned: bool = False,
+    weights: List[Tensor], scanned: bool = False, observed: bool = True,
 ) -> Tuple[Tensor, List[Tensor]]:  # fmt: skip
     """:data:`run_stack`'s loop from Python: each layer on ``layer``'s kernel (:func:`.autograd.run_layer`),
-    or with ``scanned`` (padded rows of batch_sizes[0] sequences) as scans of the kind's step."""
+    or with ``scanned`` (padded rows of batch_sizes[0] sequences) as scans of the kind's step; the layer
+    observers see each layer unless not ``observed`` (a backward's recompute)."""
     reverse = eager_reverse_index(batch_sizes, rows.device) if spec.directions == 2 and not scanned else None
     finals: List[List[Tensor]] = [[] for _ in state0]
     for index in range(spec.num_layers):
@@ -149,7 +150,7 @@ def eager_stack(
         else:
             inputs = rows
             rows, last = run_layer(this, inputs, mine, params)
-            for observe in LAYER_OBSERVERS:
+            for observe in LAYER_OBSERVERS if observed else []:
                 observe(this, inputs, mine, params)
         for i, state in enumerate(last):
             finals[i].append(state)
@@ -176,3 +177,72 @@ def scanned_layer(
     w_ih, w_hh, b_ih, b_hh, kind_weights = stack_weights(params, layer.directions, layer.param_names, layer.fold_bias)
     step = layer.kind.scan_step(kind_weights)
     return scan_layer(rows, layer.batch_sizes[0], state0, w_ih, w_hh, b_ih, b_hh, step)
+
+
+def whole_stack(
+    layer: LayerSpec, spec: StackSpec, rows: Tensor, batch_sizes: List[int], state0: List[Tensor],
+    weights: List[Tensor],
+) -> Tuple[Tensor, List[Tensor]]:  # fmt: skip
+    """The whole stack on the kernel's stack ops (``Kernel.stack``: one call for all layers, where each
+    layer's Python cost more than its op), differentiated as ``layer.backward`` says: by
+    :class:`StackFunction` (the kernel's ``stack_backward``), or not at all."""
+    if layer.backward == "none":
+        out, finals, _ = layer.kernel.stack(spec, rows, batch_sizes, state0, weights)
+        return out, finals
+    out, *finals = StackFunction.apply(layer, spec, rows, batch_sizes, len(state0), *state0, *weights)
+    return out, finals
+
+
+class StackFunction(torch.autograd.Function):
+    """A whole stack as one autograd node: its forward and backward each one call of the kernel's stack ops.
+    Where the backward must be differentiable or vmappable, or runs a second time (its op wrote over what it
+    saved), it recomputes the stack on the kind's plain kernels and returns autograd's gradients, as
+    :class:`.autograd.LayerFunction` does for a layer."""
+
+    @staticmethod
+    def forward(ctx, layer: LayerSpec, spec: StackSpec, rows: Tensor, batch_sizes: List[int], states: int, *tensors):
+        state0, weights = list(tensors[:states]), list(tensors[states:])
+        out, finals, saved = layer.kernel.stack(spec, rows, batch_sizes, state0, weights, True)
+        ctx.layer, ctx.spec, ctx.batch_sizes, ctx.counts = layer, spec, batch_sizes, (states, len(weights))
+        ctx.save_for_backward(rows, *state0, *weights, *saved)
+        return (out, *finals)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor, *grad_finals: Tensor):
+        states, count = ctx.counts
+        inputs = ctx.saved_tensors
+        if torch.is_grad_enabled() or getattr(ctx, "spent", False) or any(map(batched, (grad_out, *grad_finals))):
+            return _recomputed_grads(ctx, inputs[: 1 + states + count], grad_out, grad_finals)
+        ctx.spent = True
+        rows, state0, weights = inputs[0], list(inputs[1 : 1 + states]), list(inputs[1 + states : 1 + states + count])
+        dx, dstate0, dweights = ctx.layer.kernel.stack_backward(
+            ctx.spec, grad_out, list(grad_finals), rows, state0, weights, list(inputs[1 + states + count :]),
+            ctx.batch_sizes, ctx.needs_input_grad[2],
+        )  # fmt: skip
+        return (None, None, dx, None, None, *dstate0, *dweights)
+
+
+def _recomputed_grads(ctx, inputs: Tuple[Tensor, ...], grad_out: Tensor, grad_finals: Tuple[Tensor, ...]) -> tuple:
+    """StackFunction's gradients by autograd through the stack recomputed from its saved inputs (rows,
+    states, weights) on the kind's plain kernels: with a graph where grad mode is on, batched where the
+    incoming gradients are."""
+    states = ctx.counts[0]
+    needs = (ctx.needs_input_grad[2], *ctx.needs_input_grad[5:])
+    with torch.enable_grad(), torch.autocast(inputs[0].device.type, enabled=False):
+        # One fresh view per argument: its gradient is its own, and through it the graph reaches its history.
+        args = [t.view_as(t) if need else t.detach() for t, need in zip(inputs, needs)]
+        out, finals = eager_stack(
+            ctx.layer.plain(), ctx.spec, args[0], ctx.batch_sizes, args[1 : 1 + states], args[1 + states :],
+            observed=False,
+        )  # fmt: skip
+        found = iter(
+            torch.autograd.grad(
+                [out, *finals],
+                [a for a, need in zip(args, needs) if need],
+                [grad_out, *grad_finals],
+                create_graph=torch.is_grad_enabled(),
+                allow_unused=True,
+            )  # fmt: skip
+        )
+    grads = [next(found) if need else None for need in needs]
+    return (None, None, grads[0], None, None, *grads[1:])

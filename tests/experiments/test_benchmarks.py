@@ -206,6 +206,6 @@ def test_cpu_ops_times_every_piece_and_profiles_the_fast_path() -> None:
         for piece in ("oneDNN packed", "input projection 3584x128", "products.weight_grad"):
             assert piece in out, piece
         # The profiled inference runs oneDNN's products, or the native op that makes them all.
-        assert "mkldnn::_linear_pointwise" in out or "recurrent_cpu::gru_sequence" in out
+        assert "mkldnn::_linear_pointwise" in out or "recurrent_cpu::stack_forward" in out
     assert "LSTM step gate math" in out and ("torch.compile (Inductor C++)" in out or "not available here" in out)
     assert "LSTM recurrence" in out or "native sequence ops:" in out, "the native op is timed, or why not is printed"

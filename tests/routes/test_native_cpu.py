@@ -153,23 +153,33 @@ def test_a_retained_graph_gives_torch_nns_gradients_twice(kind, bidirectional):
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_native_ops_run_on_the_fast_path_only(kind, grad):
-    """float32 eager CPU calls run the kind's sequence op (and its backward); float64, a scripted
-    module and a projected LSTM do not, and a scripted model's code never refers to the library's ops."""
+    """float32 eager CPU calls run the whole stack's op (and its backward); with dropout between layers in
+    training, the kind's sequence op layer by layer; float64, a scripted module and a projected LSTM run
+    neither, and a scripted model's code never refers to the library's ops."""
     if not cpu.available():
         pytest.skip(cpu.status())
     _, layer = module_pair(kind, 4, 8, 2, bidirectional=True)
     op = "recurrent_cpu::" + {"GRU": "gru_sequence", "LSTM": "lstm_sequence"}.get(kind, "rnn_sequence")
+    stack = "recurrent_cpu::stack_forward"
     x = torch.randn(5, 3, 4, requires_grad=grad)
 
     called = ops_called(layer, x, grad)
-    assert op in called and (not grad or op + "_backward" in called), sorted(called)
-    assert op not in ops_called(layer.double(), x.detach().double().requires_grad_(grad), grad)
+    assert stack in called and (not grad or "recurrent_cpu::stack_backward" in called), sorted(called)
+    assert op not in called  # the stack op runs it in C++, not through the dispatcher
+    layer.dropout = 0.5
+    called = ops_called(layer, x, grad)
+    assert (op in called and stack not in called) if grad else stack in called, sorted(called)
+    layer.dropout = 0.0
+
+    def native(module, data) -> bool:
+        return any(name.startswith("recurrent_cpu::") for name in ops_called(module, data, grad))
+
+    assert not native(layer.double(), x.detach().double().requires_grad_(grad))
     compiled = scripted(layer.float())
-    assert op not in ops_called(compiled, x, grad)
+    assert not native(compiled, x)
     assert "recurrent_cpu" not in str(compiled.inlined_graph)
     if kind == "LSTM":
-        projected = recurrent.LSTM(4, 8, proj_size=3)
-        assert op not in ops_called(projected, x, grad)
+        assert not native(recurrent.LSTM(4, 8, proj_size=3), x)
 
 
 @pytest.mark.parametrize("scale", [1.0, 30.0, 200.0])

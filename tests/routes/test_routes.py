@@ -21,7 +21,7 @@ DEFAULT = settings.Settings("default", True, True, True)
 BASE = routes.Call(
     kind=KINDS["GRU"], cell=None, device="cpu", dtype=torch.float32, hidden_size=8, projected=False,
     bidirectional=False, needs_grad=True, packed=False, empty=False, tracer="", transform=False,
-    observed=False,
+    observed=False, dropout=False,
 )  # fmt: skip
 
 
@@ -36,6 +36,7 @@ UNAIDED = dataclasses.replace(
 def world(monkeypatch, native: bool = True, triton: bool = True) -> None:
     """The machine the decision sees: whether the native library loaded, whether Triton can run here."""
     monkeypatch.setattr(routes, "_native_library", lambda: None if native else "the native library is off")
+    monkeypatch.setattr(cpu, "available", lambda: native)  # so the kinds' native kernels are there, or not
     monkeypatch.setattr(routes, "_triton_missing", lambda call: None if triton else "tensors on cpu (no Triton)")
     monkeypatch.setattr(routes, "_triton_kernels", lambda call: None if call.hidden_size <= 512 else "too wide")
 
@@ -43,8 +44,13 @@ def world(monkeypatch, native: bool = True, triton: bool = True) -> None:
 # (what differs from BASE, settings, whether the native library loaded, Triton's availability)
 # -> (stack, kernel, backward)
 TABLE = [
-    ({}, DEFAULT, True, False, ("layers", "native", "hand-written")),
-    ({"needs_grad": False}, DEFAULT, True, False, ("layers", "native", "none")),
+    ({}, DEFAULT, True, False, ("whole", "native", "hand-written")),
+    ({"needs_grad": False}, DEFAULT, True, False, ("whole", "native", "none")),
+    ({"dropout": True}, DEFAULT, True, False, ("layers", "native", "hand-written")),
+    ({"dropout": True, "needs_grad": False}, DEFAULT, True, False, ("whole", "native", "none")),
+    ({"observed": True}, DEFAULT, True, False, ("layers", "native", "hand-written")),
+    ({"observed": True, "needs_grad": False}, DEFAULT, True, False, ("layers", "native", "none")),
+    ({"bidirectional": True, "packed": True}, DEFAULT, True, False, ("whole", "native", "hand-written")),
     ({}, DEFAULT, False, False, ("layers", "onednn", "hand-written")),
     ({"needs_grad": False}, DEFAULT, False, False, ("whole", "onednn", "none")),
     ({"kind": KINDS["LSTM"], "projected": True}, DEFAULT, True, False, ("layers", "onednn", "hand-written")),
@@ -140,7 +146,7 @@ needs_cpu_route = pytest.mark.skipif(triton_forced(), reason="the CPU routes (th
 @needs_cpu_route
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 def test_route_for_names_the_cpu_kernel_that_runs(grad, monkeypatch):
-    """float32: native (its op runs; in training oneDNN's products around it, from MIN_ROWS rows on) where
+    """float32: native (the whole stack's op runs, and in training its backward, BLAS's products inside) where
     the library loaded, else oneDNN's products; RECURRENT_BACKEND=torchscript and float64: neither."""
     layer = recurrent.GRU(4, 8, 2, bidirectional=True)
     x = torch.randn(products.MIN_ROWS // 4, 4, 4, requires_grad=grad)
@@ -149,13 +155,13 @@ def test_route_for_names_the_cpu_kernel_that_runs(grad, monkeypatch):
     for kernel, module, data in cases:
         assert recurrent.route_for(module, data).kernel == kernel
         called = ops_called(module, data, grad)
-        assert ("recurrent_cpu::gru_sequence" in called) == (kernel == "native"), sorted(called)
-        assert ("mkldnn::_linear_pointwise" in called) == (kernel != "torchscript" and (grad or kernel == "onednn"))
+        assert ("recurrent_cpu::stack_forward" in called) == (kernel == "native"), sorted(called)
+        assert ("mkldnn::_linear_pointwise" in called) == (kernel == "onednn")
     for forced in ("torchscript", "onednn") if products.ONEDNN else ("torchscript",):
         monkeypatch.setenv("RECURRENT_BACKEND", forced)
         assert recurrent.route_for(layer, x).kernel == forced
         called = ops_called(layer, x, grad)
-        assert "recurrent_cpu::gru_sequence" not in called
+        assert not any(name.startswith("recurrent_cpu::") for name in called)
         assert ("mkldnn::_linear_pointwise" in called) == (forced == "onednn"), sorted(called)
 
 
@@ -204,7 +210,7 @@ def test_route_for_a_packed_call_and_backend_for_agree():
     layer = recurrent.LSTM(3, 4)
     packed = pack_padded_sequence(torch.randn(5, 2, 3), torch.tensor([5, 2]))
     route = recurrent.route_for(layer, packed)
-    assert route.stack == "layers" and route.kernel in ("native", "onednn", "torchscript")
+    assert (route.stack, route.kernel) in (("whole", "native"), ("layers", "onednn"), ("layers", "torchscript"))
     assert recurrent.backend_for(layer, packed) == "torchscript" and recurrent.backend_for(layer, packed).reason == ""
 
 

@@ -16,23 +16,24 @@ from .build import available, status
 __all__ = ["available", "native_kernel", "status"]
 
 
-def _native(forward, backward, saved: Tuple[int, ...], overwrites_hs: bool = False) -> Kernel:
+def _native(mode: str, forward, backward, saved: Tuple[int, ...], overwrites_hs: bool = False) -> Kernel:
     # The backward ops write their gradients over the saved gates (and the RNN's over its outputs).
     return Kernel(
         None, backward, forward, overwrites_saved=True, overwrites_hs=overwrites_hs, joined_grad=True,
-        weight_grad=sequences.weight_grad, saved_widths=saved,
+        weight_grad=sequences.weight_grad, saved_widths=saved, stack=partial(sequences.stack_forward, mode),
+        stack_backward=partial(sequences.stack_backward, mode),
     )  # fmt: skip
 
 
 # saved: the LSTM's [gates (i, f, g, o), c], the GRU's [gates (r, z, n), W_hn h + b_hn], the RNN's nothing
 _KERNELS = {
-    "LSTM": _native(sequences.lstm_forward, sequences.lstm_backward, (4, 1)),
-    "GRU": _native(sequences.gru_forward, sequences.gru_backward, (3, 1)),
+    "LSTM": _native("LSTM", sequences.lstm_forward, sequences.lstm_backward, (4, 1)),
+    "GRU": _native("GRU", sequences.gru_forward, sequences.gru_backward, (3, 1)),
     "RNN_TANH": _native(
-        partial(sequences.rnn_forward, relu=False), partial(sequences.rnn_backward, relu=False), (), True
+        "RNN_TANH", partial(sequences.rnn_forward, relu=False), partial(sequences.rnn_backward, relu=False), (), True
     ),
     "RNN_RELU": _native(
-        partial(sequences.rnn_forward, relu=True), partial(sequences.rnn_backward, relu=True), (), True
+        "RNN_RELU", partial(sequences.rnn_forward, relu=True), partial(sequences.rnn_backward, relu=True), (), True
     ),
 }
 

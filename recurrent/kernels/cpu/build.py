@@ -58,6 +58,14 @@ SCHEMAS = [
     # Σ over rows of gradᵀ x, gradᵀ h and grad: grad (D, R, G), x and h as row blocks (D, ·, I), (D, ·, H)
     # → (D, G, I), (D, G, H), (D, G) (empty without `bias`).
     "weight_grad(Tensor grad, Tensor[] x_blocks, Tensor[] h_blocks, bool bias) -> (Tensor, Tensor, Tensor)",
+    # A whole stack: rows (R, I), state0 [h0] or [h0, c0] (layers·D, N, ·), torch.nn's flat weights → (output
+    # rows (R, D·H), final states, what the backward needs where `save`); its backward → (dx, dstate0, dweights).
+    "stack_forward(str mode, Tensor rows, Tensor[] state0, Tensor[] weights, int num_layers, bool bidirectional, "
+    "int[] batch_sizes, float dropout, bool train, bool save) -> (Tensor, Tensor[], Tensor[])",
+    # The backward writes over the saved tensors (as the layers' backward ops do: autograd.py handles it).
+    "stack_backward(str mode, Tensor grad_out, Tensor[] grad_finals, Tensor rows, Tensor[] state0, Tensor[] weights, "
+    "Tensor[] saved, int num_layers, bool bidirectional, int[] batch_sizes, bool input_grad) "
+    "-> (Tensor, Tensor[], Tensor[])",
 ]
 _LIBRARY = torch.library.Library("recurrent_cpu", "DEF")
 for _schema in SCHEMAS:

@@ -17,17 +17,22 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/native/CPUBlas.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/dropout.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstring>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -37,6 +42,11 @@
 #ifndef CPUBLAS_BRGEMM_F32F32F32
 #error "this torch has no float32 brgemm (at::native::cpublas::brgemm): the ATen fast path runs instead"
 #endif
+
+// BLAS's product, which torch exports from its MKL (or OpenBLAS): weak, so that a torch without it still loads
+// this library (product() then takes ATen's).
+extern "C" void sgemm_(char* transa, char* transb, int* m, int* n, int* k, float* alpha, const float* a, int* lda,
+                       const float* b, int* ldb, float* beta, float* c, int* ldc) __attribute__((weak));
 
 namespace {
 
@@ -87,17 +97,19 @@ float* data(const Tensor& t) { return t.data_ptr<float>(); }
 // fits L1) beat 64 by 3 to 6% at H = 256 and 512, and tied at 128 (AMD EPYC, 2 threads). Made from
 // w (D, K, N), or from w (D, N, K) when `transposed` (W_ih and W_hh as the layer stacks them, for x Wᵀ).
 // A call of one step (a generation's, a decoder's) does not pack: packing W_ih and W_hh cost more than the
-// step's products, which then run on the weights as they are (`plain`, ATen's product: MKL's).
+// step's products, which then run on the weights as they are (`plain`: BLAS's product, MKL's).
 constexpr int64_t kPanel = 32;
 
 struct Panels {
   int64_t K, N, count;
   std::vector<float> data;
-  Tensor plain;  // where not packed: the weight as (D, K, N) (a transposed view where `transposed`)
+  const float* plain = nullptr;  // where not packed: the weight's data, (D, N, K) where `transposed`, else (D, K, N)
+  bool transposed;
   Panels(const Tensor& w, bool transposed, const Steps& steps)
-      : K(w.size(transposed ? 2 : 1)), N(w.size(transposed ? 1 : 2)), count((N + kPanel - 1) / kPanel) {
+      : K(w.size(transposed ? 2 : 1)), N(w.size(transposed ? 1 : 2)), count((N + kPanel - 1) / kPanel),
+        transposed(transposed) {
     if (steps.count() == 1) {
-      plain = transposed ? w.transpose(1, 2) : w;
+      plain = w.data_ptr<float>();
       return;
     }
     const int64_t D = w.size(0);
@@ -118,19 +130,46 @@ struct Panels {
   const float* panel(int64_t d, int64_t p) const { return data.data() + (d * count + p) * K * kPanel; }
 };
 
+// c (M, N) = op(a) · op(b) (+ c when `add`), row-major, a being (M, K) or, `ta`, stored as (K, M); b (K, N)
+// or, `tb`, stored as (N, K): BLAS's product called on the pointers, for the one-step calls and the stack's
+// backward (ATen's product cost 10 µs a call at M = 1, H = 200, its views and dispatch as much as the
+// product). Fortran BLAS is column-major: row-major c is cᵀ there, so it computes cᵀ = op(b)ᵀ op(a)ᵀ. Where
+// torch exports no sgemm_ (a torch without MKL or OpenBLAS: the weak symbol is null), ATen's product runs
+// on views of the pointers.
+void matmul(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* b,
+            int64_t ldb, float* c, int64_t ldc, bool add) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // an empty product: c stays, or is zero
+    for (int64_t r = 0; r < M && !add; ++r) std::fill_n(c + r * ldc, N, 0.0f);
+    return;
+  }
+  if (sgemm_ != nullptr) {
+    char op_a = ta ? 'T' : 'N', op_b = tb ? 'T' : 'N';
+    int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+    int ld_a = static_cast<int>(lda), ld_b = static_cast<int>(ldb), ld_c = static_cast<int>(ldc);
+    float one = 1.0f, beta = add ? 1.0f : 0.0f;
+    sgemm_(&op_b, &op_a, &m, &n, &k, &one, b, &ld_b, a, &ld_a, &beta, c, &ld_c);
+    return;
+  }
+  const at::NoGradGuard no_grad;  // ATen's out= products refuse tensors that require grad
+  const auto options = at::TensorOptions().dtype(at::kFloat);
+  const auto view = [&](const float* p, int64_t rows, int64_t cols, int64_t ld, bool t) {
+    return at::from_blob(const_cast<float*>(p), {rows, cols}, t ? at::IntArrayRef{1, ld} : at::IntArrayRef{ld, 1},
+                         options);
+  };
+  Tensor c_ = view(c, M, N, ldc, false);
+  if (add) {
+    c_.addmm_(view(a, M, K, lda, ta), view(b, K, N, ldb, tb));
+  } else {
+    at::mm_out(c_, view(a, M, K, lda, ta), view(b, K, N, ldb, tb));
+  }
+}
+
 // c (m, N) = a (m, K) · direction d's weight (+ c when `add`), one brgemm micro-kernel call per panel, or
-// one ATen product where the weight is not packed.
+// one BLAS product where the weight is not packed.
 void product(int64_t m, const float* a, int64_t lda, const Panels& w, int64_t d, float* c, int64_t ldc, bool add) {
-  if (w.plain.defined() && m > 0) {
-    const at::NoGradGuard no_grad;  // the weights may require grad: ATen's out= products refuse those
-    const auto options = w.plain.options();
-    const Tensor a_ = at::from_blob(const_cast<float*>(a), {m, w.K}, {lda, 1}, options);
-    Tensor c_ = at::from_blob(c, {m, w.N}, {ldc, 1}, options);
-    if (add) {
-      c_.addmm_(a_, w.plain[d]);
-    } else {
-      at::mm_out(c_, a_, w.plain[d]);
-    }
+  if (w.plain != nullptr) {
+    matmul(false, w.transposed, m, w.N, w.K, a, lda, w.plain + d * w.K * w.N, w.transposed ? w.K : w.N, c, ldc, add);
     return;
   }
   for (int64_t p = 0; m > 0 && p < w.count; ++p) {
@@ -293,23 +332,21 @@ template <int Rows>
   for (int r = 0; r < Rows; ++r) store(h + r * stride, gates[r][3] * tanh_(cell[r]), width);
 }
 
-// One step of every row (R = N), as Panels says: a = x W_ihᵀ + b + h0 W_hhᵀ by ATen's products on the
+// One step of every row (R = N), as Panels says: a = x W_ihᵀ + b + h0 W_hhᵀ by BLAS's products on the
 // weights as they are, then the gate math of lstm_lanes on each row, written where lstm_sequence keeps it:
 // h' into hs, c' into cs (with `save`; c_n is copied from it) or c_n (which holds c0), the gates into
 // gates (with `save`: a is computed there and the activations written over it).
 void lstm_one_step(const Tensor& x, const Tensor& w_ih, const std::optional<Tensor>& bias, const Tensor& h0,
-                   const Tensor& c0, const Tensor& w_hh, Tensor& hs, Tensor& c_n, Tensor& gates, Tensor& cs, bool save) {
-  const int64_t D = h0.size(0), N = h0.size(1), H = h0.size(2), G = 4 * H;
-  const at::NoGradGuard no_grad;  // as in product
+                   const Tensor& c0, const Tensor& w_hh, const Steps& steps, Tensor& hs, Tensor& c_n, Tensor& gates,
+                   Tensor& cs, bool save) {
+  const int64_t D = h0.size(0), N = h0.size(1), H = h0.size(2), G = 4 * H, I = x.size(2);
+  const Panels w_i(w_ih, true, steps), w_h(w_hh, true, steps);
+  std::vector<float> scratch(save ? 0 : N * G);
   for (int64_t d = 0; d < D; ++d) {
-    Tensor a = save ? gates[d] : at::empty({N, G}, x.options());
-    if (bias) {
-      at::addmm_out(a, (*bias)[d], x[d], w_ih[d].t());
-    } else {
-      at::mm_out(a, x[d], w_ih[d].t());
-    }
-    a.addmm_(h0[d], w_hh[d].t());
-    float *a_ = data(a), *h_ = data(hs) + d * N * H, *c_new = data(save ? cs : c_n) + d * N * H;
+    float* a_ = save ? data(gates) + d * N * G : scratch.data();
+    input_side(N, data(x) + d * N * I, w_i, d, bias_of(bias, d, G), a_, G);
+    product(N, data(h0) + d * N * H, H, w_h, d, a_, G, true);
+    float *h_ = data(hs) + d * N * H, *c_new = data(save ? cs : c_n) + d * N * H;
     const float* c_ = data(c0) + d * N * H;
     at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {  // a large batch's rows over the threads
       for (int64_t r = begin; r < end; ++r) {
@@ -345,7 +382,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_sequence(const Tensor& x
   Tensor cs = at::empty({D, save ? R : 0, H}, options), h_n = at::empty({D, N, H}, options);
   Tensor c_n = save ? at::empty({D, N, H}, options) : c0.clone();
   if (steps.count() == 1) {
-    lstm_one_step(x, w_ih, bias, h0, c0, w_hh, hs, c_n, gates, cs, save);
+    lstm_one_step(x, w_ih, bias, h0, c0, w_hh, steps, hs, c_n, gates, cs, save);
     h_n.copy_(hs);
     return {hs, h_n, c_n, gates, cs};
   }
@@ -727,6 +764,259 @@ std::tuple<Tensor, Tensor, Tensor> weight_grad(const Tensor& grad, at::TensorLis
   return {dw_x, dw_h, db};
 }
 
+// The row order of the second direction (an involution, as common.reverse_index): row (t, n) reads row
+// (length(n) − 1 − t, n), every sequence reversed in time within its own length.
+Tensor reverse_index(const Steps& steps, const at::TensorOptions& options) {
+  std::vector<int64_t> length(steps.count() > 0 ? steps.size[0] : 0);
+  for (int64_t t = 0; t < steps.count(); ++t) std::fill_n(length.begin(), steps.size[t], t + 1);
+  Tensor index = at::empty({steps.rows}, options.dtype(at::kLong));
+  int64_t* to = index.data_ptr<int64_t>();
+  for (int64_t t = 0; t < steps.count(); ++t) {
+    for (int64_t n = 0; n < steps.size[t]; ++n) to[steps.offset[t] + n] = steps.offset[length[n] - 1 - t] + n;
+  }
+  return index;
+}
+
+// A whole stack, every layer and direction in one call (the eager layers' route where a layer's Python cost
+// more than its op: a one-step call): each layer runs the kind's sequence op on its weights stacked by
+// direction, as the Python layer stacks them (b_hh folded into b_ih for RNN and LSTM), the second direction
+// on its rows reversed, dropout between layers where `train` (without gradients only). Its own ops run
+// below autograd: views of the weights (parameters) made through autograd's kernels cost a fifth of a
+// one-step call (H = 200).
+struct Stack {
+  bool lstm, gru, relu;
+  int64_t D, per, layers;
+  at::TensorList weights;
+  Steps steps;
+  Tensor reverse;  // the second direction's row order (two directions)
+  Stack(const std::string& mode, at::TensorList weights, at::TensorList state0, int64_t num_layers,
+        bool bidirectional, at::IntArrayRef batch_sizes, const Tensor& rows)
+      : lstm(mode == "LSTM"), gru(mode == "GRU"), relu(mode == "RNN_RELU"), D(bidirectional ? 2 : 1),
+        per(static_cast<int64_t>(weights.size()) / std::max<int64_t>(1, num_layers * D)), layers(num_layers),
+        weights(weights), steps(batch_sizes) {
+    TORCH_CHECK(lstm || gru || relu || mode == "RNN_TANH", "recurrent_cpu: no native stack for mode ", mode);
+    TORCH_CHECK(num_layers > 0 && (per == 2 || per == 4) && per * num_layers * D == static_cast<int64_t>(weights.size()),
+                "recurrent_cpu: expected 2 or 4 weights per layer and direction, got ", weights.size(), " for ",
+                num_layers, " layers of ", D, " directions");
+    TORCH_CHECK(state0.size() == (lstm ? 2u : 1u), "recurrent_cpu: ", mode, " takes ", lstm ? 2 : 1, " states");
+    if (D == 2) reverse = reverse_index(steps, rows.options());
+  }
+  // Parameter i (0: W_ih, 1: W_hh, 2: b_ih, 3: b_hh) of `layer`, stacked by direction: (D, ...).
+  Tensor stacked(int64_t layer, int64_t i) const {
+    const Tensor& first = weights[layer * D * per + i];
+    return (D == 1 ? first.unsqueeze(0) : at::stack({first, weights[(layer * D + 1) * per + i]})).contiguous();
+  }
+  // b_ih + b_hh (D, G), one rounding as torch's add: the folded bias of RNN and LSTM; none without biases.
+  std::optional<Tensor> folded_bias(int64_t layer) const {
+    if (per != 4) return std::nullopt;
+    const Tensor b_ih = stacked(layer, 2), b_hh = stacked(layer, 3);
+    Tensor sum = at::empty({D, b_ih.size(-1)}, b_ih.options());
+    const float *b_i = data(b_ih), *b_h = data(b_hh);
+    float* to = data(sum);
+    for (int64_t j = 0; j < sum.numel(); ++j) to[j] = b_i[j] + b_h[j];
+    return sum;
+  }
+  // A layer's slice (D, N, ·) of a stack's state (layers·D, N, ·).
+  Tensor slice(const Tensor& state, int64_t layer) const { return state.slice(0, layer * D, (layer + 1) * D).contiguous(); }
+  // Each direction's input rows (D, R, I) from the layer's (R, I), the second one reversed in time.
+  Tensor per_direction(const Tensor& x) const {
+    return (D == 1 ? x.unsqueeze(0) : at::stack({x, x.index_select(0, reverse)})).contiguous();
+  }
+  // The output rows (R, D·H) from hs (D, R, H).
+  Tensor joined(const Tensor& hs) const { return D == 1 ? hs[0] : at::cat({hs[0], hs[1].index_select(0, reverse)}, 1); }
+  // What a layer's forward saves, after its hs: the GRU's gates and ghn, the LSTM's gates and cs.
+  int64_t saved_per_layer() const { return lstm || gru ? 3 : 1; }
+};
+
+// weights: torch.nn's flat list (per layer and direction W_ih, W_hh[, b_ih, b_hh]); rows (R, I); state0:
+// [h0] or [h0, c0], each (layers·D, N, H). Returns (output rows (R, D·H), final states as state0, saved):
+// with `save`, per layer hs and what its kind saves (stack_backward's input), then, for two directions,
+// each layer's output rows but the last's (the next layer's input), and the output is a copy of the last
+// hs (the caller may modify it in place).
+std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> stack_forward(
+    const std::string& mode, const Tensor& rows, at::TensorList state0, at::TensorList weights, int64_t num_layers,
+    bool bidirectional, at::IntArrayRef batch_sizes, double dropout, bool train, bool save) {
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Stack stack(mode, weights, state0, num_layers, bidirectional, batch_sizes, rows);
+  TORCH_CHECK(!save || dropout == 0 || !train, "recurrent_cpu: the saving stack runs no dropout");
+  Tensor x = rows;
+  std::vector<std::vector<Tensor>> finals(state0.size());
+  std::vector<Tensor> saved, outputs;
+  for (int64_t layer = 0; layer < num_layers; ++layer) {
+    const Tensor w_ih = stack.stacked(layer, 0), w_hh = stack.stacked(layer, 1), xs = stack.per_direction(x);
+    const Tensor h0 = stack.slice(state0[0], layer);
+    Tensor hs;
+    if (stack.lstm) {
+      auto [h, h_n, c_n, gates, cs] =
+          lstm_sequence(xs, w_ih, stack.folded_bias(layer), h0, stack.slice(state0[1], layer), w_hh, batch_sizes, save);
+      hs = h, finals[0].push_back(h_n), finals[1].push_back(c_n);
+      if (save) saved.insert(saved.end(), {h, gates, cs});
+    } else if (stack.gru) {
+      std::optional<Tensor> b_ih, b_hh;
+      if (stack.per == 4) b_ih = stack.stacked(layer, 2), b_hh = stack.stacked(layer, 3);
+      auto [h, h_n, gates, ghn] = gru_sequence(xs, w_ih, b_ih, h0, w_hh, b_hh, batch_sizes, save);
+      hs = h, finals[0].push_back(h_n);
+      if (save) saved.insert(saved.end(), {h, gates, ghn});
+    } else {
+      auto [h, h_n] = rnn_sequence(xs, w_ih, stack.folded_bias(layer), h0, w_hh, batch_sizes, stack.relu);
+      hs = h, finals[0].push_back(h_n);
+      if (save) saved.push_back(h);
+    }
+    x = stack.joined(hs);
+    if (save && stack.D == 2 && layer < num_layers - 1) outputs.push_back(x);
+    if (dropout > 0 && train && layer < num_layers - 1) x = at::dropout(x, dropout, true);
+  }
+  std::vector<Tensor> states;
+  for (const auto& f : finals) states.push_back(f.size() == 1 ? f[0] : at::cat(f, 0));
+  saved.insert(saved.end(), outputs.begin(), outputs.end());
+  return {save && stack.D == 1 ? x.clone() : x, states, saved};
+}
+
+// Σ over rows of gradᵀ x, gradᵀ h and grad per direction: grad (D, R, G) with unit column stride, x and h as
+// row blocks (D, ·, ·) covering the rows in order (h's may be none). As the layer's backward chooses: from
+// 192 gate columns and 128 rows on, weight_grad's one pass; below, BLAS's products per block and direction.
+std::tuple<Tensor, Tensor, Tensor> sums(const Tensor& grad, const std::vector<Tensor>& x, const std::vector<Tensor>& h,
+                                        bool bias) {
+  const int64_t D = grad.size(0), R = grad.size(1), G = grad.size(2);
+  if (G > 128 && R >= 128) return weight_grad(grad, x, h, bias);
+  const int64_t I = x[0].size(2), H = h.empty() ? 0 : h[0].size(2);
+  Tensor dw_x = at::empty({D, G, I}, grad.options()), dw_h = at::empty({D, G, H}, grad.options());
+  Tensor db = at::zeros({D, bias ? G : 0}, grad.options());
+  for (int64_t d = 0; d < D; ++d) {
+    const float* g = data(grad) + d * grad.stride(0);
+    const auto blocks_into = [&](const std::vector<Tensor>& blocks, float* out, int64_t K) {
+      int64_t start = 0;
+      for (size_t i = 0; i < blocks.size(); ++i) {
+        const Tensor& block = blocks[i];
+        const int64_t rows = block.size(1);
+        matmul(true, false, G, K, rows, g + start * grad.stride(1), grad.stride(1),
+               data(block) + d * block.stride(0), block.stride(1), out, K, i > 0);
+        start += rows;
+      }
+      if (blocks.empty() || start == 0) std::fill_n(out, G * K, 0.0f);
+    };
+    blocks_into(x, data(dw_x) + d * G * I, I);
+    if (!h.empty()) blocks_into(h, data(dw_h) + d * G * H, H);
+    float* b = data(db) + d * G;
+    for (int64_t r = 0; bias && r < R; ++r) {
+      const float* row = g + r * grad.stride(1);
+#pragma omp simd
+      for (int64_t j = 0; j < G; ++j) b[j] += row[j];
+    }
+  }
+  return {dw_x, dw_h, db};
+}
+
+// The state before every row, as row blocks (D, ·, H) covering the rows in order: h0, then hs one step
+// behind (two views) for a padded batch; gathered for a packed one.
+std::vector<Tensor> previous_states(const Steps& steps, const Tensor& h0, const Tensor& hs) {
+  const int64_t N = h0.size(1), R = steps.rows;
+  if (steps.count() == 0) return {hs};  // no rows: an empty block
+  if (steps.size.back() == N) return {h0, hs.slice(1, 0, R - N)};
+  const int64_t D = hs.size(0), H = hs.size(2);
+  Tensor prev = at::empty({D, R, H}, hs.options());
+  for (int64_t d = 0; d < D; ++d) {
+    for (int64_t t = 0; t < steps.count(); ++t) {
+      for (int64_t r = 0; r < steps.size[t]; ++r) {
+        copy_row(data(prev) + (d * R + steps.offset[t] + r) * H,
+                 before(steps, data(hs) + d * R * H, data(h0) + d * N * H, t, r, H), H);
+      }
+    }
+  }
+  return {prev};
+}
+
+// One layer's part of stack_backward, from its output rows' gradient `grad` (R, D·H), its input rows x and
+// what its forward saved (`saved`: hs and its kind's): the kind's sequence backward, then the input, weight
+// and bias gradients as the layer's backward makes them (autograd.py). Writes its weights' gradients into
+// `grads` (the flat order) and its initial states' into `dstates` ([dh0, dc0], each (D, N, H)); returns
+// the gradient of x (R, I) where `input_grad`.
+Tensor layer_backward(const Stack& stack, int64_t layer, const Tensor& grad, const Tensor& x, const Tensor* saved,
+                      at::TensorList state0, at::TensorList grad_finals, bool input_grad, std::vector<Tensor>& grads,
+                      std::vector<Tensor>& dstates) {
+  const int64_t D = stack.D;
+  const std::optional<Tensor> reverse = D == 2 ? std::optional<Tensor>(stack.reverse) : std::nullopt;
+  const at::IntArrayRef batch_sizes = stack.steps.size;
+  const Tensor hs = saved[0], w_ih = stack.stacked(layer, 0), w_hh = stack.stacked(layer, 1);
+  const Tensor h0 = stack.slice(state0[0], layer), dh_n = stack.slice(grad_finals[0], layer);
+  const bool bias = stack.per == 4;
+  Tensor dgi, dw_hh, db_hh;
+  std::vector<Tensor> h_prev, joint;  // joint: h_prev where dW_hh comes from dgi (LSTM)
+  if (stack.lstm) {
+    h_prev = previous_states(stack.steps, h0, hs), joint = h_prev;
+    auto [dgates, dh0, dc0] = lstm_sequence_backward(grad, reverse, dh_n, stack.slice(grad_finals[1], layer), saved[1],
+                                                     saved[2], stack.slice(state0[1], layer), w_hh, batch_sizes);
+    dgi = dgates, dstates = {dh0, dc0};
+  } else if (stack.gru) {
+    h_prev = previous_states(stack.steps, h0, hs);
+    auto [dg, dghn, dh0] = gru_sequence_backward(grad, reverse, dh_n, saved[1], saved[2], hs, h0, w_hh, batch_sizes);
+    dgi = dg, dstates = {dh0};
+    // dgh = (dgi's r and z blocks, dghn): joined where it has few rows; else each part summed apart and the
+    // sums joined (no sequence-sized copy: peak memory as the layer's backward).
+    const Tensor rz = dgi.slice(2, 0, 2 * hs.size(2));
+    if (dgi.size(1) < 128) {
+      auto [dw_h, none, db_h] = sums(at::cat({rz, dghn}, 2), h_prev, {}, bias);
+      dw_hh = dw_h, db_hh = db_h;
+    } else {
+      auto [dw_rz, none_rz, db_rz] = sums(rz, h_prev, {}, bias);
+      auto [dw_n, none_n, db_n] = sums(dghn, h_prev, {}, bias);
+      dw_hh = at::cat({dw_rz, dw_n}, 1), db_hh = at::cat({db_rz, db_n}, 1);
+    }
+  } else {
+    auto [dh0, dw] = rnn_sequence_backward(grad, reverse, dh_n, hs, h0, w_hh, batch_sizes, stack.relu);
+    dgi = hs, dw_hh = dw, dstates = {dh0};  // da, written over hs
+  }
+  Tensor dx;
+  if (input_grad) {  // dx = Σ_d dgi_d W_ih,d, the second direction's rows put back in order
+    const int64_t R = dgi.size(1), G = dgi.size(2), I = w_ih.size(2);
+    dx = at::empty({R, I}, grad.options());
+    matmul(false, false, R, I, G, data(dgi), G, data(w_ih), I, data(dx), I, false);
+    if (D == 2) {
+      Tensor back = at::empty({R, I}, grad.options());
+      matmul(false, false, R, I, G, data(dgi) + R * G, G, data(w_ih) + G * I, I, data(back), I, false);
+      dx.index_add_(0, stack.reverse, back);
+    }
+  }
+  auto [dw_ih, dw_h, db_ih] = sums(dgi, {stack.per_direction(x)}, joint, bias);
+  if (stack.lstm) dw_hh = dw_h;
+  if (bias && !stack.gru) db_hh = db_ih.clone();  // b_hh folded: its gradient is b_ih's, a copy
+  const Tensor layer_grads[4] = {dw_ih, dw_hh, db_ih, db_hh};
+  for (int64_t d = 0; d < D; ++d) {  // each parameter's gradient its own tensor
+    for (int64_t i = 0; i < stack.per; ++i) {
+      grads[(layer * D + d) * stack.per + i] = D == 1 ? layer_grads[i][0] : layer_grads[i][d].clone();
+    }
+  }
+  return dx;
+}
+
+// The gradients of stack_forward(save=true): from the output rows' gradient (R, D·H) and the final states'
+// [(layers·D, N, H)], with what it saved, layer by layer from the last, each layer's input gradient being
+// the previous layer's output's. A layer's input is the previous one's output: for one direction, a view of
+// its hs, which that layer's backward (the RNN's) writes over only after. Returns (dx (R, I), or empty
+// without `input_grad`; dstate0 as state0; each weight's gradient, in the flat order).
+std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> stack_backward(
+    const std::string& mode, const Tensor& grad_out, at::TensorList grad_finals, const Tensor& rows,
+    at::TensorList state0, at::TensorList weights, at::TensorList saved, int64_t num_layers, bool bidirectional,
+    at::IntArrayRef batch_sizes, bool input_grad) {
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Stack stack(mode, weights, state0, num_layers, bidirectional, batch_sizes, rows);
+  const int64_t D = stack.D, L = num_layers, k = stack.saved_per_layer();
+  TORCH_CHECK(static_cast<int64_t>(saved.size()) == L * k + (D == 2 ? L - 1 : 0),
+              "recurrent_cpu: stack_backward got ", saved.size(), " saved tensors");
+  std::vector<Tensor> grads(weights.size());
+  std::vector<std::vector<Tensor>> dstates(state0.size(), std::vector<Tensor>(L));
+  Tensor grad = grad_out.contiguous();
+  for (int64_t layer = L - 1; layer >= 0; --layer) {
+    const Tensor x = layer == 0 ? rows : D == 1 ? saved[(layer - 1) * k][0] : saved[L * k + layer - 1];
+    std::vector<Tensor> dlayer;
+    grad = layer_backward(stack, layer, grad, x, saved.data() + layer * k, state0, grad_finals,
+                          layer > 0 || input_grad, grads, dlayer);
+    for (size_t i = 0; i < dlayer.size(); ++i) dstates[i][layer] = dlayer[i];
+  }
+  std::vector<Tensor> dstate0;
+  for (const auto& per_layer : dstates) dstate0.push_back(at::cat(per_layer, 0));
+  return {input_grad ? grad : Tensor(), dstate0, grads};
+}
 }  // namespace
 
 TORCH_LIBRARY_IMPL(recurrent_cpu, CPU, m) {
@@ -737,4 +1027,6 @@ TORCH_LIBRARY_IMPL(recurrent_cpu, CPU, m) {
   m.impl("rnn_sequence", &rnn_sequence);
   m.impl("rnn_sequence_backward", &rnn_sequence_backward);
   m.impl("weight_grad", &weight_grad);
+  m.impl("stack_forward", &stack_forward);
+  m.impl("stack_backward", &stack_backward);
 }

@@ -13,7 +13,7 @@ Plain Python: only the eager layers call them (a scripted model never refers to 
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -100,6 +100,33 @@ def rnn_backward(
         relu,
     )  # fmt: skip
     return hs, SummedWeight(dw_hh, hs), [dh0], []
+
+
+def stack_forward(
+    mode: str, spec: Any, rows: Tensor, batch_sizes: List[int], state0: List[Tensor], weights: List[Tensor],
+    save: bool = False,
+) -> Tuple[Tensor, List[Tensor], List[Tensor]]:  # fmt: skip
+    """A whole stack in one op, ``spec`` its ``kernels.StackSpec`` (the layers' numbers, dropout between
+    them where nothing is saved): (output rows (T, D·H), final states, saved: what :func:`stack_backward`
+    takes). Where a layer's Python cost more than its op (a one-step call), one call in all."""
+    dropout = spec.dropout if spec.training else 0.0
+    return _ops.stack_forward.default(
+        mode, rows.contiguous(), state0, weights, spec.num_layers, spec.directions == 2, batch_sizes, dropout,
+        spec.training, save,
+    )  # fmt: skip
+
+
+def stack_backward(
+    mode: str, spec: Any, grad_out: Tensor, grad_finals: List[Tensor], rows: Tensor, state0: List[Tensor],
+    weights: List[Tensor], saved: List[Tensor], batch_sizes: List[int], input_grad: bool,
+) -> Tuple[Optional[Tensor], List[Tensor], List[Tensor]]:  # fmt: skip
+    """(dx where ``input_grad``, dstate0, each weight's gradient) of :func:`stack_forward`'s saving call, in one
+    op that writes over ``saved``."""
+    dx, dstate0, dweights = _ops.stack_backward.default(
+        mode, grad_out, [g.contiguous() for g in grad_finals], rows.contiguous(), state0, weights, saved,
+        spec.num_layers, spec.directions == 2, batch_sizes, input_grad,
+    )  # fmt: skip
+    return dx if input_grad else None, dstate0, dweights
 
 
 def weight_grad(grad: Tensor, x: List[Tensor], h: List[Tensor], bias: bool) -> Tuple[Tensor, Tensor, Tensor]:
