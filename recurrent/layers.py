@@ -259,12 +259,14 @@ class RNNBase(nn.Module):
     def _check_padded(self, input: Tensor, hx: Optional[List[Tensor]], weights: List[Tensor]) -> None:
         checks.check_padded_call(input, hx, self._state_specs(), self.input_size, weights[0], self.batch_first)
 
-    def _padded_call(self, input: Tensor, hx: Optional[List[Tensor]], weights: List[Tensor]) -> LayerCall:
-        """A checked padded call as time-major rows."""
+    def _padded_call(
+        self, input: Tensor, hx: Optional[List[Tensor]], weights: List[Tensor], zeros: bool = True
+    ) -> LayerCall:
+        """A checked padded call as time-major rows; without ``zeros``, no states where none are given."""
         batched = input.dim() == 3
         x = self._time_major(input)
         steps, batch = x.size(0), x.size(1)
-        state0 = self._initial_states(hx, batch, x, batched)
+        state0 = self._initial_states(hx, batch, x, batched) if zeros or hx is not None else []
         rows = x.reshape(steps * batch, x.size(2))
         return LayerCall(rows, [], state0, weights, steps, batch, batched)
 
@@ -371,7 +373,9 @@ class RNNBase(nn.Module):
         route = self._decide([input, *(hx or []), *weights], False, batch == 0, input.dtype)
         if route.stack == "ops":
             return self._compiled_padded(route, input, hx, weights, batch)
-        call = self._padded_call(input, hx, weights)
+        # The native stack op makes zero states itself, for less than a one-step call's Python spends on them.
+        zeros = route.stack != "whole" or route.kernel in ("torchscript", "onednn")
+        call = self._padded_call(input, hx, weights, zeros)
         if route.stack == "onnx":
             x = call.rows.view(call.steps, call.batch, call.rows.size(-1))
             spec, kind = self._stack_spec(False), self.kind()

@@ -61,9 +61,9 @@ class Kernel(NamedTuple):
     # What ``saved`` holds: each (D, T, k·H), k listed in order (the layer op's fake shapes: .ops)
     saved_widths: Tuple[int, ...] = ()
     # The whole stack in one call, where the kernel has one (the native kernels': one op for all layers):
-    # (StackSpec, rows, batch_sizes, state0, weights, save) -> (output rows, final states, saved), and its
-    # backward (StackSpec, grad_out, grad_finals, rows, state0, weights, saved, batch_sizes, input_grad) ->
-    # (dx or None, dstate0, each weight's gradient); it writes over ``saved``
+    # (StackSpec, rows, batch_sizes, state0 ([] for zeros), weights, save) -> (output rows, final states,
+    # saved), and its backward (StackSpec, grad_out, grad_finals, rows, state0, weights, saved, batch_sizes,
+    # input_grad) -> (dx or None, dstate0 ([] where state0 was), each weight's gradient); it writes over ``saved``
     stack: Optional[Callable[..., Tuple[Tensor, List[Tensor], List[Tensor]]]] = None
     stack_backward: Optional[Callable[..., Tuple[Optional[Tensor], List[Tensor], List[Tensor]]]] = None
 

@@ -231,10 +231,11 @@ def _recomputed_grads(ctx, inputs: Tuple[Tensor, ...], grad_out: Tensor, grad_fi
     with torch.enable_grad(), torch.autocast(inputs[0].device.type, enabled=False):
         # One fresh view per argument: its gradient is its own, and through it the graph reaches its history.
         args = [t.view_as(t) if need else t.detach() for t, need in zip(inputs, needs)]
+        weights = args[1 + states :]
+        state0 = args[1 : 1 + states] or _zero_states(ctx.layer, ctx.spec, ctx.batch_sizes, weights)
         out, finals = eager_stack(
-            ctx.layer.plain(), ctx.spec, args[0], ctx.batch_sizes, args[1 : 1 + states], args[1 + states :],
-            observed=False,
-        )  # fmt: skip
+            ctx.layer.plain(), ctx.spec, args[0], ctx.batch_sizes, state0, weights, observed=False
+        )
         found = iter(
             torch.autograd.grad(
                 [out, *finals],
@@ -246,3 +247,9 @@ def _recomputed_grads(ctx, inputs: Tuple[Tensor, ...], grad_out: Tensor, grad_fi
         )
     grads = [next(found) if need else None for need in needs]
     return (None, None, grads[0], None, None, *grads[1:])
+
+
+def _zero_states(layer: LayerSpec, spec: StackSpec, batch_sizes: List[int], weights: List[Tensor]) -> List[Tensor]:
+    """The zero initial states a stack op makes itself where it was given none: (layers·D, N, H) each."""
+    shape = [spec.num_layers * spec.directions, batch_sizes[0], weights[1].size(1)]
+    return [weights[1].new_zeros(shape) for _ in range(layer.kind.states)]

@@ -789,6 +789,7 @@ struct Stack {
   at::TensorList weights;
   Steps steps;
   Tensor reverse;  // the second direction's row order (two directions)
+  std::vector<Tensor> state0;  // as given; zeros (layers·D, N, H) where none were given (an empty list)
   Stack(const std::string& mode, at::TensorList weights, at::TensorList state0, int64_t num_layers,
         bool bidirectional, at::IntArrayRef batch_sizes, const Tensor& rows)
       : lstm(mode == "LSTM"), gru(mode == "GRU"), relu(mode == "RNN_RELU"), D(bidirectional ? 2 : 1),
@@ -798,8 +799,13 @@ struct Stack {
     TORCH_CHECK(num_layers > 0 && (per == 2 || per == 4) && per * num_layers * D == static_cast<int64_t>(weights.size()),
                 "recurrent_cpu: expected 2 or 4 weights per layer and direction, got ", weights.size(), " for ",
                 num_layers, " layers of ", D, " directions");
-    TORCH_CHECK(state0.size() == (lstm ? 2u : 1u), "recurrent_cpu: ", mode, " takes ", lstm ? 2 : 1, " states");
+    const size_t states = lstm ? 2 : 1;
+    TORCH_CHECK(state0.empty() || state0.size() == states, "recurrent_cpu: ", mode, " takes ", states, " states");
     if (D == 2) reverse = reverse_index(steps, rows.options());
+    const int64_t N = steps.count() > 0 ? steps.size[0] : 0, H = weights[1].size(1);
+    for (size_t i = 0; i < states; ++i) {  // zeros made here cost less than the caller's, a one-step call's share
+      this->state0.push_back(state0.empty() ? at::zeros({num_layers * D, N, H}, rows.options()) : state0[i]);
+    }
   }
   // Parameter i (0: W_ih, 1: W_hh, 2: b_ih, 3: b_hh) of `layer`, stacked by direction: (D, ...).
   Tensor stacked(int64_t layer, int64_t i) const {
@@ -829,7 +835,7 @@ struct Stack {
 };
 
 // weights: torch.nn's flat list (per layer and direction W_ih, W_hh[, b_ih, b_hh]); rows (R, I); state0:
-// [h0] or [h0, c0], each (layers·D, N, H). Returns (output rows (R, D·H), final states as state0, saved):
+// [h0] or [h0, c0], each (layers·D, N, H), or none for zeros. Returns (output rows (R, D·H), final states, saved):
 // with `save`, per layer hs and what its kind saves (stack_backward's input), then, for two directions,
 // each layer's output rows but the last's (the next layer's input), and the output is a copy of the last
 // hs (the caller may modify it in place).
@@ -840,15 +846,16 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> stack_forward(
   const Stack stack(mode, weights, state0, num_layers, bidirectional, batch_sizes, rows);
   TORCH_CHECK(!save || dropout == 0 || !train, "recurrent_cpu: the saving stack runs no dropout");
   Tensor x = rows;
-  std::vector<std::vector<Tensor>> finals(state0.size());
+  std::vector<std::vector<Tensor>> finals(stack.state0.size());
   std::vector<Tensor> saved, outputs;
   for (int64_t layer = 0; layer < num_layers; ++layer) {
     const Tensor w_ih = stack.stacked(layer, 0), w_hh = stack.stacked(layer, 1), xs = stack.per_direction(x);
-    const Tensor h0 = stack.slice(state0[0], layer);
+    const Tensor h0 = stack.slice(stack.state0[0], layer);
     Tensor hs;
     if (stack.lstm) {
       auto [h, h_n, c_n, gates, cs] =
-          lstm_sequence(xs, w_ih, stack.folded_bias(layer), h0, stack.slice(state0[1], layer), w_hh, batch_sizes, save);
+          lstm_sequence(xs, w_ih, stack.folded_bias(layer), h0, stack.slice(stack.state0[1], layer), w_hh, batch_sizes,
+                        save);
       hs = h, finals[0].push_back(h_n), finals[1].push_back(c_n);
       if (save) saved.insert(saved.end(), {h, gates, cs});
     } else if (stack.gru) {
@@ -993,7 +1000,7 @@ Tensor layer_backward(const Stack& stack, int64_t layer, const Tensor& grad, con
 // [(layers·D, N, H)], with what it saved, layer by layer from the last, each layer's input gradient being
 // the previous layer's output's. A layer's input is the previous one's output: for one direction, a view of
 // its hs, which that layer's backward (the RNN's) writes over only after. Returns (dx (R, I), or empty
-// without `input_grad`; dstate0 as state0; each weight's gradient, in the flat order).
+// without `input_grad`; dstate0 as state0, none where it was none; each weight's gradient, in the flat order).
 std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> stack_backward(
     const std::string& mode, const Tensor& grad_out, at::TensorList grad_finals, const Tensor& rows,
     at::TensorList state0, at::TensorList weights, at::TensorList saved, int64_t num_layers, bool bidirectional,
@@ -1004,17 +1011,19 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> stack_backward(
   TORCH_CHECK(static_cast<int64_t>(saved.size()) == L * k + (D == 2 ? L - 1 : 0),
               "recurrent_cpu: stack_backward got ", saved.size(), " saved tensors");
   std::vector<Tensor> grads(weights.size());
-  std::vector<std::vector<Tensor>> dstates(state0.size(), std::vector<Tensor>(L));
+  std::vector<std::vector<Tensor>> dstates(stack.state0.size(), std::vector<Tensor>(L));
   Tensor grad = grad_out.contiguous();
   for (int64_t layer = L - 1; layer >= 0; --layer) {
     const Tensor x = layer == 0 ? rows : D == 1 ? saved[(layer - 1) * k][0] : saved[L * k + layer - 1];
     std::vector<Tensor> dlayer;
-    grad = layer_backward(stack, layer, grad, x, saved.data() + layer * k, state0, grad_finals,
+    grad = layer_backward(stack, layer, grad, x, saved.data() + layer * k, stack.state0, grad_finals,
                           layer > 0 || input_grad, grads, dlayer);
     for (size_t i = 0; i < dlayer.size(); ++i) dstates[i][layer] = dlayer[i];
   }
   std::vector<Tensor> dstate0;
-  for (const auto& per_layer : dstates) dstate0.push_back(at::cat(per_layer, 0));
+  for (const auto& per_layer : state0.empty() ? std::vector<std::vector<Tensor>>{} : dstates) {
+    dstate0.push_back(at::cat(per_layer, 0));
+  }
   return {input_grad ? grad : Tensor(), dstate0, grads};
 }
 }  // namespace
