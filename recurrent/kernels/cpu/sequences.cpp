@@ -628,28 +628,37 @@ std::tuple<Tensor, Tensor> rnn_sequence_backward(const Tensor& grad_out, const s
   const GradRows grad = grad_rows(grad_out, reverse, D, R, H);
   check(dh_n, {D, N, H}, "dh_n"), check(hs, {D, R, H}, "hs");
   check(h0, {D, N, H}, "h0"), check(w_hh, {D, H, H}, "w_hh");
-  Tensor dh = dh_n.clone(), dw = at::zeros({D, H, H}, hs.options());
+  // A one-step call sums dW_hh = daᵀ h0 after the step, one BLAS product per direction: the per-block sums
+  // (their zeroed buffers, transposed copies and adding up) cost more than the product at H = 200.
+  const bool one_step = steps.count() == 1;
+  Tensor dh = dh_n.clone(), dw = one_step ? at::empty({D, H, H}, hs.options()) : at::zeros({D, H, H}, hs.options());
   const Panels w(w_hh, false, steps);
   std::mutex adding;
   for_blocks(D, N, [&](int64_t d, int64_t r0, int64_t r1) {
-    std::vector<float> sum(H * H), da_t(H * kTile);
+    std::vector<float> sum(one_step ? 0 : H * H), da_t(one_step ? 0 : H * kTile);
     float *dh_ = data(dh) + d * N * H, *hs_ = data(hs) + d * R * H;
     for_tiles(steps, r0, r1, true, [&](int64_t t, int64_t a, int64_t b) {
       float* da = hs_ + (steps.offset[t] + a) * H;
       for (int64_t r = a; r < b; ++r) {
         rnn_backward_row(dh_ + r * H, grad(d, steps.offset[t] + r), da + (r - a) * H, H, relu);
       }
-      for (int64_t j = 0; j < H; ++j) {  // the tile's da transposed: (H, b − a)
-        for (int64_t r = 0; r < b - a; ++r) da_t[j * kTile + r] = da[r * H + j];
+      if (!one_step) {
+        for (int64_t j = 0; j < H; ++j) {  // the tile's da transposed: (H, b − a)
+          for (int64_t r = 0; r < b - a; ++r) da_t[j * kTile + r] = da[r * H + j];
+        }
+        const float* h_prev = before(steps, hs_, data(h0) + d * N * H, t, a, H);
+        at::native::cpublas::brgemm(H, H, b - a, kTile, H, H, true, da_t.data(), h_prev, sum.data(), false);
       }
-      const float* h_prev = before(steps, hs_, data(h0) + d * N * H, t, a, H);
-      at::native::cpublas::brgemm(H, H, b - a, kTile, H, H, true, da_t.data(), h_prev, sum.data(), false);
       product(b - a, da, H, w, d, dh_ + a * H, H, false);
     });
+    if (one_step) return;
     const std::lock_guard<std::mutex> lock(adding);
     float* total = data(dw) + d * H * H;
     for (int64_t i = 0; i < H * H; ++i) total[i] += sum[i];
   });
+  for (int64_t d = 0; one_step && d < D; ++d) {  // da (N, H) is the step's rows of hs
+    matmul(true, false, H, H, N, data(hs) + d * R * H, H, data(h0) + d * N * H, H, data(dw) + d * H * H, H, false);
+  }
   return {dh, dw};
 }
 
