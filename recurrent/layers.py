@@ -59,6 +59,12 @@ class LayerCall(NamedTuple):
     batched: bool
 
 
+def _on_stack_ops(route: routes.Route) -> bool:
+    """Whether the route runs the whole stack on its kernel's stack ops (``Kernel.stack``, the native ones);
+    the other whole stacks are one TorchScript call."""
+    return route.stack == "whole" and route.kernel not in ("torchscript", "onednn")
+
+
 class RNNBase(nn.Module):
     """What RNN, GRU and LSTM share: parameters, checks, stacking, directions, dropout, packing."""
 
@@ -374,8 +380,7 @@ class RNNBase(nn.Module):
         if route.stack == "ops":
             return self._compiled_padded(route, input, hx, weights, batch)
         # The native stack op makes zero states itself, for less than a one-step call's Python spends on them.
-        zeros = route.stack != "whole" or route.kernel in ("torchscript", "onednn")
-        call = self._padded_call(input, hx, weights, zeros)
+        call = self._padded_call(input, hx, weights, not _on_stack_ops(route))
         if route.stack == "onnx":
             x = call.rows.view(call.steps, call.batch, call.rows.size(-1))
             spec, kind = self._stack_spec(False), self.kind()
@@ -460,7 +465,7 @@ class RNNBase(nn.Module):
     ) -> Tuple[Tensor, List[Tensor]]:  # fmt: skip
         """The whole stack in one call: on the route's kernel's stack ops (the native ones, differentiated as
         the route says), else TorchScript's loop (no gradients: nothing to save)."""
-        if route.kernel not in ("torchscript", "onednn"):
+        if _on_stack_ops(route):
             layer = self._layer_spec(route, spec, batch_sizes)
             return kernels.whole_stack(layer, spec, rows, batch_sizes, state0, weights)
         return kernels.run_stack(self.kind().sequence(spec.onednn), spec, rows, batch_sizes, state0, weights)

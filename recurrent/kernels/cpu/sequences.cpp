@@ -794,7 +794,7 @@ Tensor reverse_index(const Steps& steps, const at::TensorOptions& options) {
 // one-step call (H = 200).
 struct Stack {
   bool lstm, gru, relu;
-  int64_t D, per, layers;
+  int64_t D, per;
   at::TensorList weights;
   Steps steps;
   Tensor reverse;  // the second direction's row order (two directions)
@@ -802,8 +802,8 @@ struct Stack {
   Stack(const std::string& mode, at::TensorList weights, at::TensorList state0, int64_t num_layers,
         bool bidirectional, at::IntArrayRef batch_sizes, const Tensor& rows)
       : lstm(mode == "LSTM"), gru(mode == "GRU"), relu(mode == "RNN_RELU"), D(bidirectional ? 2 : 1),
-        per(static_cast<int64_t>(weights.size()) / std::max<int64_t>(1, num_layers * D)), layers(num_layers),
-        weights(weights), steps(batch_sizes) {
+        per(static_cast<int64_t>(weights.size()) / std::max<int64_t>(1, num_layers * D)), weights(weights),
+        steps(batch_sizes) {
     TORCH_CHECK(lstm || gru || relu || mode == "RNN_TANH", "recurrent_cpu: no native stack for mode ", mode);
     TORCH_CHECK(num_layers > 0 && (per == 2 || per == 4) && per * num_layers * D == static_cast<int64_t>(weights.size()),
                 "recurrent_cpu: expected 2 or 4 weights per layer and direction, got ", weights.size(), " for ",
@@ -957,9 +957,9 @@ Tensor layer_backward(const Stack& stack, int64_t layer, const Tensor& grad, con
   const Tensor h0 = stack.slice(state0[0], layer), dh_n = stack.slice(grad_finals[0], layer);
   const bool bias = stack.per == 4;
   Tensor dgi, dw_hh, db_hh;
-  std::vector<Tensor> h_prev, joint;  // joint: h_prev where dW_hh comes from dgi (LSTM)
+  std::vector<Tensor> h_prev;
   if (stack.lstm) {
-    h_prev = previous_states(stack.steps, h0, hs), joint = h_prev;
+    h_prev = previous_states(stack.steps, h0, hs);
     auto [dgates, dh0, dc0] = lstm_sequence_backward(grad, reverse, dh_n, stack.slice(grad_finals[1], layer), saved[1],
                                                      saved[2], stack.slice(state0[1], layer), w_hh, batch_sizes);
     dgi = dgates, dstates = {dh0, dc0};
@@ -993,7 +993,8 @@ Tensor layer_backward(const Stack& stack, int64_t layer, const Tensor& grad, con
       dx.index_add_(0, stack.reverse, back);
     }
   }
-  auto [dw_ih, dw_h, db_ih] = sums(dgi, {stack.per_direction(x)}, joint, bias);
+  // The LSTM's hidden gates' gradient is dgi: dW_hh comes from the same pass.
+  auto [dw_ih, dw_h, db_ih] = sums(dgi, {stack.per_direction(x)}, stack.lstm ? h_prev : std::vector<Tensor>{}, bias);
   if (stack.lstm) dw_hh = dw_h;
   if (bias && !stack.gru) db_hh = db_ih.clone();  // b_hh folded: its gradient is b_ih's, a copy
   const Tensor layer_grads[4] = {dw_ih, dw_hh, db_ih, db_hh};
