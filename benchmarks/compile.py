@@ -16,6 +16,9 @@ those of a model nothing of which is compiled.)
   step             the compiled training step's median, against the eager one's (interleaved, after
                    warm-up, batch 128 × 28)
 
+A third model, "no recurrent layer" (a per-step linear layer and tanh in the RNN's place), shows what
+torch.compile costs a model of this shape by itself: the floor under any recurrent layer's figures.
+
 Writes DIR/compile-cpu[-quick].json and a markdown table next to it.
 """
 
@@ -50,6 +53,20 @@ FIRST = (128, 28)
 NEW_SHAPES = [(128, 41), (96, 57), (128, 13)]
 
 
+FLOOR = "no recurrent layer"  # the same model with a per-step linear layer in the RNN's place
+
+
+class PerStep(nn.Module):
+    """tanh(W x + b) at every step, no recurrence: what torch.compile costs a model of this shape by itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(INPUT, HIDDEN)
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        return torch.tanh(self.linear(x)), None
+
+
 class Classifier(nn.Module):
     def __init__(self, rnn: nn.Module) -> None:
         super().__init__()
@@ -67,7 +84,7 @@ def models(kind: str) -> Dict[str, nn.Module]:
     reference = Classifier(getattr(nn, kind)(INPUT, HIDDEN, LAYERS, batch_first=True, dropout=0.1))
     ours = Classifier(getattr(recurrent, kind)(INPUT, HIDDEN, LAYERS, batch_first=True, dropout=0.1))
     ours.load_state_dict(reference.state_dict())
-    return {"torch.nn": reference, "recurrent": ours}
+    return {"torch.nn": reference, "recurrent": ours, FLOOR: Classifier(PerStep())}
 
 
 def trainer(model: nn.Module, call: Callable) -> Callable[[torch.Tensor, torch.Tensor], float]:
@@ -137,15 +154,13 @@ def measure(kind: str, contender: str, reps: int) -> dict:
             "compiled_over_eager": steady["compiled"] / steady["eager"]}  # fmt: skip
 
 
-def run_kind(kind: str, reps: int, threads: int) -> List[dict]:
-    """torch.nn's and our model, each measured in a fresh process."""
-    rows = []
-    for contender in ("torch.nn", "recurrent"):
-        command = [sys.executable, __file__, "--one", f"{kind}:{contender}", "--reps", str(reps)]
-        done = subprocess.run(command + ["--threads", str(threads)], check=True, capture_output=True, text=True)
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(table_row(rows[-1]), flush=True)
-    return rows
+def run_one(kind: str, contender: str, reps: int, threads: int) -> dict:
+    """One model's figures, measured in a fresh process."""
+    command = [sys.executable, __file__, "--one", f"{kind}:{contender}", "--reps", str(reps), "--threads", str(threads)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    print(table_row(row), flush=True)
+    return row
 
 
 HEADER = (
@@ -159,8 +174,9 @@ def table_row(row: dict) -> str:
         f"{s['batch']}×{s['steps']}: {s['first_call_s']:.2f}{' (recompiled)' if s['compiled'] else ''}"
         for s in row["new_shapes"]
     )
+    label = row["contender"] if row["contender"] == FLOOR else f"{row['kind']}, {row['contender']}"
     return (
-        f"| {row['kind']}, {row['contender']} | {row['compile_adds_s']:.1f} | {shapes} | {row['eager_step_ms']:.1f} | "
+        f"| {label} | {row['compile_adds_s']:.1f} | {shapes} | {row['eager_step_ms']:.1f} | "
         f"{row['compiled_step_ms']:.1f} | {row['compiled_over_eager']:.2f}x |"
     )
 
@@ -172,7 +188,7 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="the GRU only, 3 repetitions (a smoke run)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    p.add_argument("--one", help=argparse.SUPPRESS)  # KIND:CONTENDER, measured in this process (run_kind)
+    p.add_argument("--one", help=argparse.SUPPRESS)  # KIND:CONTENDER, measured in this process (run_one)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
@@ -181,7 +197,8 @@ def main() -> int:
     kinds, reps = (["GRU"], 3) if args.quick else (args.kinds.split(","), args.reps)
     cpu = machine(torch.device("cpu"))
     print(f"{cpu}, {args.threads} threads, torch {torch.__version__}\n\n{HEADER}", flush=True)
-    rows = [row for kind in kinds for row in run_kind(kind, reps, args.threads)]
+    contenders = [(kind, contender) for kind in kinds for contender in ("torch.nn", "recurrent")]
+    rows = [run_one(kind, contender, reps, args.threads) for kind, contender in contenders + [(kinds[0], FLOOR)]]
     stem = "compile-cpu" + ("-quick" if args.quick else "")
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"machine": cpu, "threads": args.threads, "torch": torch.__version__, "reps": reps,

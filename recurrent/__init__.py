@@ -1,5 +1,6 @@
 """recurrent: recurrent layers with explicit gate math, torch.nn's API and numbers, and a fast path."""
 
+from . import cell_calls  # noqa: F401  (puts the cells on their route: recurrent.cells.ROUTED)
 from .cells import GRUCell, LSTMCell, RNNCell
 from .custom import CustomCell, CustomRNN
 from .layers import GRU, LSTM, RNN, backend_for

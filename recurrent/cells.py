@@ -9,7 +9,7 @@ step takes their sum), so the layers can hoist the input product out of the loop
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -92,10 +92,16 @@ def _mm_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     return out if bias is None else out + bias
 
 
+# What runs a cell call on other kernels than its own step, set from above (recurrent.cell_calls, which asks
+# the route): it returns the new states, or None to leave the call to the cell's own path below.
+ROUTED: List[Callable[[RNNCellBase, Tensor, List[Optional[Tensor]]], Optional[List[Tensor]]]] = []
+
+
 class RNNCellBase(nn.Module):
     """Parameters, initialisation and input checks shared by the cells (torch.nn's layout)."""
 
     __constants__ = ["input_size", "hidden_size", "bias"]
+    __jit_ignored_attributes__ = ["_last_route"]
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, device=None, dtype=None) -> None:
         super().__init__()
@@ -114,6 +120,11 @@ class RNNCellBase(nn.Module):
             self.register_parameter("bias_hh", None)
         self.reset_parameters()
 
+    def __getstate__(self) -> dict:
+        # The last route decision (recurrent.cell_calls) holds the kind's functions, which do not pickle.
+        state = super().__getstate__()
+        return {name: value for name, value in state.items() if name != "_last_route"}
+
     def reset_parameters(self) -> None:
         """Uniform in ±1/sqrt(hidden_size), in registration order, as torch.nn does (a cell of
         hidden_size 0 has empty parameters: bound 0)."""
@@ -131,6 +142,10 @@ class RNNCellBase(nn.Module):
 
     def _run(self, input: Tensor, given: List[Optional[Tensor]], names: List[str]) -> List[Tensor]:
         """One step from the given states (zeros for None), with the dimensions the caller used."""
+        if not torch.jit.is_scripting():
+            routed = self._routed(input, given)
+            if routed is not None:
+                return routed
         x, states, batched = self._prepare(input, given, names)
         gi, gh = self._projections(x, states[0])
         if torch.jit.is_scripting():
@@ -183,6 +198,15 @@ class RNNCellBase(nn.Module):
         return F.linear(input, self.weight_ih, self.bias_ih), F.linear(h, self.weight_hh, self.bias_hh)
 
     @torch.jit.unused
+    def _routed(self, input: Tensor, given: List[Optional[Tensor]]) -> Optional[List[Tensor]]:
+        return ROUTED[0](self, input, given) if ROUTED else None
+
+    @torch.jit.unused
+    def mode(self) -> str:
+        """The cell kind's registry name (recurrent.kernels.KINDS): the layer mode it is one step of."""
+        raise NotImplementedError
+
+    @torch.jit.unused
     def _eager_step(self, gi: Tensor, gh: Tensor, states: List[Tensor]) -> List[Tensor]:
         # Under autocast the tensors already share its dtype; the scripted step functions must not
         # be autocast again (TorchScript's autocast pass would mix dtypes inside them).
@@ -217,6 +241,10 @@ class RNNCell(RNNCellBase):
         super().__init__(input_size, hidden_size, bias, num_chunks=1, device=device, dtype=dtype)
         self.nonlinearity = nonlinearity
 
+    @torch.jit.unused
+    def mode(self) -> str:
+        return "RNN_RELU" if self.nonlinearity == "relu" else "RNN_TANH"
+
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         return self._run(input, [hx], ["hx"])[0]
 
@@ -231,6 +259,10 @@ class GRUCell(RNNCellBase):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
 
+    @torch.jit.unused
+    def mode(self) -> str:
+        return "GRU"
+
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         return self._run(input, [hx], ["hx"])[0]
 
@@ -243,6 +275,10 @@ class LSTMCell(RNNCellBase):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
+
+    @torch.jit.unused
+    def mode(self) -> str:
+        return "LSTM"
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
         given: List[Optional[Tensor]] = [None, None]

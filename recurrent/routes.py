@@ -26,7 +26,7 @@ import torch
 from . import settings as _settings
 from .kernels import products
 from .kernels.contract import Kernel
-from .kernels.registry import CellKind
+from .kernels.registry import KINDS, CellKind
 from .kernels.scan import exporting, scan
 
 KERNELS = {
@@ -47,6 +47,7 @@ STACKS = {
     "scan": "each layer as scans",
     "onnx": "one ONNX operator per layer",
     "empty": "no layer runs",
+    "cell": "a cell's own step: its products and step function on ATen's ops (recurrent.cells)",
 }
 BACKWARDS = {"hand-written": "hand-written backward", "autograd": "autograd through its ops", "none": "no backward"}
 FORCIBLE = ("native", "onednn", "torchscript", "triton")
@@ -249,6 +250,19 @@ def decide(call: Call, settings: _settings.Settings) -> Route:
     return Route("layers", kernel, "hand-written" if own.backward is not None else "autograd", reason)
 
 
+def decide_cell(call: Call, settings: _settings.Settings) -> Route:
+    """The route of a cell call (its facts as a one-layer, one-step layer's): the native stack ops where
+    :func:`decide` would run that layer on them, else the cell's own step, which runs any call (a backend
+    asked for is the layers'; no cell call raises for it)."""
+    asked = settings.backend in ("default", "auto", "native")
+    if asked and not call.tracer and refusal("native", call, settings) is None:
+        route = decide(call, settings)
+        if route.stack == "whole" and route.kernel == "native":
+            return route
+    backward = "autograd" if call.needs_grad else "none"
+    return Route("cell", "torchscript", backward, "the cell's own step (not the native kernels' call)")
+
+
 def _tracer() -> str:
     if torch.jit.is_tracing() and torch.onnx.is_in_onnx_export():  # the cheap question first
         return "onnx"
@@ -278,6 +292,16 @@ def facts(layer: Any, tensors: list, packed: bool, empty: bool, dtype: torch.dty
         layer.proj_size > 0, layer.bidirectional,
         torch.is_grad_enabled() and any(t.requires_grad for t in tensors), packed, empty, _tracer(),
         _transformed(tensors), observed, layer.training and layer.dropout > 0,
+    )  # fmt: skip
+
+
+def cell_facts(cell: Any, tensors: list) -> Call:
+    """The facts of a call of ``cell`` (a recurrent.cells cell) over ``tensors`` (its input, given states and
+    weights, all of one dtype and device), as those of a one-layer, one-step layer's."""
+    return Call(
+        KINDS[cell.mode()], None, tensors[0].device.type, tensors[0].dtype, cell.hidden_size, False, False,
+        torch.is_grad_enabled() and any(t.requires_grad for t in tensors), False, False, _tracer(),
+        _transformed(tensors), False, False,
     )  # fmt: skip
 
 

@@ -72,7 +72,7 @@ def test_no_import_cycles():
 LEVELS = [
     ["recurrent", "recurrent.build", "recurrent.recording", "recurrent.variants", "recurrent.example_cells"],
     ["recurrent.custom"],
-    ["recurrent.layers"],
+    ["recurrent.layers", "recurrent.cell_calls"],
     ["recurrent.routes"],
     ["recurrent.onnx_native"],
     ["recurrent.kernels"],

@@ -18,6 +18,8 @@ import torch
 from helpers import assert_like_torch_nn, flat, grads, pair, triton_forced
 from torch import nn
 
+import recurrent
+
 pytestmark = pytest.mark.skipif(triton_forced(), reason="the CPU routes' weights")
 
 KINDS = {"RNN": {"nonlinearity": "tanh"}, "GRU": {}, "LSTM": {}}
@@ -138,3 +140,33 @@ def test_functional_call_gets_the_numbers_of_the_weights_it_passes():
         actual = torch.func.functional_call(ours, params, (x,))[0]
         torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(ours(x)[0], reference(x)[0], rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("kind", ["RNNCell", "GRUCell", "LSTMCell"])
+def test_a_cells_weights_are_read_afresh_every_call(kind, grad):
+    """A cell (float32: the native stack op) keeps its route across calls, never its weights: edits through
+    .data (which no version counter sees) and an optimizer step show in the next call; its copies (the route
+    is left behind: it holds functions) give its numbers."""
+    torch.manual_seed(0)
+    reference, ours = getattr(nn, kind)(INPUT, HIDDEN), getattr(recurrent, kind)(INPUT, HIDDEN)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(BATCH, INPUT)
+    changes = [
+        lambda cell: None,
+        lambda cell: [p.data.mul_(-1.5) for p in cell.parameters()],
+        lambda cell: cell.bias_ih.data.zero_(),
+        lambda cell: optimizer_step_cell(cell, x),
+    ]
+    for change in changes:
+        change(reference)
+        change(ours)
+        assert_like_torch_nn(run(grad), reference, ours, [x.detach().requires_grad_(grad)])
+    for twin in (copy.deepcopy(ours), pickle.loads(pickle.dumps(ours))):
+        assert_like_torch_nn(run(grad), reference, twin, [x.detach().requires_grad_(grad)])
+
+
+def optimizer_step_cell(cell: nn.Module, x: torch.Tensor) -> None:
+    optimizer = torch.optim.SGD(cell.parameters(), lr=0.5)
+    sum(o.sum() for o in flat(cell(x))).backward()
+    optimizer.step()
