@@ -47,7 +47,7 @@ STACKS = {
     "scan": "each layer as scans",
     "onnx": "one ONNX operator per layer",
     "empty": "no layer runs",
-    "cell": "a cell's own step: its products and step function on ATen's ops (recurrent.cells)",
+    "cell": "a cell's step: the native cell op, or the cell's own products and step function (recurrent.cells)",
 }
 BACKWARDS = {"hand-written": "hand-written backward", "autograd": "autograd through its ops", "none": "no backward"}
 FORCIBLE = ("native", "onednn", "torchscript", "triton")
@@ -251,16 +251,20 @@ def decide(call: Call, settings: _settings.Settings) -> Route:
 
 
 def decide_cell(call: Call, settings: _settings.Settings) -> Route:
-    """The route of a cell call (its facts as a one-layer, one-step layer's): the native stack ops where
-    :func:`decide` would run that layer on them, else the cell's own step, which runs any call (a backend
-    asked for is the layers'; no cell call raises for it)."""
-    asked = settings.backend in ("default", "auto", "native")
-    if asked and not call.tracer and refusal("native", call, settings) is None:
-        route = decide(call, settings)
-        if route.stack == "whole" and route.kernel == "native":
-            return route
+    """The route of a cell call (its facts as a one-layer, one-step layer's): the native kernel's cell op where
+    the native kernels can run it, as :func:`decide` would choose them, else the cell's own step, which runs
+    any call (a backend asked for is the layers'; no cell call raises for it)."""
+    backward = "hand-written" if call.needs_grad else "none"
+    if settings.backend not in ("default", "auto", "native"):
+        why = f"RECURRENT_BACKEND={settings.backend}"
+    elif call.tracer or call.transform or call.empty:
+        why = "a tracer, a torch.func transform or an empty batch"
+    else:
+        why = refusal("native", call, settings) or (None if _own(call, "native").cell else "no native cell op")
+    if why is None:
+        return Route("cell", "native", backward, "float32 on the CPU, the native library loaded: one op a step")
     backward = "autograd" if call.needs_grad else "none"
-    return Route("cell", "torchscript", backward, "the cell's own step (not the native kernels' call)")
+    return Route("cell", "torchscript", backward, f"the cell's own step on ATen's ops: {why}")
 
 
 def _tracer() -> str:

@@ -8,6 +8,7 @@ kernel runs a call is :mod:`recurrent.routes`'s decision, not theirs.
 
 from . import ops, products, scan
 from .autograd import LayerSpec, gate_inputs, kernel_forward, run_layer
+from .cell import run_cell
 from .common import join_directions, per_direction, reverse_index
 from .contract import Kernel, SequenceKernel, SequenceModule
 from .gru import gru_backward, gru_forward
@@ -43,6 +44,7 @@ __all__ = [
     "reverse_index",
     "rnn_backward",
     "rnn_forward",
+    "run_cell",
     "run_layer",
     "run_module_stack",
     "run_stack",

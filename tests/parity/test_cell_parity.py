@@ -72,3 +72,33 @@ def test_cells_take_any_bias_object_as_torch_nn(kind, bias):
     expected, actual = reference(x), ours(x)
     for a, e in zip(actual if kind == "LSTMCell" else [actual], expected if kind == "LSTMCell" else [expected]):
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["RNNCell", "GRUCell", "LSTMCell"])
+def test_cells_higher_order_repeated_and_batched_gradients_equal_torch(kind):
+    """float32 on the CPU (the native cell op where the library loaded): gradients of gradients, a second
+    backward through a retained graph and vmapped gradients (is_grads_batched), all recomputed on the cell's
+    own math where the op's backward cannot serve, equal torch.nn's."""
+    torch.manual_seed(0)
+    reference, ours = getattr(nn, kind)(3, 5), getattr(recurrent, kind)(3, 5)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(4, 3, requires_grad=True)
+    h = torch.randn(4, 5, requires_grad=True)
+    hx = (h, torch.randn(4, 5, requires_grad=True)) if kind == "LSTMCell" else h
+
+    def run(cell) -> list:
+        out = cell(x, hx)
+        out = out[0] if isinstance(out, tuple) else out
+        first = torch.autograd.grad((out * out).sum(), [x, h, *cell.parameters()], create_graph=True)
+        second = torch.autograd.grad(sum((g * g).sum() for g in first), [x, h, *cell.parameters()])
+        out = cell(x, hx)
+        loss = (out[0] if isinstance(out, tuple) else out).sum()
+        again = [torch.autograd.grad(loss, [x, h], retain_graph=True) for _ in range(2)]
+        out = cell(x, hx)
+        out = out[0] if isinstance(out, tuple) else out
+        batched = torch.autograd.grad(out, x, torch.randn(2, 4, 5, generator=torch.Generator().manual_seed(1)),
+                                      is_grads_batched=True)  # fmt: skip
+        return [*first, *second, *again[0], *again[1], *batched]
+
+    for actual, expected in zip(run(ours), run(reference)):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)

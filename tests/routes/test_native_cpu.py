@@ -150,6 +150,45 @@ def test_a_retained_graph_gives_torch_nns_gradients_twice(kind, bidirectional):
     assert_like_torch_nn(lambda m, inputs: twice(m, [inputs[0].detach().requires_grad_()]), reference, ours, [x])
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    kind=st.sampled_from(KINDS),
+    sizes=st.tuples(st.integers(1, 70), st.integers(1, 9), st.integers(1, 9)),
+    bias=st.booleans(),
+    with_states=st.booleans(),
+    threads=st.sampled_from([1, 3]),
+    seed=st.integers(0, 2**16),
+)
+def test_cells_on_the_native_op_equal_torch(kind, sizes, bias, with_states, threads, seed):
+    """RNNCell, GRUCell and LSTMCell in float32 (the native cell op and its backward): h' (and c') and every
+    gradient as accurate as torch.nn's, judged in float64, with and without states and biases."""
+    if not cpu.available():
+        pytest.skip(cpu.status())
+    name, _, nonlinearity = kind.partition("_")
+    extras = {"nonlinearity": nonlinearity} if nonlinearity else {}
+    batch, input_size, hidden_size = sizes
+    torch.manual_seed(seed)
+    reference = getattr(torch.nn, name + "Cell")(input_size, hidden_size, bias, **extras)
+    ours = getattr(recurrent, name + "Cell")(input_size, hidden_size, bias, **extras)
+    ours.load_state_dict(reference.state_dict())
+    count = (2 if name == "LSTM" else 1) if with_states else 0
+    inputs = [torch.randn(batch, input_size)] + [torch.randn(batch, hidden_size) for _ in range(count)]
+
+    def run(cell, given: list) -> list:
+        given = [t.detach().requires_grad_() for t in given]
+        states = None if count == 0 else given[1] if count == 1 else tuple(given[1:])
+        outs = list(cell(given[0], states)) if name == "LSTM" else [cell(given[0], states)]
+        return outs + grads(outs, [*given, *cell.parameters()])
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert "recurrent_cpu::cell_forward" in ops_called(ours, inputs[0], False)
+        assert_like_torch_nn(run, reference, ours, inputs)
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_native_ops_run_on_the_fast_path_only(kind, grad):

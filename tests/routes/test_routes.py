@@ -168,8 +168,9 @@ def test_route_for_names_the_cpu_kernel_that_runs(grad, monkeypatch):
 # A cell call as the facts of a one-layer, one-step layer's -> (stack, kernel, backward)
 CELL = BASE._replace(kind=KINDS["RNN_TANH"])
 CELL_TABLE = [
-    ({}, DEFAULT, True, ("whole", "native", "hand-written")),
-    ({"needs_grad": False, "kind": KINDS["LSTM"]}, DEFAULT, True, ("whole", "native", "none")),
+    ({}, DEFAULT, True, ("cell", "native", "hand-written")),
+    ({"needs_grad": False, "kind": KINDS["LSTM"]}, DEFAULT, True, ("cell", "native", "none")),
+    ({"kind": KINDS["GRU"]}, settings.Settings("native", True, True, True), True, ("cell", "native", "hand-written")),
     ({}, DEFAULT, False, ("cell", "torchscript", "autograd")),
     ({"dtype": torch.float64}, DEFAULT, True, ("cell", "torchscript", "autograd")),
     ({"dtype": torch.float64}, settings.Settings("native", True, True, True), True,
@@ -184,8 +185,8 @@ CELL_TABLE = [
 
 @pytest.mark.parametrize("changes,chosen,native,expected", CELL_TABLE)
 def test_the_cells_decision_table(changes, chosen, native, expected, monkeypatch):
-    """A cell runs the native stack ops where a layer of it would; else its own step, whatever is asked
-    (never raising: a backend asked for is the layers')."""
+    """A cell runs the native cell op where the native kernels can run it; else its own step, whatever is
+    asked (never raising: a backend asked for is the layers')."""
     world(monkeypatch, native, triton=False)
     route = routes.decide_cell(CELL._replace(**changes), chosen)
     assert (route.stack, route.kernel, route.backward) == expected, route
@@ -194,8 +195,8 @@ def test_the_cells_decision_table(changes, chosen, native, expected, monkeypatch
 @needs_cpu_route
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("kind", ["RNNCell", "GRUCell", "LSTMCell"])
-def test_cells_run_the_native_stack_ops_where_their_route_says(kind, grad, monkeypatch):
-    """A batched float32 call runs the stack op (its backward op in training); float64, unbatched input,
+def test_cells_run_the_native_cell_op_where_their_route_says(kind, grad, monkeypatch):
+    """A batched float32 call runs the cell op (its backward op in training); float64, unbatched input,
     autocast and RECURRENT_BACKEND=torchscript run the cell's own step, and each gives torch.nn's numbers."""
     torch.manual_seed(0)
     reference = getattr(torch.nn, kind)(3, 5)
@@ -204,8 +205,8 @@ def test_cells_run_the_native_stack_ops_where_their_route_says(kind, grad, monke
     x = torch.randn(4, 3, requires_grad=grad)
     native = cpu.available()
     called = ops_called(cell, x, grad)
-    assert ("recurrent_cpu::stack_forward" in called) == native, sorted(called)
-    assert ("recurrent_cpu::stack_backward" in called) == (native and grad), sorted(called)
+    assert ("recurrent_cpu::cell_forward" in called) == native, sorted(called)
+    assert ("recurrent_cpu::cell_backward" in called) == (native and grad), sorted(called)
     wide = (copy.deepcopy(cell).double(), x.detach().double().requires_grad_(grad))
     for module, data in [wide, (cell, x[0].detach().requires_grad_(grad))]:
         assert not any(name.startswith("recurrent_cpu::") for name in ops_called(module, data, grad))

@@ -21,7 +21,8 @@ def _native(mode: str, forward, backward, saved: Tuple[int, ...], overwrites_hs:
     return Kernel(
         None, backward, forward, overwrites_saved=True, overwrites_hs=overwrites_hs, joined_grad=True,
         weight_grad=sequences.weight_grad, saved_widths=saved, stack=partial(sequences.stack_forward, mode),
-        stack_backward=partial(sequences.stack_backward, mode),
+        stack_backward=partial(sequences.stack_backward, mode), cell=partial(sequences.cell_forward, mode),
+        cell_backward=partial(sequences.cell_backward, mode),
     )  # fmt: skip
 
 

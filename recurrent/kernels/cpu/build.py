@@ -66,6 +66,13 @@ SCHEMAS = [
     "stack_backward(str mode, Tensor grad_out, Tensor[] grad_finals, Tensor rows, Tensor[] state0, Tensor[] weights, "
     "Tensor[] saved, int num_layers, bool bidirectional, int[] batch_sizes, bool input_grad) "
     "-> (Tensor, Tensor[], Tensor[])",
+    # A cell's step (one layer, direction and step): x (N, I), h and c (N, H) or none for zeros, the cell's own
+    # weights → [h', what its backward needs]; the backward (writing over those) → [dx, dh(, dc), dW_ih, dW_hh(,
+    # db_ih, db_hh)], dx and the states' empty where not asked for.
+    "cell_forward(str mode, Tensor x, Tensor? h, Tensor? c, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) "
+    "-> Tensor[]",
+    "cell_backward(str mode, Tensor grad_h, Tensor? grad_c, Tensor x, Tensor? h, Tensor? c, Tensor w_ih, "
+    "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor[] saved, bool input_grad, bool state_grad) -> Tensor[]",
 ]
 _LIBRARY = torch.library.Library("recurrent_cpu", "DEF")
 for _schema in SCHEMAS:

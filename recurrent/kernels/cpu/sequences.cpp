@@ -332,6 +332,18 @@ template <int Rows>
   for (int r = 0; r < Rows; ++r) store(h + r * stride, gates[r][3] * tanh_(cell[r]), width);
 }
 
+// One LSTM row from its sums a = (a_i, a_f, a_g, a_o) (4H, in BLAS's layout): the gates written over a,
+// c' = f c + i g and h' = o tanh(c').
+void lstm_row(float* __restrict a, const float* c, float* c_new, float* __restrict h, int64_t H) {
+  float *i = a, *f = a + H, *g = a + 2 * H, *o = a + 3 * H;
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    i[j] = sigmoid_(i[j]), f[j] = sigmoid_(f[j]), g[j] = tanh_(g[j]), o[j] = sigmoid_(o[j]);
+    c_new[j] = f[j] * c[j] + i[j] * g[j];
+    h[j] = o[j] * tanh_(c_new[j]);
+  }
+}
+
 // One step of every row (R = N), as Panels says: a = x W_ihᵀ + b + h0 W_hhᵀ by BLAS's products on the
 // weights as they are, then the gate math of lstm_lanes on each row, written where lstm_sequence keeps it:
 // h' into hs, c' into cs (with `save`; c_n is copied from it) or c_n (which holds c0), the gates into
@@ -349,16 +361,7 @@ void lstm_one_step(const Tensor& x, const Tensor& w_ih, const std::optional<Tens
     float *h_ = data(hs) + d * N * H, *c_new = data(save ? cs : c_n) + d * N * H;
     const float* c_ = data(c0) + d * N * H;
     at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {  // a large batch's rows over the threads
-      for (int64_t r = begin; r < end; ++r) {
-        float *i = a_ + r * G, *f = i + H, *g = i + 2 * H, *o = i + 3 * H;
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) {
-          i[j] = sigmoid_(i[j]), f[j] = sigmoid_(f[j]), g[j] = tanh_(g[j]), o[j] = sigmoid_(o[j]);
-          const float c = f[j] * c_[r * H + j] + i[j] * g[j];
-          c_new[r * H + j] = c;
-          h_[r * H + j] = o[j] * tanh_(c);
-        }
-      }
+      for (int64_t r = begin; r < end; ++r) lstm_row(a_ + r * G, c_ + r * H, c_new + r * H, h_ + r * H, H);
     });
   }
   if (save) c_n.copy_(cs);
@@ -1036,6 +1039,187 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> stack_backward(
   }
   return {input_grad ? grad : Tensor(), dstate0, grads};
 }
+
+// A cell's step (RNNCell, GRUCell, LSTMCell: one layer, one direction, one step of N rows) as two ops with flat
+// arguments: as a one-layer stack (stack_forward) a cell call cost 36 µs before any arithmetic (views of the
+// stacked weights, zero states, the lists its binding converts), three times what these take. The products are
+// BLAS's on the weights as they are, the row math the sequence ops'. x (N, I); h and c (N, H), zeros where not
+// given; the weights and biases as the cell holds them: W_ih (G, I), W_hh (G, H), b_ih and b_hh (G).
+struct Cell {
+  bool relu, gru, lstm;
+  int64_t N, I, H, G;
+  Tensor x, h, c, w_ih, w_hh;
+  std::optional<Tensor> b_ih, b_hh;
+  Cell(const std::string& mode, const Tensor& x_, const std::optional<Tensor>& h_, const std::optional<Tensor>& c_,
+       const Tensor& w_ih_, const Tensor& w_hh_, const std::optional<Tensor>& b_ih_,
+       const std::optional<Tensor>& b_hh_)
+      : relu(mode == "RNN_RELU"), gru(mode == "GRU"), lstm(mode == "LSTM"), N(x_.size(0)), I(x_.size(-1)),
+        H(w_hh_.size(-1)), G(w_hh_.size(0)), x(x_.contiguous()), w_ih(w_ih_.contiguous()),
+        w_hh(w_hh_.contiguous()) {
+    TORCH_CHECK(relu || gru || lstm || mode == "RNN_TANH", "recurrent_cpu: no native cell for mode ", mode);
+    const int64_t gates = gru ? 3 : lstm ? 4 : 1;
+    TORCH_CHECK(G == gates * H, "recurrent_cpu: a ", mode, " cell's W_hh has ", gates, "·H rows, got ", w_hh_.sizes());
+    check(x, {N, I}, "x"), check(w_ih, {G, I}, "w_ih"), check(w_hh, {G, H}, "w_hh");
+    h = state(h_, "h"), c = lstm ? state(c_, "c") : Tensor();
+    TORCH_CHECK(b_ih_.has_value() == b_hh_.has_value(), "recurrent_cpu: a cell has both biases or neither");
+    if (b_ih_) b_ih = b_ih_->contiguous(), b_hh = b_hh_->contiguous(), check(*b_ih, {G}, "b_ih"), check(*b_hh, {G}, "b_hh");
+  }
+  Tensor state(const std::optional<Tensor>& given, const char* name) const {
+    if (!given) return at::zeros({N, H}, x.options());
+    Tensor s = given->contiguous();
+    check(s, {N, H}, name);
+    return s;
+  }
+  // out (N, G) = the bias rows, then + x W_ihᵀ (`input`) and + h W_hhᵀ (`hidden`); the bias b_ih, b_hh, their
+  // sum (RNN and LSTM fold b_hh into b_ih, one rounding as torch's add), or none.
+  Tensor sums(bool input, bool hidden, const float* b_i, const float* b_h) const {
+    Tensor out = at::empty({N, G}, x.options());
+    float* o = data(out);
+    for (int64_t r = 0; r < N; ++r) {
+      float* row = o + r * G;
+      if (b_i && b_h) {
+#pragma omp simd
+        for (int64_t j = 0; j < G; ++j) row[j] = b_i[j] + b_h[j];
+      } else if (b_i || b_h) {
+        std::memcpy(row, b_i ? b_i : b_h, G * sizeof(float));
+      } else {
+        std::fill_n(row, G, 0.0f);
+      }
+    }
+    if (input) matmul(false, true, N, G, I, data(x), I, data(w_ih), I, o, G, true);
+    if (hidden) matmul(false, true, N, G, H, data(h), H, data(w_hh), H, o, G, true);
+    return out;
+  }
+  const float* bias(const std::optional<Tensor>& b) const { return b ? data(*b) : nullptr; }
+};
+
+// Returns [h'] (RNN: what its backward reads, the caller keeping the output itself), [h', gates (r, z, n),
+// W_hn h + b_hn] (GRU), [h', c', gates (i, f, g, o), c' again] (LSTM: a copy for the backward, the caller may
+// change its c').
+std::vector<Tensor> cell_forward(const std::string& mode, const Tensor& x, const std::optional<Tensor>& h,
+                                 const std::optional<Tensor>& c, const Tensor& w_ih, const Tensor& w_hh,
+                                 const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh) {
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Cell cell(mode, x, h, c, w_ih, w_hh, b_ih, b_hh);
+  const int64_t N = cell.N, H = cell.H, G = cell.G;
+  Tensor out = at::empty({N, H}, cell.x.options());
+  if (cell.gru) {
+    Tensor gates = cell.sums(true, false, cell.bias(cell.b_ih), nullptr);
+    const Tensor gh = cell.sums(false, true, nullptr, cell.bias(cell.b_hh));
+    Tensor ghn = at::empty({N, H}, cell.x.options());
+    for (int64_t r = 0; r < N; ++r) {
+      gru_row(data(gh) + r * G, data(gates) + r * G, data(cell.h) + r * H, data(out) + r * H, H);
+      copy_row(data(ghn) + r * H, data(gh) + r * G + 2 * H, H);
+    }
+    return {out, gates, ghn};
+  }
+  Tensor a = cell.sums(true, true, cell.bias(cell.b_ih), cell.bias(cell.b_hh));
+  if (!cell.lstm) {
+    for (int64_t r = 0; r < N; ++r) rnn_row(data(a) + r * H, H, cell.relu);
+    return {a};
+  }
+  Tensor c_new = at::empty({N, H}, cell.x.options());
+  for (int64_t r = 0; r < N; ++r) {
+    lstm_row(data(a) + r * G, data(cell.c) + r * H, data(c_new) + r * H, data(out) + r * H, H);
+  }
+  return {out, c_new, a, c_new.clone()};
+}
+
+// A block of columns [first, first + width) of the hidden side's gate gradient, as rows `ld` floats apart.
+struct Columns {
+  int64_t first, width;
+  const float* rows;
+  int64_t ld;
+};
+
+// Σ over the N rows of `block`, into out[first, first + width).
+void column_sums(int64_t N, const Columns& block, float* out) {
+  float* b = out + block.first;
+  std::fill_n(b, block.width, 0.0f);
+  for (int64_t r = 0; r < N; ++r) {
+    const float* row = block.rows + r * block.ld;
+#pragma omp simd
+    for (int64_t j = 0; j < block.width; ++j) b[j] += row[j];
+  }
+}
+
+// cell_backward's gate gradients, written over what the forward saved: dg_i (N, G), the input side's, and the
+// hidden side's as column blocks (RNN, LSTM: dg_i; GRU: dg_i's r and z blocks, and da_n r written over ghn);
+// where `state_grad`, dh and dc get the parts of the states' gradients that do not go through W_hh (the GRU's
+// dh' z, the LSTM's dc' f).
+std::vector<Columns> cell_gate_grads(const Cell& cell, const Tensor& grad, const std::optional<Tensor>& grad_c,
+                                     at::TensorList saved, bool state_grad, Tensor& dh, Tensor& dc, Tensor& dg_i) {
+  const int64_t N = cell.N, H = cell.H, G = cell.G;
+  const auto options = cell.x.options();
+  dh = state_grad ? at::zeros({N, H}, options) : at::empty({0, H}, options);
+  std::vector<float> zero(H), dgh(G);  // a zero row (no later step: dh = 0); a GRU row's dgh, read from its parts
+  if (cell.lstm) {
+    dc = grad_c ? grad_c->contiguous().clone() : at::zeros({N, H}, options);
+    check(dc, {N, H}, "grad_c"), check(saved[0], {N, G}, "gates"), check(saved[1], {N, H}, "c'");
+    for (int64_t r = 0; r < N; ++r) {
+      lstm_backward_row(zero.data(), data(grad) + r * H, data(dc) + r * H, data(saved[0]) + r * G,
+                        data(cell.c) + r * H, data(saved[1]) + r * H, H);
+    }
+    dg_i = saved[0];
+    return {{0, G, data(dg_i), G}};
+  }
+  if (cell.gru) {
+    check(saved[0], {N, G}, "gates"), check(saved[1], {N, H}, "ghn");
+    for (int64_t r = 0; r < N; ++r) {
+      if (!state_grad) std::fill(zero.begin(), zero.end(), 0.0f);  // dh' z, not asked for: written and dropped
+      gru_backward_row(state_grad ? data(dh) + r * H : zero.data(), data(grad) + r * H, data(saved[0]) + r * G,
+                       data(saved[1]) + r * H, data(cell.h) + r * H, dgh.data(), H);
+    }
+    dg_i = saved[0];
+    return {{0, 2 * H, data(dg_i), G}, {2 * H, H, data(saved[1]), H}};
+  }
+  check(saved[0], {N, H}, "h'");
+  dg_i = saved[0].clone();  // da over a copy of h': the caller's output, which autograd saved
+  for (int64_t r = 0; r < N; ++r) rnn_backward_row(zero.data(), data(grad) + r * H, data(dg_i) + r * H, H, cell.relu);
+  return {{0, G, data(dg_i), G}};
+}
+
+// The gradients of cell_forward from grad_h (N, H) and, for the LSTM, grad_c (N, H) or none, with what it
+// saved (`saved`: the RNN's h', read; the GRU's gates and ghn, the LSTM's gates and c', written over). Returns
+// [dx, dh, dc (LSTM), dW_ih, dW_hh, db_ih, db_hh (with biases)]; dx, dh and dc empty where not asked for.
+std::vector<Tensor> cell_backward(const std::string& mode, const Tensor& grad_h, const std::optional<Tensor>& grad_c,
+                                  const Tensor& x, const std::optional<Tensor>& h, const std::optional<Tensor>& c,
+                                  const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+                                  const std::optional<Tensor>& b_hh, at::TensorList saved, bool input_grad,
+                                  bool state_grad) {
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Cell cell(mode, x, h, c, w_ih, w_hh, b_ih, b_hh);
+  const int64_t N = cell.N, I = cell.I, H = cell.H, G = cell.G;
+  const auto options = cell.x.options();
+  TORCH_CHECK(saved.size() == (cell.gru || cell.lstm ? 2u : 1u), "recurrent_cpu: cell_backward got ", saved.size(),
+              " saved tensors");
+  const Tensor grad = grad_h.contiguous();
+  check(grad, {N, H}, "grad_h");
+  Tensor dh, dc, dg_i;
+  const std::vector<Columns> hidden = cell_gate_grads(cell, grad, grad_c, saved, state_grad, dh, dc, dg_i);
+  Tensor dx = at::empty({input_grad ? N : 0, I}, options);
+  if (input_grad) matmul(false, false, N, I, G, data(dg_i), G, data(cell.w_ih), I, data(dx), I, false);
+  Tensor dw_ih = at::empty({G, I}, options), dw_hh = at::empty({G, H}, options);
+  matmul(true, false, G, I, N, data(dg_i), G, data(cell.x), I, data(dw_ih), I, false);
+  for (const Columns& block : hidden) {  // dW_hh = dghᵀ h, dh += dgh W_hh, block by block
+    matmul(true, false, block.width, H, N, block.rows, block.ld, data(cell.h), H, data(dw_hh) + block.first * H, H,
+           false);
+    if (state_grad) {
+      matmul(false, false, N, H, block.width, block.rows, block.ld, data(cell.w_hh) + block.first * H, H, data(dh),
+             H, true);
+    }
+  }
+  std::vector<Tensor> grads = {dx, dh};
+  if (cell.lstm) grads.push_back(state_grad ? dc : at::empty({0, H}, options));
+  grads.insert(grads.end(), {dw_ih, dw_hh});
+  if (cell.b_ih) {
+    Tensor db_ih = at::empty({G}, options), db_hh = at::empty({G}, options);
+    column_sums(N, {0, G, data(dg_i), G}, data(db_ih));
+    for (const Columns& block : hidden) column_sums(N, block, data(db_hh));
+    grads.insert(grads.end(), {db_ih, db_hh});
+  }
+  return grads;
+}
 }  // namespace
 
 TORCH_LIBRARY_IMPL(recurrent_cpu, CPU, m) {
@@ -1048,4 +1232,6 @@ TORCH_LIBRARY_IMPL(recurrent_cpu, CPU, m) {
   m.impl("weight_grad", &weight_grad);
   m.impl("stack_forward", &stack_forward);
   m.impl("stack_backward", &stack_backward);
+  m.impl("cell_forward", &cell_forward);
+  m.impl("cell_backward", &cell_backward);
 }

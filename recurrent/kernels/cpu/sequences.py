@@ -129,6 +129,26 @@ def stack_backward(
     return dx if input_grad else None, dstate0, dweights
 
 
+def cell_forward(
+    mode: str, x: Tensor, h: Optional[Tensor], c: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+    b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+) -> List[Tensor]:  # fmt: skip
+    """A cell's step in one op: [h' (, c'), what :func:`cell_backward` takes] (the RNN's: nothing but h')."""
+    return _ops.cell_forward.default(mode, x, h, c, w_ih, w_hh, b_ih, b_hh)
+
+
+def cell_backward(
+    mode: str, grad_h: Tensor, grad_c: Optional[Tensor], x: Tensor, h: Optional[Tensor], c: Optional[Tensor],
+    w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], saved: List[Tensor], input_grad: bool,
+    state_grad: bool,
+) -> List[Tensor]:  # fmt: skip
+    """[dx, dh(, dc), dW_ih, dW_hh(, db_ih, db_hh)] of :func:`cell_forward` (dx and the states' empty where not
+    asked for), in one op that writes over ``saved`` (the RNN's h' it only reads)."""
+    return _ops.cell_backward.default(
+        mode, grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh, saved, input_grad, state_grad
+    )  # fmt: skip
+
+
 def weight_grad(grad: Tensor, x: List[Tensor], h: List[Tensor], bias: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """(Σ gradᵀ x, Σ gradᵀ h, Σ grad) over rows per direction, in one pass over grad (D, R, G), x and h
     as row blocks (D, ·, I) and (D, ·, H) (h's may be none: an empty gradient), the sum empty without
