@@ -80,7 +80,7 @@ class RNNBase(nn.Module):
         "proj_size",
     ]
     __jit_unused_properties__ = ["all_weights"]
-    __jit_ignored_attributes__ = ["_last_route"]
+    __jit_ignored_attributes__ = ["_last_route", "_last_stack_layer"]
     _rejects_proj_size = False  # True for RNN and GRU
 
     def __new__(cls, *args, **kwargs):
@@ -178,9 +178,10 @@ class RNNBase(nn.Module):
         return result
 
     def __getstate__(self) -> dict:
-        # The last route decision (_decide) holds the kind's functions, which do not pickle; a copy decides anew.
+        # The last route decision (_decide) and its stack's LayerSpec hold the kind's functions, which do not
+        # pickle; a copy decides anew.
         state = super().__getstate__()
-        return {name: value for name, value in state.items() if name != "_last_route"}
+        return {name: value for name, value in state.items() if name not in ("_last_route", "_last_stack_layer")}
 
     def flatten_parameters(self) -> None:
         """Kept for drop-in compatibility with torch.nn: our weights need no flat cuDNN buffer."""
@@ -459,6 +460,16 @@ class RNNBase(nn.Module):
         )  # fmt: skip
 
     @torch.jit.unused
+    def _stack_layer(self, route: routes.Route, spec: kernels.StackSpec) -> kernels.LayerSpec:
+        """The LayerSpec of a call on the stack ops (which read the call's batch sizes, not its), kept with the
+        route and StackSpec it comes from: it depends on nothing else (a one-step call's Python is its cost)."""
+        kept = self.__dict__.get("_last_stack_layer")
+        if kept is None or kept[0] != route or kept[1] != spec:
+            kept = (route, spec, self._layer_spec(route, spec, []))
+            self.__dict__["_last_stack_layer"] = kept
+        return kept[2]
+
+    @torch.jit.unused
     def _whole_stack(
         self, route: routes.Route, spec: kernels.StackSpec, rows: Tensor, batch_sizes: List[int],
         state0: List[Tensor], weights: List[Tensor],
@@ -466,8 +477,7 @@ class RNNBase(nn.Module):
         """The whole stack in one call: on the route's kernel's stack ops (the native ones, differentiated as
         the route says), else TorchScript's loop (no gradients: nothing to save)."""
         if _on_stack_ops(route):
-            layer = self._layer_spec(route, spec, batch_sizes)
-            return kernels.whole_stack(layer, spec, rows, batch_sizes, state0, weights)
+            return kernels.whole_stack(self._stack_layer(route, spec), spec, rows, batch_sizes, state0, weights)
         return kernels.run_stack(self.kind().sequence(spec.onednn), spec, rows, batch_sizes, state0, weights)
 
     def _empty_batch(self, call: LayerCall) -> Tuple[Tensor, List[Tensor]]:
