@@ -665,11 +665,11 @@ class Backend(str):
 
 def backend_for(layer: RNNBase, input: Union[Tensor, PackedSequence]) -> Backend:
     """The backend ``layer(input)`` runs its time loops on, in eager mode: ``"triton"`` (its kernel is
-    ``triton`` or ``generated``) or ``"torchscript"`` (any other), from :func:`recurrent.routes.route_for`,
-    which names the kernel itself. Raises as the call would where ``RECURRENT_BACKEND`` cannot be honoured.
-    For a :class:`recurrent.CustomRNN` the answer's ``reason`` says why its cell runs the TorchScript loop
-    (say, the op its step uses that kernels cannot be generated for)."""
+    ``triton``, ``resident`` or ``generated``) or ``"torchscript"`` (any other), from
+    :func:`recurrent.routes.route_for`, which names the kernel itself. Raises as the call would where
+    ``RECURRENT_BACKEND`` cannot be honoured. For a :class:`recurrent.CustomRNN` the answer's ``reason`` says
+    why its cell runs the TorchScript loop (say, the op its step uses that kernels cannot be generated for)."""
     route = routes.route_for(layer, input)
-    if route.kernel in ("triton", "generated"):
+    if route.kernel in ("triton", "resident", "generated"):
         return Backend("triton")
     return Backend("torchscript", route.reason if layer.mode not in kernels.KINDS else "")

@@ -6,9 +6,9 @@ settings (:mod:`recurrent.settings`), and returns a :class:`Route`: how the stac
 runs each layer, how it is differentiated, and why, in words. The layers run what it says and nothing
 else decides. :func:`route_for` answers for a layer and an input without running it.
 
-The kernels (:data:`KERNELS`): ``native``, ``onednn``, ``torchscript``, ``triton``, ``generated``,
-``scan``, ``onnx``, ``plain`` and ``none``. ``RECURRENT_BACKEND`` asks for one of ``native``,
-``onednn``, ``torchscript`` or ``triton`` for every call (a call it cannot run raises, saying why; a
+The kernels (:data:`KERNELS`): ``native``, ``onednn``, ``torchscript``, ``triton``, ``resident``,
+``generated``, ``scan``, ``onnx``, ``plain`` and ``none``. ``RECURRENT_BACKEND`` asks for one of ``native``,
+``onednn``, ``torchscript``, ``triton`` or ``resident`` for every call (a call it cannot run raises, saying why; a
 custom cell asked for ``triton`` runs kernels generated from its step, or its TorchScript loop where the
 step cannot become one, the reason naming the op); unset, ``default`` or ``auto`` leave the choice to
 :func:`decide`: on the CPU in float32 the native kernels where the library loaded, else oneDNN's
@@ -34,6 +34,7 @@ KERNELS = {
     "onednn": "the TorchScript kernels on oneDNN's products (float32 CPU)",
     "torchscript": "the TorchScript kernels on ATen's ops (a custom cell's: its loop)",
     "triton": "the built-in Triton kernels (CUDA)",
+    "resident": "the Triton kernels that hold W_hh on-chip for the whole sequence (CUDA; opt-in, small hidden sizes)",
     "generated": "Triton kernels generated from a custom cell's step",
     "scan": "torch's scan operator over the cells' steps (torch.export)",
     "onnx": "ONNX's RNN, GRU and LSTM operators (the TorchScript-based ONNX exporter)",
@@ -50,7 +51,7 @@ STACKS = {
     "cell": "a cell's step: the native cell op, or the cell's own products and step function (recurrent.cells)",
 }
 BACKWARDS = {"hand-written": "hand-written backward", "autograd": "autograd through its ops", "none": "no backward"}
-FORCIBLE = ("native", "onednn", "torchscript", "triton")
+FORCIBLE = ("native", "onednn", "torchscript", "triton", "resident")
 AUTO_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Above this the Triton kernels' grid (directions x batch/16 programs) leaves most of a large GPU idle
 # while each program walks all H columns: on an H200 they beat the TorchScript loop at H = 128 and 256
@@ -119,6 +120,14 @@ def _triton_kernels(call: Call) -> Optional[str]:
     return triton.refusal(call.kind.mode, call.dtype, call.hidden_size)
 
 
+def _resident_kernels(call: Call) -> Optional[str]:
+    """Why the resident kernels cannot hold this call's W_hh on-chip, or None."""
+    from .kernels import triton
+
+    device = torch.device("cuda") if call.device == "cuda" else torch.device("cpu")
+    return triton.resident_refusal(call.kind.mode, call.projected, call.dtype, call.hidden_size, device)
+
+
 def refusal(kernel: str, call: Call, settings: _settings.Settings) -> Optional[str]:
     """Why ``kernel`` cannot run ``call`` (None when it can)."""
     if kernel not in call.kind.kernels and kernel != "torchscript":
@@ -137,6 +146,8 @@ def refusal(kernel: str, call: Call, settings: _settings.Settings) -> Optional[s
         return None if settings.onednn and products.ONEDNN else "RECURRENT_FAST_CPU=0 or no oneDNN linear in torch"
     if kernel in ("triton", "generated"):
         return _triton_missing(call) or _triton_kernels(call)
+    if kernel == "resident":
+        return _triton_missing(call) or _resident_kernels(call)
     return None
 
 
@@ -163,7 +174,7 @@ def _auto(call: Call, settings: _settings.Settings) -> tuple:
 def _custom(call: Call, settings: _settings.Settings) -> tuple:
     """(kernel, reason) of a custom cell's call: generated kernels only when asked for (opt-in), and the
     cell's TorchScript loop where its step cannot become one, the reason naming the op."""
-    if settings.backend in ("native", "onednn"):
+    if settings.backend in ("native", "onednn", "resident"):
         return "torchscript", f"custom cells have no {settings.backend} kernels: the cell's TorchScript loop runs"
     if settings.backend != "triton":
         return "torchscript", "custom cells run generated kernels only with RECURRENT_BACKEND=triton (opt-in)"
@@ -213,7 +224,9 @@ def _traced(call: Call, settings: _settings.Settings) -> Optional[Route]:
         # whose kernel has no backward of its own is differentiated through its ops, which dynamo traces.
         kernel, reason = _kernel(call._replace(tracer=""), settings)
         # (The native and Triton kernels all have one; their loaders import modules, which dynamo cannot trace.)
-        own = kernel in ("native", "triton") or call.kind.kernel(kernel, call.projected).backward is not None
+        own = (
+            kernel in ("native", "triton", "resident") or call.kind.kernel(kernel, call.projected).backward is not None
+        )
         if own or not call.needs_grad:
             backward = "hand-written" if call.needs_grad else "none"
             return Route("ops", kernel, backward, f"torch.compile traces: one op per layer, any length; {reason}")

@@ -4,7 +4,8 @@ Those that choose a layer call's route are read on every call, as one snapshot (
 a value set between two calls takes effect at the next one:
 
 - ``RECURRENT_BACKEND``: ``default`` (or unset, or ``auto``), or a kernel asked for every call:
-  ``native``, ``onednn``, ``torchscript`` or ``triton`` (:mod:`recurrent.routes` says what each does);
+  ``native``, ``onednn``, ``torchscript``, ``triton`` or ``resident`` (:mod:`recurrent.routes` says what each
+  does);
 - ``RECURRENT_NATIVE_CPU=0``: never the native CPU kernels (and do not build them);
 - ``RECURRENT_FAST_CPU=0``: never oneDNN's products on the CPU, nor the native kernels, whose other products
   they are (the plain ATen kernels instead);
@@ -20,7 +21,7 @@ from __future__ import annotations
 import os
 from typing import List, NamedTuple, Optional
 
-BACKENDS = ("default", "auto", "native", "onednn", "torchscript", "triton")
+BACKENDS = ("default", "auto", "native", "onednn", "torchscript", "triton", "resident")
 
 
 class Settings(NamedTuple):

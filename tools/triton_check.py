@@ -1,14 +1,14 @@
 """Compile every Triton kernel configuration the dispatcher can launch, ahead of time, and check
 that each fits the GPU: shared memory within the per-block limit, and no register spills.
 
-    python tools/triton_check.py [--arch 90 80] [--jobs N] [--json PATH]
+    python tools/triton_check.py [--arch 90 80] [--kernels all|persistent|resident] [--jobs N] [--json PATH]
 
 Why: the persistent kernels (recurrent/kernels/triton) keep a block of batch rows on one SM for
 the whole sequence. A configuration that asks for more shared memory than a block may have fails
 only at launch, on the GPU that runs it; one that spills registers to local memory still runs,
 just many times slower. Both are fixed at compile time, so this check needs no GPU: it compiles
-each entry of ``targets.compile_targets()`` with Triton's compiler for sm_90 (H100/H200) and
-sm_80 (A100), as Triton's launcher would (unit weight strides compiled in; every size and pointer
+each entry of ``targets.compile_targets()`` (and ``resident_targets()``) with Triton's compiler for
+sm_90 (H100/H200) and sm_80 (A100), as Triton's launcher would (unit weight strides compiled in; every size and pointer
 divisible by 16, and none: the two ends of what a launch can meet), then reads
 
 - shared memory: the compiled kernel's metadata, against the architecture's per-block limit;
@@ -16,8 +16,12 @@ divisible by 16, and none: the two ends of what a launch can meet), then reads
   ``ptxas -v`` on the PTX (spill stores and loads), both the tools bundled with Triton.
 
 The kernels generated from custom cells' steps (recurrent.kernels.triton.generated) are checked the
-same way, for the cells of :func:`example_cells`. Exits 1 when any configuration fails to compile,
-exceeds shared memory or spills.
+same way, for the cells of :func:`example_cells`. The resident kernels (recurrent.kernels.triton.resident),
+every configuration their ``fit`` accepts, are checked for two more things: that no load from W_hh sits
+inside the time loop (read from the compiled TTGIR: every ``tt.load`` in the loop whose pointer derives
+from ``w_ptr`` fails it, and at least one outside must), and that the compiled shared memory is within
+what ``fit`` assumed (``resident.shared_bytes``). Exits 1 when any configuration fails to compile,
+exceeds shared memory or spills, or breaks one of those.
 """
 
 from __future__ import annotations
@@ -45,7 +49,13 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from recurrent.kernels.triton.targets import CompileTarget, compile_targets, generated_kernels  # noqa: E402
+from recurrent.kernels.triton.targets import (  # noqa: E402
+    CompileTarget,
+    ResidentTarget,
+    compile_targets,
+    generated_kernels,
+    resident_targets,
+)
 
 SHARED_LIMIT = {90: 232448, 80: 166912}  # bytes of shared memory one block may use (227 / 163 KiB)
 PTXAS_ARCH = {90: "sm_90a", 80: "sm_80"}  # Triton's sm_90 PTX targets sm_90a
@@ -62,6 +72,10 @@ class Result:
     local: int = 0  # bytes of local memory (cuobjdump)
     spill_stores: int = 0  # bytes (ptxas -v)
     spill_loads: int = 0
+    resident: bool = False  # a resident kernel: W_hh loaded before the time loop, shared within its estimate
+    weight_loads: int = 0  # loads of W_hh before the time loop
+    weight_loads_in_loop: int = 0  # inside it
+    shared_estimate: int = 0  # bytes resident.fit assumed
     error: Optional[str] = None  # compile or tool failure
 
     @property
@@ -73,7 +87,58 @@ class Result:
             found.append(f"shared {self.shared} > {SHARED_LIMIT[self.arch]} B")
         if self.spill_stores or self.spill_loads or self.stack or self.local:
             found.append("spills")
+        if self.resident and (self.weight_loads_in_loop or not self.weight_loads):
+            found.append(f"W_hh loads: {self.weight_loads} before the time loop, {self.weight_loads_in_loop} inside")
+        if self.resident and self.shared > self.shared_estimate:
+            found.append(f"shared {self.shared} > the {self.shared_estimate} B resident.fit assumed")
         return found
+
+
+DEFINITION = re.compile(r"^\s*(%[\w.#]+)(?::\d+)? = ([\w.]+) (.*)$")
+LOOP_ARGUMENT = re.compile(r"(%[\w.#]+) = (%[\w.#]+)")  # iter_args(%argument = %initial value, ...)
+TIME_LOOP = re.compile(r"scf\.for %\w+ = \S+ to %steps ")
+# The ops that read global memory: plain loads, and the asynchronous copies Triton pipelines K loops into.
+GLOBAL_LOADS = ("tt.load", "ttg.async_copy_global_to_local", "tt.descriptor_load")
+
+
+def weight_loads(ttgir: str) -> tuple:
+    """(loads of W_hh before the time loop, inside it) in a kernel's TTGIR: the global loads whose
+    pointer derives, through the ops that define it and loops' arguments, from the ``w_ptr`` argument."""
+    lines = ttgir.splitlines()
+    operands: dict = {}  # SSA value -> the values its defining op reads (a loop argument: its initial value)
+    for text in lines:
+        m = DEFINITION.match(text)
+        if m:
+            operands[m.group(1)] = re.findall(r"%[\w.#]+", m.group(3).split(" : ")[0])
+        for arguments in re.findall(r"iter_args\((.*?)\)", text):
+            for name, initial in LOOP_ARGUMENT.findall(arguments):
+                operands.setdefault(name, []).append(initial)
+    seen: dict = {}
+
+    def from_weights(value: str) -> bool:
+        if value == "%w_ptr":
+            return True
+        if value not in seen:
+            seen[value] = False  # cycles (loop-carried values) end here
+            seen[value] = any(from_weights(v) for v in operands.get(value, []))
+        return seen[value]
+
+    start = next(i for i, text in enumerate(lines) if TIME_LOOP.search(text))
+    depth, end = 0, len(lines)
+    for i in range(start, len(lines)):
+        depth += lines[i].count("{") - lines[i].count("}")
+        if depth == 0:
+            end = i
+            break
+    before = inside = 0
+    for i, text in enumerate(lines):
+        m = DEFINITION.match(text)
+        if m and m.group(2) in GLOBAL_LOADS and from_weights(re.findall(r"%[\w.#]+", m.group(3))[0]):
+            if start < i <= end:
+                inside += 1
+            elif i < start:
+                before += 1
+    return before, inside
 
 
 def example_cells() -> dict:
@@ -92,9 +157,18 @@ def example_cells() -> dict:
     }
 
 
+KERNEL_SETS = ("all", "persistent", "resident")  # --kernels: the persistent and generated kernels, the resident ones
+
+
 @functools.cache
-def targets() -> List[CompileTarget]:
-    return list(compile_targets()) + list(compile_targets(generated_kernels(example_cells()), aligned_above=32))
+def targets(arch: int, kernels: str = "all") -> List[CompileTarget]:
+    """What the route can launch on ``arch``: the resident kernels only where their W_hh fits its shared memory."""
+    found: List[CompileTarget] = []
+    if kernels in ("all", "persistent"):
+        found += [*compile_targets(), *compile_targets(generated_kernels(example_cells()), aligned_above=32)]
+    if kernels in ("all", "resident"):
+        found += list(resident_targets(SHARED_LIMIT[arch]))
+    return found
 
 
 def tool(name: str, *args: str) -> str:
@@ -104,14 +178,17 @@ def tool(name: str, *args: str) -> str:
     return done.stdout + done.stderr
 
 
-def check(index: int, arch: int) -> Result:
+def check(index: int, arch: int, kernels: str = "all") -> Result:
     """Compile target ``index`` for ``arch`` and measure it (runs in a worker process)."""
-    t = targets()[index]
+    t = targets(arch, kernels)[index]
     result = Result(t.name, arch)
     try:
         source = ASTSource(fn=t.kernel, signature=t.signature, constexprs=t.constexprs, attrs=t.attrs)
         kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=t.options)
         result.shared = kernel.metadata.shared
+        if isinstance(t, ResidentTarget):
+            result.resident, result.shared_estimate = True, t.shared_estimate
+            result.weight_loads, result.weight_loads_in_loop = weight_loads(kernel.asm["ttgir"])
         with tempfile.TemporaryDirectory() as tmp:
             cubin, ptx = Path(tmp, "k.cubin"), Path(tmp, "k.ptx")
             cubin.write_bytes(kernel.asm["cubin"])
@@ -145,9 +222,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--arch", type=int, nargs="+", choices=sorted(SHARED_LIMIT), default=[90, 80])
     p.add_argument("--jobs", type=int, default=2, help="compiles in parallel (processes)")
     p.add_argument("--json", type=Path, help="write the results there")
+    p.add_argument("--kernels", choices=KERNEL_SETS, default="all", help="which kernels (default: all)")
     args = p.parse_args(argv)
     start = time.perf_counter()
-    jobs = [(i, arch) for arch in args.arch for i in range(len(targets()))]
+    jobs = [(i, arch, args.kernels) for arch in args.arch for i in range(len(targets(arch, args.kernels)))]
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = []
         for r in pool.map(check, *zip(*jobs)):
@@ -156,7 +234,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     failed = [r for r in results if r.problems]
     verdict = f"{len(failed)} fail" if failed else "all fit"
     print(
-        f"{len(targets())} configurations x {len(args.arch)} architectures: {verdict} "
+        f"{len(jobs)} configurations on {len(args.arch)} architectures: {verdict} "
         f"(max {max(r.registers for r in results)} registers, max {max(r.shared for r in results)} B shared; "
         f"triton {triton.__version__}, {time.perf_counter() - start:.0f} s)"
     )

@@ -40,7 +40,9 @@ class CellKind:
     # loop runs without it (true for RNN and LSTM; the GRU's r multiplies W_hn h + b_hn).
     folds_bias: bool
     sequence: Callable[[bool], Any]  # onednn -> its SequenceKernel (a TorchScript class instance)
-    kernels: Dict[str, KernelLoader]  # "torchscript" and "onednn" at least; "native", "triton" where it has them
+    kernels: Dict[
+        str, KernelLoader
+    ]  # "torchscript" and "onednn" at least; "native", "triton", "resident" where it has them
     scan_step: Callable[[List[Tensor]], CellStep]  # its step for torch.export's scans, given its kind weights
     # A layer's gates by name, each (D, T, H), from (its LayerSpec, input rows, initial states, parameters):
     # what gate recording (recurrent.recording) shows
@@ -97,6 +99,10 @@ def _triton(mode: str, projected: bool) -> Optional[Kernel]:
     return importlib.import_module(f"{__package__}.triton").kernel(mode)
 
 
+def _resident(mode: str, projected: bool) -> Optional[Kernel]:
+    return None if projected else importlib.import_module(f"{__package__}.triton").resident_kernel(mode)
+
+
 def _built_in(mode: str, forward: Callable, backward: Callable, saved: Tuple[int, ...], **entry: Any) -> CellKind:
     """A built-in kind: its TorchScript pair with and without oneDNN (``saved``: what its forward saves,
     Kernel.saved_widths), its native and Triton kernels."""
@@ -105,6 +111,7 @@ def _built_in(mode: str, forward: Callable, backward: Callable, saved: Tuple[int
         "onednn": _torchscript(forward, backward, saved, True),
         "native": partial(_native, mode),
         "triton": partial(_triton, mode),
+        "resident": partial(_resident, mode),
     }
     make = entry.pop("make")
     return register(CellKind(mode, sequence=partial(_sequence, make), kernels=kernels, **entry))

@@ -15,6 +15,7 @@ from ..contract import Kernel
 from ..gru import GRU_SAVED
 from ..lstm import LSTM_SAVED
 from ..rnn import RNN_SAVED
+from . import common, resident
 from .common import DTYPES, MAX_HIDDEN
 from .generated import generated_loop
 from .generated import refusal as custom_refusal
@@ -22,13 +23,34 @@ from .gru import gru_backward, gru_forward
 from .lstm import lstm_backward, lstm_forward
 from .rnn import rnn_backward, rnn_forward
 
-__all__ = ["custom_refusal", "generated_loop", "kernel", "refusal"]
+__all__ = ["custom_refusal", "generated_loop", "kernel", "refusal", "resident_kernel", "resident_refusal"]
 
 _KERNELS = {
     "RNN_TANH": Kernel(partial(rnn_forward, relu=False), partial(rnn_backward, relu=False), saved_widths=RNN_SAVED),
     "RNN_RELU": Kernel(partial(rnn_forward, relu=True), partial(rnn_backward, relu=True), saved_widths=RNN_SAVED),
     "GRU": Kernel(gru_forward, gru_backward, saved_widths=GRU_SAVED),
     "LSTM": Kernel(lstm_forward, lstm_backward, saved_widths=LSTM_SAVED),
+}
+
+# The same launchers with the resident kernels (their arguments are the persistent ones').
+_held = dict(run=resident.launch)
+_RESIDENT = {
+    "RNN_TANH": Kernel(
+        partial(rnn_forward, relu=False, kernel=resident.rnn_forward_kernel, **_held),
+        partial(rnn_backward, relu=False, kernel=resident.rnn_backward_kernel, **_held), saved_widths=RNN_SAVED,
+    ),
+    "RNN_RELU": Kernel(
+        partial(rnn_forward, relu=True, kernel=resident.rnn_forward_kernel, **_held),
+        partial(rnn_backward, relu=True, kernel=resident.rnn_backward_kernel, **_held), saved_widths=RNN_SAVED,
+    ),
+    "GRU": Kernel(
+        partial(gru_forward, kernel=resident.gru_forward_kernel, **_held),
+        partial(gru_backward, kernel=resident.gru_backward_kernel, **_held), saved_widths=GRU_SAVED,
+    ),
+    "LSTM": Kernel(
+        partial(lstm_forward, kernel=resident.lstm_forward_kernel, **_held),
+        partial(lstm_backward, kernel=resident.lstm_backward_kernel, **_held), saved_widths=LSTM_SAVED,
+    ),
 }
 
 
@@ -45,3 +67,14 @@ def refusal(mode: str, dtype: torch.dtype, hidden_size: int) -> Optional[str]:
 
 def kernel(mode: str) -> Kernel:
     return _KERNELS[mode]
+
+
+def resident_refusal(mode: str, projected: bool, dtype: torch.dtype, hidden_size: int, device: torch.device) -> Optional[str]:
+    """Why the resident kernels (:mod:`.resident`) cannot run a layer on ``device``, or None when they can."""
+    if projected:
+        return "no resident kernel for a projected LSTM"
+    return resident.fit(mode, dtype, common.dot_precision_for(dtype, device), hidden_size, resident.device_shared_limit(device))
+
+
+def resident_kernel(mode: str) -> Kernel:
+    return _RESIDENT[mode]

@@ -93,7 +93,7 @@ def launch_options(config: Blocks, dtype: torch.dtype, precision: str) -> dict:
     return dict(
         ACC=tl.float64 if dtype == torch.float64 else tl.float32, PRECISION=precision,
         BLOCK_B=config.rows, BLOCK_N=config.cols, BLOCK_K=config.k, num_warps=config.warps, num_stages=config.stages,
-        **({"maxnreg": config.registers} if _HAS_MAXNREG else {}),
+        **register_limit(config.registers),
     )
 
 
@@ -121,11 +121,21 @@ def _has_maxnreg() -> bool:
 _HAS_MAXNREG = _has_maxnreg()
 
 
+def register_limit(count: int) -> dict:
+    """The launch option that allows ``count`` registers a thread, where this Triton takes one."""
+    return {"maxnreg": count} if _HAS_MAXNREG else {}
+
+
 def dot_precision(t: Tensor) -> str:
     """TF32 float32 dots on CUDA where torch.backends.cudnn.allow_tf32 allows them, as torch.nn's cuDNN
     RNNs compute (and as fast); IEEE otherwise: torch.backends.cudnn.allow_tf32 = False gives exact
     float32 products on both."""
-    tf32 = t.dtype == torch.float32 and t.is_cuda and torch.backends.cudnn.allow_tf32
+    return dot_precision_for(t.dtype, t.device)
+
+
+def dot_precision_for(dtype: torch.dtype, device: torch.device) -> str:
+    """:func:`dot_precision` of a tensor of ``dtype`` on ``device``."""
+    tf32 = dtype == torch.float32 and device.type == "cuda" and torch.backends.cudnn.allow_tf32
     return "tf32" if tf32 else "ieee"
 
 

@@ -94,22 +94,24 @@ def gru_backward_kernel(
 
 def gru_forward(
     gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], kind_weights: List[Tensor],
-    batch_sizes: List[int], save: bool,
+    batch_sizes: List[int], save: bool, kernel=gru_forward_kernel, run=None,
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
-    """The contract of :func:`recurrent.kernels.gru.gru_forward`, in one launch for every step and direction."""
+    """The contract of :func:`recurrent.kernels.gru.gru_forward`, in one launch for every step and direction
+    (``kernel`` and ``run``: another kernel of the same arguments and its launcher, the resident one's)."""
     gi, h0, hs, h_n = common.forward_buffers(gi, state0[0])
     w_hh_t = common.unit_stride(w_hh_t, 1)
     directions, rows, batch, hidden = gi.size(0), gi.size(1), h0.size(1), h0.size(2)
     saved = [gi.new_empty(directions, rows, 2 * hidden), torch.empty_like(hs), torch.empty_like(hs)] if save else []
     bias = b_hh.reshape(directions, 3 * hidden).contiguous() if b_hh is not None else gi
     tensors = [gi, h0, w_hh_t, bias, hs, h_n, *(saved or [hs] * 3)]
-    common.launch(gru_forward_kernel, tensors, w_hh_t, batch_sizes, batch, hidden, (b_hh is not None, save))
+    (run or common.launch)(kernel, tensors, w_hh_t, batch_sizes, batch, hidden, (b_hh is not None, save))
     return hs, [h_n], saved
 
 
 def gru_backward(
     grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
     saved: List[Tensor], w_hh: Tensor, kind_weights: List[Tensor], batch_sizes: List[int],
+    kernel=gru_backward_kernel, run=None,
 ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
     """The contract of :func:`recurrent.kernels.gru.gru_backward`, in one launch."""
     dgi = hs.new_empty(hs.size(0), hs.size(1), 3 * hs.size(2))
@@ -117,5 +119,5 @@ def gru_backward(
     dh = common.running_gradient(grad_finals[0])
     rows = [common.as_rows(t) for t in [grad_hs, state0[0], hs, *saved]]
     w_hh = common.unit_stride(w_hh, 2)
-    common.launch(gru_backward_kernel, [*rows, w_hh, dgi, dgh, dh], w_hh, batch_sizes, dh.size(1), hs.size(2))
+    (run or common.launch)(kernel, [*rows, w_hh, dgi, dgh, dh], w_hh, batch_sizes, dh.size(1), hs.size(2))
     return dgi, dgh, [dh.to(hs.dtype)], []

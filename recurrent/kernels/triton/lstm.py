@@ -66,10 +66,11 @@ def lstm_backward_kernel(
 
 def lstm_forward(
     gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], kind_weights: List[Tensor],
-    batch_sizes: List[int], save: bool,
+    batch_sizes: List[int], save: bool, kernel=lstm_forward_kernel, run=None,
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """The contract of :func:`recurrent.kernels.lstm.lstm_forward` (b_hh folded into gi): ``kind_weights`` is
-    [w_hr (D, P, H)] for a projected LSTM, whose state and outputs h then have P columns."""
+    [w_hr (D, P, H)] for a projected LSTM, whose state and outputs h then have P columns (``kernel`` and
+    ``run``: another kernel of the unprojected one's arguments and its launcher, the resident one's)."""
     gi, h0, hs, h_n = common.forward_buffers(gi, state0[0])
     w_hh_t = common.unit_stride(w_hh_t, 1)
     directions, rows, batch, hidden = gi.size(0), gi.size(1), h0.size(1), gi.size(2) // 4
@@ -78,7 +79,7 @@ def lstm_forward(
     buffers = saved if save else [hs] * 4
     if not kind_weights:
         tensors = [gi, h0, w_hh_t, hs, h_n, c_n, *buffers]
-        common.launch(lstm_forward_kernel, tensors, w_hh_t, batch_sizes, batch, hidden, (save,))
+        (run or common.launch)(kernel, tensors, w_hh_t, batch_sizes, batch, hidden, (save,))
     else:
         w_hr_t = common.unit_stride(kind_weights[0].transpose(1, 2), 1)
         u = gi.new_empty(directions, batch, hidden)  # o ⊙ tanh(c') of the running step
@@ -91,6 +92,7 @@ def lstm_forward(
 def lstm_backward(
     grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
     saved: List[Tensor], w_hh: Tensor, kind_weights: List[Tensor], batch_sizes: List[int],
+    kernel=lstm_backward_kernel, run=None,
 ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
     """The contract of :func:`recurrent.kernels.lstm.lstm_backward`, in one launch (dW_hr after it)."""
     cs = saved[3]
@@ -99,7 +101,7 @@ def lstm_backward(
     rows = [common.as_rows(t) for t in [grad_hs, state0[1], *saved]]
     w_hh = common.unit_stride(w_hh, 2)
     if not kind_weights:
-        common.launch(lstm_backward_kernel, [*rows, w_hh, dgates, dh, dc], w_hh, batch_sizes, dc.size(1), cs.size(2))
+        (run or common.launch)(kernel, [*rows, w_hh, dgates, dh, dc], w_hh, batch_sizes, dc.size(1), cs.size(2))
         return dgates, dgates, [dh.to(hs.dtype), dc.to(hs.dtype)], []
     dhs = torch.empty_like(hs)  # every row's dh', for dW_hr
     w_hr = common.unit_stride(kind_weights[0], 2)

@@ -70,24 +70,26 @@ def rnn_backward_kernel(
 
 def rnn_forward(
     gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], kind_weights: List[Tensor],
-    batch_sizes: List[int], save: bool, relu: bool,
+    batch_sizes: List[int], save: bool, relu: bool, kernel=rnn_forward_kernel, run=None,
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
-    """The contract of :func:`recurrent.kernels.rnn.rnn_forward` (b_hh folded into gi), in one launch."""
+    """The contract of :func:`recurrent.kernels.rnn.rnn_forward` (b_hh folded into gi), in one launch
+    (``kernel`` and ``run``: another kernel of the same arguments and its launcher, the resident one's)."""
     gi, h0, hs, h_n = common.forward_buffers(gi, state0[0])
     w_hh_t = common.unit_stride(w_hh_t, 1)
-    common.launch(rnn_forward_kernel, [gi, h0, w_hh_t, hs, h_n], w_hh_t, batch_sizes, h0.size(1), h0.size(2), RELU=relu)
+    (run or common.launch)(kernel, [gi, h0, w_hh_t, hs, h_n], w_hh_t, batch_sizes, h0.size(1), h0.size(2), RELU=relu)
     return hs, [h_n], []
 
 
 def rnn_backward(
     grad_hs: Tensor, grad_finals: List[Tensor], state0: List[Tensor], hs: Tensor, h_prev: List[Tensor],
     saved: List[Tensor], w_hh: Tensor, kind_weights: List[Tensor], batch_sizes: List[int], relu: bool,
+    kernel=rnn_backward_kernel, run=None,
 ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
     """The contract of :func:`recurrent.kernels.rnn.rnn_backward`, in one launch."""
     da = hs.new_empty(hs.shape)
     dh = common.running_gradient(grad_finals[0])
     w_hh = common.unit_stride(w_hh, 2)
     tensors = [common.as_rows(grad_hs), common.as_rows(hs), w_hh, da, dh]
-    common.launch(rnn_backward_kernel, tensors, w_hh, batch_sizes, dh.size(1), hs.size(2), RELU=relu)
+    (run or common.launch)(kernel, tensors, w_hh, batch_sizes, dh.size(1), hs.size(2), RELU=relu)
     return da, da, [dh.to(hs.dtype)], []
 

@@ -10,6 +10,7 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Sequence, Tuple
 
 import torch
 
+from . import resident
 from .common import configurations, launch_options
 from .generated import generated_loop
 from .gru import gru_backward_kernel, gru_forward_kernel
@@ -30,6 +31,16 @@ KERNELS = [  # (name, kernel, its own compile-time constants)
     ("lstm_backward", lstm_backward_kernel, {}),
     ("lstm_proj_forward", lstm_proj_forward_kernel, {}),
     ("lstm_proj_backward", lstm_proj_backward_kernel, {}),
+]
+RESIDENT_KERNELS = [  # (name, kernel, its own compile-time constants, the mode whose W_hh it holds)
+    ("resident_rnn_tanh_forward", resident.rnn_forward_kernel, {"RELU": False}, "RNN_TANH"),
+    ("resident_rnn_tanh_backward", resident.rnn_backward_kernel, {"RELU": False}, "RNN_TANH"),
+    ("resident_rnn_relu_forward", resident.rnn_forward_kernel, {"RELU": True}, "RNN_RELU"),
+    ("resident_rnn_relu_backward", resident.rnn_backward_kernel, {"RELU": True}, "RNN_RELU"),
+    ("resident_gru_forward", resident.gru_forward_kernel, {}, "GRU"),
+    ("resident_gru_backward", resident.gru_backward_kernel, {}, "GRU"),
+    ("resident_lstm_forward", resident.lstm_forward_kernel, {}, "LSTM"),
+    ("resident_lstm_backward", resident.lstm_backward_kernel, {}, "LSTM"),
 ]
 # The backward's running gradients (and a generated backward's parameter sums) stay in float32.
 ACCUMULATOR_POINTERS = {"dh_ptr", "dc_ptr", "dp_ptr", "ds0_ptr", "ds1_ptr"}
@@ -102,4 +113,37 @@ def compile_targets(
                     yield CompileTarget(
                         label, kernel, _signature(kernel, dtype, constexprs), constexprs,
                         _divisible(kernel, constexprs, aligned), launch,
+                    )
+
+
+class ResidentTarget(NamedTuple):
+    """A :class:`CompileTarget` of the resident kernels, with the shared memory :func:`.resident.fit` assumed."""
+
+    name: str
+    kernel: Any
+    signature: Dict[str, str]
+    constexprs: Dict[str, Any]
+    attrs: Dict[Tuple[int], List[List[Any]]]
+    options: Dict[str, int]
+    shared_estimate: int
+
+
+def resident_targets(shared_limit: int = resident.SHARED_LIMIT) -> Iterator[ResidentTarget]:
+    """Every variant of the resident kernels (:mod:`.resident`) that :func:`.resident.fit` lets run within
+    ``shared_limit``: per dtype and precision, each padded width from 16 up to the widest that fits, for
+    hidden sizes that are multiples of 16 (aligned) and not (unaligned; the width's size less one)."""
+    for dtype, precision in PRECISIONS:
+        for name, kernel, own, mode in RESIDENT_KERNELS:
+            for width in (1 << p for p in range(4, 9)):
+                options = resident.launch_options(dtype, precision, width)
+                launch = {key: options.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in options}
+                units = {s: 1 for s in UNIT_STRIDES[name.rsplit("_", 1)[1]] if s in kernel.arg_names}
+                constexprs = {**options, **own, **units}
+                for alignment, aligned in ALIGNMENTS.items():
+                    if resident.fit(mode, dtype, precision, width if aligned else width - 1, shared_limit):
+                        continue
+                    label = f"{name} {str(dtype).replace('torch.', '')} {precision} width={width} {alignment}"
+                    yield ResidentTarget(
+                        label, kernel, _signature(kernel, dtype, constexprs), constexprs,
+                        _divisible(kernel, constexprs, aligned), launch, resident.shared_bytes(mode, dtype, width),
                     )
