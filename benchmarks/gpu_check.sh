@@ -7,8 +7,8 @@
 #   device        nvidia-smi and the versions;
 #   tune          the Triton kernels alone, per time step, under the pinned blocks and candidates
 #                 (benchmarks/triton_tune.py, float32);
-#   tests-triton  the suite's CUDA tests with RECURRENT_BACKEND=triton;
-#   speed         benchmarks/speed.py --device cuda (cuDNN, ours by default, TorchScript, Triton);
+#   tests-triton  the suite's CUDA tests with RECURRENT_BACKEND=triton, then the resident kernels' tests;
+#   speed         benchmarks/speed.py --device cuda (cuDNN, ours by default, TorchScript, Triton, resident);
 #   train         Fashion-MNIST trainings of GRU and RNN (EPOCHS each), ours (as a user gets it) and torch.nn's;
 #   tune-bf16     the tuning run in bfloat16;
 #   tests         the whole suite on the default backend;
@@ -49,6 +49,8 @@ TUNE_CASES=${TUNE_CASES:-fmnist-gru2,fmnist-birnn,fmnist-lstm2,gru-L100-H256,lst
 wanted tune && step tune-float32 100 python benchmarks/triton_tune.py --dtype float32 --cases "$TUNE_CASES" --json "$RESULTS/tune-float32.json"
 # Forced Triton refuses CPU tensors without the interpreter (.ci/run covers those), so only the CUDA tests.
 wanted tests-triton && step tests-triton 100 env RECURRENT_BACKEND=triton python -m pytest -q $PARALLEL tests -k "cuda or test_triton or test_generated"
+# The resident kernels (opt-in): their parity tests on the GPU, where memory ordering and shared memory are real.
+wanted tests-triton && step tests-resident 60 python -m pytest -q $PARALLEL tests/routes/test_triton.py tests/routes/test_resident.py -k resident
 wanted speed && step speed 170 python benchmarks/speed.py --device cuda --reps 10 --out "$RESULTS"
 if wanted train; then
     for model in ${TRAIN_MODELS:-gru rnn}; do

@@ -10,6 +10,8 @@ Contenders, all built from the same weights (torch.nn's state_dict loaded into o
                runs the default route's kernels (compiling happens in the warm-up)
   recurrent (Triton)  (CUDA) our layer with RECURRENT_BACKEND=triton: the persistent Triton
                kernels (n/a, saying why, where they cannot run the layer, e.g. Triton missing)
+  recurrent (resident)  (CUDA) our layer with RECURRENT_BACKEND=resident: the Triton kernels that
+               hold W_hh on-chip for the whole sequence (n/a, saying why, where it does not fit)
   eager cells  our cells driven by a plain Python loop over layers, directions and time steps
   scripted     torch.jit.script(our layer): a TorchScript loop that autograd differentiates
   recurrent+graph  (CUDA, fp32) our default layer captured in CUDA graphs (make_graphed_callables
@@ -140,6 +142,7 @@ CUDA_MODES = list(MODES)
 
 REFERENCE = "torch.nn"
 TORCHSCRIPT, TRITON, COMPILED = "recurrent (TorchScript)", "recurrent (Triton)", "recurrent (compiled)"
+RESIDENT = "recurrent (resident)"
 # The table order of the contenders.
 CUSTOM, CUSTOM_LOOP, CUSTOM_TRITON = "custom cell", "custom cell, Python loop", "custom cell (Triton)"
 CONTENDERS = [
@@ -147,6 +150,7 @@ CONTENDERS = [
     "recurrent",
     TORCHSCRIPT,
     TRITON,
+    RESIDENT,
     COMPILED,
     "eager cells",
     "scripted",
@@ -391,14 +395,14 @@ def build(shape: Shape, device: torch.device) -> tuple[dict[str, nn.Module], dic
         COMPILED: torch.compile(ours(), dynamic=True),
     }
     failed: dict[str, str] = {}
-    if device.type == "cuda":
-        on_triton = OnBackend(ours(), "triton")
-        try:  # raises, saying why, where the Triton kernels cannot run this layer
-            with backend_env("triton"):
-                recurrent.backend_for(on_triton.layer, torch.zeros(1, 1, shape.input_size, device=device))
-            models[TRITON] = on_triton
+    for name, backend in [(TRITON, "triton"), (RESIDENT, "resident")] if device.type == "cuda" else []:
+        on_backend = OnBackend(ours(), backend)
+        try:  # raises, saying why, where these kernels cannot run this layer
+            with backend_env(backend):
+                recurrent.backend_for(on_backend.layer, torch.zeros(1, 1, shape.input_size, device=device))
+            models[name] = on_backend
         except Exception as e:  # noqa: BLE001 - reported in the results instead
-            failed[TRITON] = reason(e)
+            failed[name] = reason(e)
     if shape.packed:
         failed["eager cells"] = "n/a: cell loop has no packed path"
     else:
