@@ -43,7 +43,7 @@ KERNELS = {
 }
 STACKS = {
     "layers": "each layer from Python",
-    "whole": "the whole stack in one call (TorchScript's, or the native ops')",
+    "whole": "the whole stack in one call (TorchScript's, the native ops', or the Triton kernels' from one function)",
     "ops": "each layer as one opaque torch op",
     "scan": "each layer as scans",
     "onnx": "one ONNX operator per layer",

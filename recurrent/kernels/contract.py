@@ -66,6 +66,8 @@ class Kernel(NamedTuple):
     # input_grad) -> (dx or None, dstate0 ([] where state0 was), each weight's gradient); it writes over ``saved``
     stack: Optional[Callable[..., Tuple[Tensor, List[Tensor], List[Tensor]]]] = None
     stack_backward: Optional[Callable[..., Tuple[Optional[Tensor], List[Tensor], List[Tensor]]]] = None
+    # Whether ``stack_backward`` takes None for a final state's gradient that never came (no tensor of zeros)
+    stack_missing_grads: bool = False
     # A cell's step in one call (RNNCell, GRUCell, LSTMCell on the kernel): (x, h, c, w_ih, w_hh, b_ih, b_hh), the
     # states and biases None where there are none -> [h' (, c'), saved...]; its backward (grad_h, grad_c, the same
     # seven, saved, input_grad, state_grad) -> [dx, dh (, dc), dW_ih, dW_hh (, db_ih, db_hh)] (.cpu.sequences)

@@ -205,15 +205,26 @@ class StackFunction(torch.autograd.Function):
         out, finals, saved = layer.kernel.stack(spec, rows, batch_sizes, state0, weights, True)
         ctx.layer, ctx.spec, ctx.batch_sizes, ctx.counts = layer, spec, batch_sizes, (states, len(weights))
         ctx.save_for_backward(rows, *state0, *weights, *saved)
+        # A gradient that never came stays None (no tensor of zeros) for a kernel that takes None.
+        ctx.set_materialize_grads(False)
+        ctx.outputs = [(t.shape, t.dtype, t.device) for t in (out, *finals)]
         return (out, *finals)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor, *grad_finals: Tensor):
+    def backward(ctx, grad_out: Optional[Tensor], *grad_finals: Optional[Tensor]):
         states, count = ctx.counts
         inputs = ctx.saved_tensors
-        if torch.is_grad_enabled() or getattr(ctx, "spent", False) or any(map(batched, (grad_out, *grad_finals))):
+        given = [g for g in (grad_out, *grad_finals) if g is not None]
+        recompute = torch.is_grad_enabled() or getattr(ctx, "spent", False) or any(map(batched, given))
+        keep = 1 if ctx.layer.kernel.stack_missing_grads and not recompute else len(ctx.outputs)
+        grads = [
+            torch.zeros(shape, dtype=dtype, device=device) if g is None and i < keep else g
+            for i, (g, (shape, dtype, device)) in enumerate(zip((grad_out, *grad_finals), ctx.outputs))
+        ]
+        grad_out, grad_finals = grads[0], tuple(grads[1:])
+        if recompute:
             return _recomputed_grads(ctx, inputs[: 1 + states + count], grad_out, grad_finals)
-        ctx.spent = True
+        ctx.spent = ctx.layer.kernel.overwrites_saved  # then a second backward recomputes
         rows, state0, weights = inputs[0], list(inputs[1 : 1 + states]), list(inputs[1 + states : 1 + states + count])
         dx, dstate0, dweights = ctx.layer.kernel.stack_backward(
             ctx.spec, grad_out, list(grad_finals), rows, state0, weights, list(inputs[1 + states + count :]),

@@ -12,6 +12,7 @@ from functools import partial
 import pytest
 import torch
 from helpers import ROOT, assert_as_accurate, triton_forced
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 import recurrent
 from recurrent.kernels import KINDS
@@ -155,6 +156,32 @@ def test_kernels_get_weights_with_the_compiled_unit_stride(mode, projected, monk
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
 
 
+class Launches(TorchDispatchMode):
+    """What a call launches on a GPU, in order: every ATen op but views and allocations, and each Triton
+    kernel (by name; ops inside a launch, the interpreter's own, are not counted)."""
+
+    QUIET = {"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided", "lift_fresh", "_unsafe_view"}
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        from recurrent.kernels.triton import common
+
+        self.names, run = [], common.run
+
+        def spy(kernel, *args, **kwargs):
+            self.names.append(kernel.fn.__name__)
+            with _disable_current_modes():
+                return run(kernel, *args, **kwargs)
+
+        monkeypatch.setattr(common, "run", spy)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not (func.is_view or func.__name__.split(".")[0] in self.QUIET):
+            self.names.append(func.__name__.split(".")[0])
+        return out
+
+
 @pytest.mark.skipif(not triton_forced(), reason="the dispatch of the RECURRENT_BACKEND=triton run")
 @pytest.mark.parametrize("kind,options", [("RNN", {}), ("GRU", {}), ("LSTM", {}), ("LSTM", {"proj_size": 2})])
 def test_forced_backend_runs_the_triton_kernels(kind, options, monkeypatch):
@@ -162,12 +189,37 @@ def test_forced_backend_runs_the_triton_kernels(kind, options, monkeypatch):
     layer = getattr(recurrent, kind)(3, 4, 2, bidirectional=True, device=DEVICE, **options)
     x = torch.randn(5, 2, 3, device=DEVICE)
     assert recurrent.backend_for(layer, x) == "triton"
-    calls = []
-    kernel = KINDS[layer.mode].kernel("triton")
-    spy = kernel._replace(forward=lambda *a, **k: calls.append(1) or kernel.forward(*a, **k))
-    monkeypatch.setitem(KINDS[layer.mode].kernels, "triton", lambda projected: spy)
-    layer(x)[0].sum().backward()
-    assert len(calls) == 2, "one forward launch per layer"
+    with Launches(monkeypatch) as launches:
+        layer(x)[0].sum().backward()
+    kernels = [n for n in launches.names if n.endswith("_kernel")]
+    assert [n.rsplit("_", 2)[1] for n in kernels] == ["forward"] * 2 + ["backward"] * 2, kernels
+
+
+@pytest.mark.parametrize("backend", ["triton", "resident"])
+@pytest.mark.parametrize("kind,bias", [("GRU", True), ("RNN", True), ("GRU", False)])
+def test_a_training_step_launches_one_recurrent_kernel_and_the_products_per_layer(kind, bias, backend, monkeypatch):
+    """The launches of one forward and backward of a 2-layer stack on the CUDA path (issue 35, item 3): per layer
+    the input product and the recurrent kernel forward; the recurrent kernel (which sums the bias gradients) and
+    the weight-gradient products (and the input gradient's, below the last layer) backward. No concatenation of
+    final states, no copies, no zeros, no bias sums. batch_first adds torch.nn's own cost: the input made
+    time-major, and its gradient."""
+    monkeypatch.setenv("RECURRENT_BACKEND", backend)
+    torch.manual_seed(0)
+    product = "baddbmm" if bias else "bmm"
+    kernel = f"{kind.lower()}_{{}}_kernel"
+    for batch_first in (False, True):
+        layer = getattr(recurrent, kind)(6, 8, 2, bias=bias, batch_first=batch_first, device=DEVICE)
+        x = torch.randn(4, 5, 6, device=DEVICE)
+        layer(x)  # compiles
+        with Launches(monkeypatch) as launches:
+            out, h_n = layer(x)
+        forward = [product, kernel.format("forward")] * 2
+        assert launches.names == ["clone"] * batch_first + forward, launches.names
+        grad = torch.randn(out.shape, device=DEVICE)  # laid out as the caller sees the output
+        with Launches(monkeypatch) as launches:
+            torch.autograd.backward(out, grad)
+        backward = [kernel.format("backward"), "bmm", "bmm", "bmm", kernel.format("backward"), "bmm", "bmm"]
+        assert launches.names == ["clone"] * batch_first + backward, launches.names
 
 
 @pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
@@ -182,21 +234,19 @@ def test_resident_backend_runs_the_resident_kernels_and_equals_torch_nn(kind, mo
     x = torch.randn(4, 3, 3, device=DEVICE, dtype=torch.float64)
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, [4, 3, 1])
     assert recurrent.route_for(ours, packed).kernel == "resident"
-    calls = []
-    kernel = KINDS[ours.mode].kernel("resident")
-    spy = kernel._replace(
-        forward=lambda *a, **k: calls.append("f") or kernel.forward(*a, **k),
-        backward=lambda *a, **k: calls.append("b") or kernel.backward(*a, **k),
-    )
-    monkeypatch.setitem(KINDS[ours.mode].kernels, "resident", lambda projected: spy)
-    mine, reference = ours(packed), theirs(packed)
+    from recurrent.kernels.triton import resident
+
+    with Launches(monkeypatch) as launches:
+        mine = ours(packed)
+        mine_grads = torch.autograd.grad(mine[0].data.sum(), list(ours.parameters()))
+    reference = theirs(packed)
     torch.testing.assert_close(mine[0].data, reference[0].data, rtol=1e-9, atol=1e-9)
-    grads = [
-        torch.autograd.grad(out[0].data.sum(), list(m.parameters())) for out, m in ((mine, ours), (reference, theirs))
-    ]
-    for a, b in zip(*grads):
+    for a, b in zip(mine_grads, torch.autograd.grad(reference[0].data.sum(), list(theirs.parameters()))):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
-    assert calls == ["f", "f", "b", "b"], calls
+    kernels = [n for n in launches.names if n.endswith("_kernel")]
+    mode = {"RNN": "rnn", "GRU": "gru", "LSTM": "lstm"}[kind]
+    assert kernels == [f"{mode}_forward_kernel"] * 2 + [f"{mode}_backward_kernel"] * 2, kernels
+    assert all(getattr(resident, n).fn.__name__ == n for n in kernels)
 
 
 def test_resident_backend_refuses_a_layer_whose_weights_do_not_fit(monkeypatch):

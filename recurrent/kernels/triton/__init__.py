@@ -15,7 +15,7 @@ from ..contract import Kernel
 from ..gru import GRU_SAVED
 from ..lstm import LSTM_SAVED
 from ..rnn import RNN_SAVED
-from . import common, resident
+from . import common, resident, stack
 from .common import DTYPES, MAX_HIDDEN
 from .generated import generated_loop
 from .generated import refusal as custom_refusal
@@ -25,28 +25,38 @@ from .rnn import rnn_backward, rnn_forward
 
 __all__ = ["custom_refusal", "generated_loop", "kernel", "refusal", "resident_kernel", "resident_refusal"]
 
+
+
+def _stacked(pair: Kernel) -> Kernel:
+    """A kind's pair with the whole-stack ops on it (:mod:`.stack`)."""
+    return pair._replace(
+        stack=partial(stack.stack_forward, pair), stack_backward=partial(stack.stack_backward, pair),
+        stack_missing_grads=True,
+    )
+
+
 _KERNELS = {
-    "RNN_TANH": Kernel(partial(rnn_forward, relu=False), partial(rnn_backward, relu=False), saved_widths=RNN_SAVED),
-    "RNN_RELU": Kernel(partial(rnn_forward, relu=True), partial(rnn_backward, relu=True), saved_widths=RNN_SAVED),
-    "GRU": Kernel(gru_forward, gru_backward, saved_widths=GRU_SAVED),
+    "RNN_TANH": _stacked(Kernel(partial(rnn_forward, relu=False), partial(rnn_backward, relu=False), saved_widths=RNN_SAVED)),
+    "RNN_RELU": _stacked(Kernel(partial(rnn_forward, relu=True), partial(rnn_backward, relu=True), saved_widths=RNN_SAVED)),
+    "GRU": _stacked(Kernel(gru_forward, gru_backward, saved_widths=GRU_SAVED)),
     "LSTM": Kernel(lstm_forward, lstm_backward, saved_widths=LSTM_SAVED),
 }
 
 # The same launchers with the resident kernels (their arguments are the persistent ones').
 _held = dict(run=resident.launch)
 _RESIDENT = {
-    "RNN_TANH": Kernel(
+    "RNN_TANH": _stacked(Kernel(
         partial(rnn_forward, relu=False, kernel=resident.rnn_forward_kernel, **_held),
         partial(rnn_backward, relu=False, kernel=resident.rnn_backward_kernel, **_held), saved_widths=RNN_SAVED,
-    ),
-    "RNN_RELU": Kernel(
+    )),
+    "RNN_RELU": _stacked(Kernel(
         partial(rnn_forward, relu=True, kernel=resident.rnn_forward_kernel, **_held),
         partial(rnn_backward, relu=True, kernel=resident.rnn_backward_kernel, **_held), saved_widths=RNN_SAVED,
-    ),
-    "GRU": Kernel(
+    )),
+    "GRU": _stacked(Kernel(
         partial(gru_forward, kernel=resident.gru_forward_kernel, **_held),
         partial(gru_backward, kernel=resident.gru_backward_kernel, **_held), saved_widths=GRU_SAVED,
-    ),
+    )),
     "LSTM": Kernel(
         partial(lstm_forward, kernel=resident.lstm_forward_kernel, **_held),
         partial(lstm_backward, kernel=resident.lstm_backward_kernel, **_held), saved_widths=LSTM_SAVED,

@@ -22,7 +22,7 @@ CPU); 16-bit dots accumulate in float32 and the gate math runs in float32; float
 from __future__ import annotations
 
 import os
-from typing import List, NamedTuple, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -30,6 +30,7 @@ import triton.language as tl
 from torch import Tensor
 from triton.language.extra import libdevice
 
+ROWS = 16  # batch rows per program, in every Triton kernel (tl.dot's smallest M)
 MAX_HIDDEN = 512  # the largest hidden size the configurations below are compile-checked for
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -85,7 +86,7 @@ def configurations(dtype: torch.dtype, precision: str) -> List[Blocks]:
 
 
 def _pinned(cols: int) -> Blocks:
-    return Blocks(rows=16, cols=cols, k=16, warps=8, stages=3, registers=255)
+    return Blocks(rows=ROWS, cols=cols, k=16, warps=8, stages=3, registers=255)
 
 
 def launch_options(config: Blocks, dtype: torch.dtype, precision: str) -> dict:
@@ -99,14 +100,32 @@ def launch_options(config: Blocks, dtype: torch.dtype, precision: str) -> dict:
 
 def launch(kernel, tensors: List[Tensor], w: Tensor, batch_sizes: List[int], batch: int, hidden: int,
            own: Tuple = (), widest: int = 0, **constants) -> None:
-    """Runs ``kernel`` once for every step and direction. Every kernel takes its tensors, then
-    (sizes, starts, steps, batch, rows, H, W_hh's three strides, packed, its own arguments, constants)."""
+    """Runs ``kernel`` once for every step and direction, in the configuration of :func:`blocks`."""
     precision = dot_precision(tensors[0])
-    config, table = blocks(hidden, tensors[0].dtype, precision, widest), steps(batch_sizes, w.device)
-    kernel[grid(w.size(0), batch, config)](
+    config = blocks(hidden, tensors[0].dtype, precision, widest)
+    options = launch_options(config, tensors[0].dtype, precision)
+    run(kernel, options, tensors, w, batch_sizes, batch, hidden, own, constants)
+
+
+def run(kernel, options: dict, tensors: List[Tensor], w: Tensor, batch_sizes: List[int], batch: int, hidden: int,
+        own: Tuple, constants: dict) -> None:
+    """One launch on the grid (direction, block of ROWS batch rows). Every kernel takes its tensors, then
+    (sizes, starts, steps, batch, rows, H, W_hh's three strides, packed, its own arguments, constants)."""
+    table = steps(batch_sizes, w.device)
+    kernel[(w.size(0), programs(batch))](
         *tensors, table.sizes, table.starts, len(batch_sizes), batch, sum(batch_sizes), hidden, *w.stride(),
-        table.packed, *own, **launch_options(config, tensors[0].dtype, precision), **constants,
+        table.packed, *own, **options, **constants,
     )
+
+
+def programs(batch: int) -> int:
+    """The programs per direction: one per block of ROWS batch rows."""
+    return triton.cdiv(batch, ROWS)
+
+
+def no_tickets(device: torch.device) -> Tensor:
+    """What a kernel's ``tickets`` pointer gets where it sums no bias gradients (never read)."""
+    return torch.empty(0, dtype=torch.int32, device=device)
 
 
 def _has_maxnreg() -> bool:
@@ -155,10 +174,6 @@ def steps(batch_sizes: List[int], device: torch.device) -> Steps:
     sizes = torch.tensor(batch_sizes, dtype=torch.int32)
     starts = torch.cumsum(sizes, 0, dtype=torch.int32) - sizes
     return Steps(True, sizes.to(device), starts.to(device))
-
-
-def grid(directions: int, batch: int, config: Blocks) -> Tuple[int, int]:
-    return directions, triton.cdiv(batch, config.rows)
 
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -308,11 +323,121 @@ def hidden_dot(
     return acc
 
 
-def forward_buffers(gi: Tensor, h0: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(gi and h0 laid out for the kernels, the outputs hs (D, T, H) to fill, and h_n: a copy of h0
-    that the kernel overwrites row by row while a row runs, so rows that end early keep their last state)."""
-    gi, h0 = as_rows(gi), as_rows(h0)
-    return gi, h0, gi.new_empty(gi.size(0), gi.size(1), h0.size(2)), h0.clone()
+@triton.jit
+def running_start(dhn_ptr, dh_ptr, state, rows_mask, H, has_dhn, ACC: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The backward's running gradient (D, N, H) at its start: dh_n where one came (``has_dhn``), else zeros."""
+    for j in range(0, H, BLOCK_N):
+        cols = j + tl.arange(0, BLOCK_N)
+        mask = rows_mask[:, None] & (cols < H)[None, :]
+        at = state[:, None] + cols[None, :]
+        tl.store(dh_ptr + at, load(dhn_ptr + at, mask & has_dhn, ACC).to(dh_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def partial_row(part_ptr, W):
+    """This program's row of a (D, programs per direction, W) buffer of partial bias-gradient sums."""
+    return part_ptr + (tl.program_id(0).to(tl.int64) * tl.num_programs(1) + tl.program_id(1)) * W
+
+
+@triton.jit
+def zero_row(row_ptr, W, BLOCK: tl.constexpr):
+    for c in range(0, W, BLOCK):
+        cols = c + tl.arange(0, BLOCK)
+        tl.store(row_ptr + cols, tl.zeros((BLOCK,), row_ptr.dtype.element_ty), mask=cols < W)
+
+
+@triton.jit
+def add_column_sums(row_ptr, offset, cols, col_mask, tile):
+    """Adds the column sums of a gate-gradient tile (masked rows hold zeros) to a partial row."""
+    at = row_ptr + offset + cols
+    tl.store(at, tl.load(at, mask=col_mask, other=0.0) + tl.sum(tile.to(row_ptr.dtype.element_ty), 0), mask=col_mask)
+
+
+@triton.jit
+def sum_partials(part_ptr, dbi_ptr, dbh_ptr, tickets_ptr, W, BLOCK: tl.constexpr):
+    """The bias gradients of direction d, db_ih and db_hh (D, W/2) each: the sums over its programs' partial
+    rows (each [db_ih | db_hh]), in program order (deterministic), made by whichever program finishes last.
+    Each program takes a ticket once its own row is written (the barrier orders its threads' stores before
+    the release); the holder of the last one reads every row (acquire) and leaves the counter at 0 for the
+    next use. The counter starts at 0: the forward kernel of the same layer zeroes it (:func:`zero_tickets`)."""
+    d = tl.program_id(0).to(tl.int64)
+    programs = tl.num_programs(1)
+    half = W // 2
+    tl.debug_barrier()
+    ticket = tl.atomic_add(tickets_ptr + d, 1, sem="acq_rel", scope="gpu")
+    if ticket == programs - 1:
+        for c in range(0, half, BLOCK):
+            cols = c + tl.arange(0, BLOCK)
+            total_i = tl.zeros((BLOCK,), part_ptr.dtype.element_ty)
+            total_h = tl.zeros((BLOCK,), part_ptr.dtype.element_ty)
+            for p in range(programs):
+                row = part_ptr + (d * programs + p) * W + cols
+                total_i += tl.load(row, mask=cols < half, other=0.0, volatile=True)
+                total_h += tl.load(row + half, mask=cols < half, other=0.0, volatile=True)
+            tl.store(dbi_ptr + d * half + cols, total_i.to(dbi_ptr.dtype.element_ty), mask=cols < half)
+            tl.store(dbh_ptr + d * half + cols, total_h.to(dbh_ptr.dtype.element_ty), mask=cols < half)
+        tl.store(tickets_ptr + d, 0)
+
+
+@triton.jit
+def zero_tickets(tickets_ptr, sums):
+    """Sets direction d's ticket counter of :func:`sum_partials` to 0 (one program per direction)."""
+    if sums:
+        if tl.program_id(1) == 0:
+            tl.store(tickets_ptr + tl.program_id(0), 0)
+
+
+class Outputs(NamedTuple):
+    """What the whole-stack op (:mod:`.stack`) has a kernel write beyond the contract's outputs: h_n into its
+    slice of the stack's final states, a copy of hs (the caller's output), the running gradient into its slice
+    of the stack's dh0, the bias gradients (db_ih and db_hh, (D, G) each); and the ticket counters (D,) that
+    the bias sums of the layer's backward use (:func:`sum_partials`), which its forward zeroes. None: the
+    kernel's own buffer, or not at all."""
+
+    h_n: Optional[Tensor] = None
+    copy: Optional[Tensor] = None
+    tickets: Optional[Tensor] = None
+    dh: Optional[Tensor] = None
+    bias: Optional[Tuple[Tensor, Tensor]] = None
+
+
+def forward_buffers(
+    gi: Tensor, state0: List[Tensor], hidden: int, batch: int, out: Outputs
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(gi and h0 laid out for the kernels (h0: any pointer where ``state0`` is [], zeros), the outputs hs
+    (D, T, H) to fill, and h_n (D, N, H), which the kernels write whole: every row runs its first step)."""
+    gi = as_rows(gi)
+    h_n = gi.new_empty(gi.size(0), batch, hidden) if out.h_n is None else out.h_n
+    return gi, as_rows(state0[0]) if state0 else gi, gi.new_empty(gi.size(0), gi.size(1), hidden), h_n
+
+
+class BackwardBuffers(NamedTuple):
+    h0: Tensor  # the first state (any tensor where there is none)
+    dhn: Tensor  # the final state's gradient as given (any tensor where there is none)
+    dh: Tensor  # the running gradient, dh0 at the end (accumulator dtype)
+    part: Tensor  # (D, programs, W) partial bias sums (accumulator dtype)
+    dbi: Tensor  # (D, G) the input bias's gradient
+    dbh: Tensor  # (D, G) the hidden bias's gradient
+    tickets: Tensor  # int32 (D,)
+
+
+def backward_buffers(
+    grad_final: Optional[Tensor], h0: Optional[Tensor], hs: Tensor, batch: int, width: int, out: Outputs
+) -> BackwardBuffers:
+    """A backward kernel's buffers: the running gradient in ``out.dh`` where that has the accumulator dtype,
+    ``width`` partial sums per hidden unit and program where ``out`` asks for the bias gradients."""
+    acc = accumulator_dtype(hs.dtype)
+    dh = out.dh if out.dh is not None and out.dh.dtype == acc else hs.new_empty(hs.size(0), batch, hs.size(2), dtype=acc)
+    sums = out.tickets is not None
+    part = hs.new_empty(hs.size(0), programs(batch), width * hs.size(2), dtype=acc) if sums else dh
+    return BackwardBuffers(
+        hs if h0 is None else h0, dh if grad_final is None else as_rows(grad_final), dh, part,
+        *(out.bias if sums else (hs, hs)), out.tickets if sums else no_tickets(hs.device),
+    )
+
+
+def tickets_or_none(tickets: Optional[Tensor], device: torch.device) -> Tensor:
+    return no_tickets(device) if tickets is None else tickets
 
 
 def running_gradient(grad_final: Tensor) -> Tensor:

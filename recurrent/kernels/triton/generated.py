@@ -263,8 +263,7 @@ class GeneratedLoop:
         directions, batch, hidden = gi.size(0), state0[0].size(1), state0[0].size(2)
         dgi, dgh = torch.empty_like(gh), torch.empty_like(gh)
         ds = [common.running_gradient(grad) for grad in grad_finals]
-        config = common.blocks(hidden, gi.dtype, common.dot_precision(gi), widest(hidden))
-        programs = common.grid(directions, batch, config)[1]
+        programs = common.programs(batch)
         width = slot_blocks(g) * hidden
         sums = torch.zeros(directions * programs, width, dtype=ds[0].dtype, device=gi.device)
         w = common.unit_stride(w_hh, 2)

@@ -71,7 +71,7 @@ def lstm_forward(
     """The contract of :func:`recurrent.kernels.lstm.lstm_forward` (b_hh folded into gi): ``kind_weights`` is
     [w_hr (D, P, H)] for a projected LSTM, whose state and outputs h then have P columns (``kernel`` and
     ``run``: another kernel of the unprojected one's arguments and its launcher, the resident one's)."""
-    gi, h0, hs, h_n = common.forward_buffers(gi, state0[0])
+    gi, h0, hs, h_n = common.forward_buffers(gi, state0[:1], state0[0].size(2), state0[0].size(1), common.Outputs())
     w_hh_t = common.unit_stride(w_hh_t, 1)
     directions, rows, batch, hidden = gi.size(0), gi.size(1), h0.size(1), gi.size(2) // 4
     c_n = state0[1].clone(memory_format=torch.contiguous_format)  # also the running cell state

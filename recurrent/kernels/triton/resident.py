@@ -25,9 +25,11 @@ import triton.language as tl
 from torch import Tensor
 
 from . import common
-from .common import DTYPES, PLAIN_ARGS, dot_kind, load, load_pair, program_rows, sigmoid, step_layout, store_pair, tanh
+from .common import (
+    DTYPES, PLAIN_ARGS, dot_kind, load, load_pair, partial_row, program_rows, sigmoid, step_layout, store_pair,
+    sum_partials, tanh, zero_tickets,
+)
 
-ROWS = 16  # batch rows per program (tl.dot's smallest M)
 WARPS = 8  # 4 spill at HP = 128 (registers hold the dot operands' fragments and the running state)
 SCRATCH = 32768  # bytes of shared memory the compiler adds to the tiles (layout conversions), an upper bound
 # The widest padded hidden size per kind of dot: FMA dots (IEEE float32, float64) keep operand fragments in
@@ -80,20 +82,16 @@ def launch_options(dtype: torch.dtype, precision: str, hidden: int) -> dict:
     """The compile-time settings of a launch (and of the compile check)."""
     acc = tl.float64 if dtype == torch.float64 else tl.float32
     return dict(
-        ACC=acc, PRECISION=precision, BLOCK_B=ROWS, HP=padded(hidden), num_warps=WARPS, num_stages=1,
+        ACC=acc, PRECISION=precision, BLOCK_B=common.ROWS, HP=padded(hidden), num_warps=WARPS, num_stages=1,
         **common.register_limit(255),  # else ptxas caps them to fit two programs an SM, and spills
     )
 
 
 def launch(kernel, tensors: List[Tensor], w: Tensor, batch_sizes: List[int], batch: int, hidden: int,
            own: Tuple = (), **constants) -> None:
-    """:func:`.common.launch` for these kernels: the same arguments, the grid and settings of :func:`launch_options`."""
-    precision = common.dot_precision(tensors[0])
-    table = common.steps(batch_sizes, w.device)
-    kernel[(w.size(0), triton.cdiv(batch, ROWS))](
-        *tensors, table.sizes, table.starts, len(batch_sizes), batch, sum(batch_sizes), hidden, *w.stride(),
-        table.packed, *own, **launch_options(tensors[0].dtype, precision, hidden), **constants,
-    )
+    """:func:`.common.launch` for these kernels: the same arguments, the settings of :func:`launch_options`."""
+    options = launch_options(tensors[0].dtype, common.dot_precision(tensors[0]), hidden)
+    common.run(kernel, options, tensors, w, batch_sizes, batch, hidden, own, constants)
 
 
 @triton.jit
@@ -126,41 +124,54 @@ def running(ptr, state, cols, rows_mask, H, ACC: tl.constexpr):
     return load(ptr + state[:, None] + cols[None, :], rows_mask[:, None] & (cols < H)[None, :], ACC)
 
 
+@triton.jit
+def store_sum(part, offset, cols, H, total):
+    """One gate's column sums into this program's partial row (:func:`.common.sum_partials`)."""
+    tl.store(part + offset + cols, total, mask=cols < H)
+
+
 @triton.jit(do_not_specialize=PLAIN_ARGS)
 def rnn_forward_kernel(
-    gi_ptr, h0_ptr, w_ptr, hs_ptr, hn_ptr, sizes_ptr, starts_ptr,
-    steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed,
+    gi_ptr, h0_ptr, w_ptr, b_ptr, hs_ptr, hn_ptr, copy_ptr, tickets_ptr, sizes_ptr, starts_ptr,
+    steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed, has_bias, has_h0, copy, sums,
     RELU: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr,
 ):
-    """h' = act(gi + h W_hhᵀ): gi (D, T, H) with both biases in, w = W_hhᵀ (D, H, H) -> hs, h_n."""
+    """h' = act(gi + h W_hhᵀ + b): gi (D, T, H) with b_ih in (and b_hh, unless ``has_bias``: b = b_hh),
+    w = W_hhᵀ (D, H, H) -> hs, h_n (the persistent kernel's flags: ``has_h0``, ``copy``, ``sums``)."""
     d, rows, seq, w_d, state = program_rows(w_ptr, stride_wd, batch, rows_total, H, BLOCK_B)
+    zero_tickets(tickets_ptr, sums)
     cols = tl.arange(0, HP)
     w = weight_tile(w_d, 0, 0, H, stride_wk, stride_wn, HP)
-    h = running(h0_ptr, state, cols, rows < batch, H, ACC)
+    b = bias_row(b_ptr, d, 0, H, has_bias, cols, ACC, 1)
+    h = running(h0_ptr, state, cols, (rows < batch) & has_h0, H, ACC)
     for t in range(steps):
         active, prev, out = step_layout(t, rows, batch, sizes_ptr, starts_ptr, packed, h0_ptr, hs_ptr, state, seq, H)
         mask = active[:, None] & (cols < H)[None, :]
-        pre = times(h, w, ACC, PRECISION) + load(gi_ptr + out[:, None] + cols[None, :], mask, ACC)
+        pre = times(h, w, ACC, PRECISION) + load(gi_ptr + out[:, None] + cols[None, :], mask, ACC) + b
         if RELU:
             new = tl.maximum(pre, 0.0).to(hs_ptr.dtype.element_ty)
         else:
             new = tanh(pre).to(hs_ptr.dtype.element_ty)
         tl.store(hs_ptr + out[:, None] + cols[None, :], new, mask=mask)
+        if copy:
+            tl.store(copy_ptr + out[:, None] + cols[None, :], new, mask=mask)
         h = tl.where(mask, new.to(ACC), h)  # rows that have ended (packed) keep their last state
     tl.store(hn_ptr + state[:, None] + cols[None, :], h.to(hn_ptr.dtype.element_ty), mask=(rows < batch)[:, None] & (cols < H)[None, :])
 
 
 @triton.jit(do_not_specialize=PLAIN_ARGS)
 def rnn_backward_kernel(
-    grad_hs_ptr, hs_ptr, w_ptr, da_ptr, dh_ptr, sizes_ptr, starts_ptr,
-    steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed,
+    grad_hs_ptr, hs_ptr, w_ptr, da_ptr, dhn_ptr, dh_ptr, part_ptr, dbi_ptr, dbh_ptr, tickets_ptr, sizes_ptr, starts_ptr,
+    steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed, has_dhn, sums,
     RELU: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr,
 ):
-    """Time in reverse, w = W_hh (D, H, H): da = dh' act'(a), dh ← da W_hh; ``dh`` dh_n in, dh0 out."""
+    """Time in reverse, w = W_hh (D, H, H): da = dh' act'(a), dh ← da W_hh; dh_n in (``dhn``, zeros without
+    ``has_dhn``), dh0 out (``dh``); with ``sums`` the bias gradients (D, 2, H)."""
     d, rows, seq, w_d, state = program_rows(w_ptr, stride_wd, batch, rows_total, H, BLOCK_B)
     cols = tl.arange(0, HP)
     w = weight_tile(w_d, 0, 0, H, stride_wk, stride_wn, HP)
-    dh = running(dh_ptr, state, cols, rows < batch, H, ACC)
+    dh = running(dhn_ptr, state, cols, (rows < batch) & has_dhn, H, ACC)
+    s_a = tl.zeros((HP,), ACC)
     for step in range(steps):
         t = steps - 1 - step
         active, prev, out = step_layout(t, rows, batch, sizes_ptr, starts_ptr, packed, hs_ptr, hs_ptr, state, seq, H)
@@ -174,19 +185,27 @@ def rnn_backward_kernel(
             da = grad * (1.0 - h * h)
         da = da.to(da_ptr.dtype.element_ty)
         tl.store(da_ptr + at, da, mask=mask)
+        s_a += tl.sum(da.to(ACC), 0)
         dh = tl.where(mask, times(da, w, ACC, PRECISION), dh)
     tl.store(dh_ptr + state[:, None] + cols[None, :], dh, mask=(rows < batch)[:, None] & (cols < H)[None, :])
+    if sums:
+        part = partial_row(part_ptr, 2 * H)
+        store_sum(part, 0, cols, H, s_a)
+        store_sum(part, H, cols, H, s_a)
+        sum_partials(part_ptr, dbi_ptr, dbh_ptr, tickets_ptr, 2 * H, HP)
 
 
 @triton.jit(do_not_specialize=PLAIN_ARGS)
 def gru_forward_kernel(
-    gi_ptr, h0_ptr, w_ptr, b_ptr, hs_ptr, hn_ptr, rz_ptr, n_ptr, ghn_ptr, sizes_ptr, starts_ptr,
-    steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed, has_bias, save,
+    gi_ptr, h0_ptr, w_ptr, b_ptr, hs_ptr, hn_ptr, rz_ptr, n_ptr, ghn_ptr, copy_ptr, tickets_ptr, sizes_ptr, starts_ptr,
+    steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed, has_bias, save, has_h0, copy, sums,
     ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr,
 ):
     """:func:`recurrent.cells.gru_step` over the sequence: gi (D, T, 3H), w = W_hhᵀ (D, H, 3H), b = b_hh
-    (D, 3H) -> hs, h_n, and with ``save`` rz (D, T, 2H), n and W_hn h + b_hn (D, T, H)."""
+    (D, 3H) -> hs, h_n, and with ``save`` rz (D, T, 2H), n and W_hn h + b_hn (D, T, H) (the persistent
+    kernel's flags: ``has_h0``, ``copy``, ``sums``)."""
     d, rows, seq, w_d, state = program_rows(w_ptr, stride_wd, batch, rows_total, H, BLOCK_B)
+    zero_tickets(tickets_ptr, sums)
     cols = tl.arange(0, HP)
     w_r = weight_tile(w_d, 0, 0, H, stride_wk, stride_wn, HP)
     w_z = weight_tile(w_d, 0, H, H, stride_wk, stride_wn, HP)
@@ -194,7 +213,7 @@ def gru_forward_kernel(
     b_r = bias_row(b_ptr, d, 0, H, has_bias, cols, ACC, 3)
     b_z = bias_row(b_ptr, d, 1, H, has_bias, cols, ACC, 3)
     b_n = bias_row(b_ptr, d, 2, H, has_bias, cols, ACC, 3)
-    h = running(h0_ptr, state, cols, rows < batch, H, ACC)
+    h = running(h0_ptr, state, cols, (rows < batch) & has_h0, H, ACC)
     for t in range(steps):
         active, prev, out = step_layout(t, rows, batch, sizes_ptr, starts_ptr, packed, h0_ptr, hs_ptr, state, seq, H)
         mask = active[:, None] & (cols < H)[None, :]
@@ -206,6 +225,8 @@ def gru_forward_kernel(
         n = tanh(load(gi + 2 * H, mask, ACC) + r * gh_n)
         new = (n + z * (h - n)).to(hs_ptr.dtype.element_ty)
         tl.store(hs_ptr + out[:, None] + cols[None, :], new, mask=mask)
+        if copy:
+            tl.store(copy_ptr + out[:, None] + cols[None, :], new, mask=mask)
         if save:
             ty = n_ptr.dtype.element_ty
             store_pair(rz_ptr, out, cols, H, r, z, mask)
@@ -217,29 +238,36 @@ def gru_forward_kernel(
 
 @triton.jit(do_not_specialize=PLAIN_ARGS)
 def gru_backward_kernel(
-    grad_hs_ptr, h0_ptr, hs_ptr, rz_ptr, n_ptr, ghn_ptr, w_ptr, dgi_ptr, dgh_ptr, dh_ptr, sizes_ptr, starts_ptr,
-    steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed,
+    grad_hs_ptr, h0_ptr, hs_ptr, rz_ptr, n_ptr, ghn_ptr, w_ptr, dgi_ptr, dgh_ptr, dhn_ptr, dh_ptr, part_ptr, dbi_ptr, dbh_ptr,
+    tickets_ptr, sizes_ptr, starts_ptr, steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed,
+    has_h0, has_dhn, sums,
     ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr,
 ):
     """Time in reverse, w = W_hh (D, 3H, H): the gate gradients (stored as dgi and dgh), and
-    dh ← dh' z + [da_r, da_z, da_n r] W_hh; ``dh`` dh_n in, dh0 out."""
+    dh ← dh' z + [da_r, da_z, da_n r] W_hh; dh_n in (``dhn``, zeros without ``has_dhn``), dh0 out (``dh``);
+    with ``sums`` the bias gradients, db (D, 2, 3H) laid out as the persistent kernel's."""
     d, rows, seq, w_d, state = program_rows(w_ptr, stride_wd, batch, rows_total, H, BLOCK_B)
     cols = tl.arange(0, HP)
     w_r = weight_tile(w_d, 0, 0, H, stride_wk, stride_wn, HP)
     w_z = weight_tile(w_d, H, 0, H, stride_wk, stride_wn, HP)
     w_n = weight_tile(w_d, 2 * H, 0, H, stride_wk, stride_wn, HP)
-    dh = running(dh_ptr, state, cols, rows < batch, H, ACC)
+    dh = running(dhn_ptr, state, cols, (rows < batch) & has_dhn, H, ACC)
+    s_r = tl.zeros((HP,), ACC)
+    s_z = tl.zeros((HP,), ACC)
+    s_n = tl.zeros((HP,), ACC)
+    s_hn = tl.zeros((HP,), ACC)
     for step in range(steps):
         t = steps - 1 - step
         active, prev, out = step_layout(t, rows, batch, sizes_ptr, starts_ptr, packed, h0_ptr, hs_ptr, state, seq, H)
         mask = active[:, None] & (cols < H)[None, :]
+        seen = mask & ((t > 0) | has_h0)
         at = out[:, None] + cols[None, :]
         grad = dh + load(grad_hs_ptr + at, mask, ACC)
         r, z = load_pair(rz_ptr, out, cols, H, mask, ACC)
         n = load(n_ptr + at, mask, ACC)
         ty = dgi_ptr.dtype.element_ty
         da_n = (grad * (1.0 - z) * (1.0 - n * n)).to(ty)
-        da_z = (grad * (load(prev[:, None] + cols[None, :], mask, ACC) - n) * z * (1.0 - z)).to(ty)
+        da_z = (grad * (load(prev[:, None] + cols[None, :], seen, ACC) - n) * z * (1.0 - z)).to(ty)
         da_r = (da_n.to(ACC) * load(ghn_ptr + at, mask, ACC) * r * (1.0 - r)).to(ty)
         dgh_n = (da_n.to(ACC) * r).to(ty)
         gates = 3 * out[:, None] + cols[None, :]
@@ -249,9 +277,22 @@ def gru_backward_kernel(
         tl.store(dgh_ptr + gates, da_r, mask=mask)
         tl.store(dgh_ptr + gates + H, da_z, mask=mask)
         tl.store(dgh_ptr + gates + 2 * H, dgh_n, mask=mask)
+        s_r += tl.sum(da_r.to(ACC), 0)
+        s_z += tl.sum(da_z.to(ACC), 0)
+        s_n += tl.sum(da_n.to(ACC), 0)
+        s_hn += tl.sum(dgh_n.to(ACC), 0)
         back = times(da_r, w_r, ACC, PRECISION) + times(da_z, w_z, ACC, PRECISION) + times(dgh_n, w_n, ACC, PRECISION)
         dh = tl.where(mask, grad * z + back, dh)
     tl.store(dh_ptr + state[:, None] + cols[None, :], dh, mask=(rows < batch)[:, None] & (cols < H)[None, :])
+    if sums:
+        part = partial_row(part_ptr, 6 * H)
+        store_sum(part, 0, cols, H, s_r)
+        store_sum(part, H, cols, H, s_z)
+        store_sum(part, 2 * H, cols, H, s_n)
+        store_sum(part, 3 * H, cols, H, s_r)
+        store_sum(part, 4 * H, cols, H, s_z)
+        store_sum(part, 5 * H, cols, H, s_hn)
+        sum_partials(part_ptr, dbi_ptr, dbh_ptr, tickets_ptr, 6 * H, HP)
 
 
 @triton.jit(do_not_specialize=PLAIN_ARGS)

@@ -43,8 +43,10 @@ RESIDENT_KERNELS = [  # (name, kernel, its own compile-time constants, the mode 
     ("resident_lstm_backward", resident.lstm_backward_kernel, {}, "LSTM"),
 ]
 # The backward's running gradients (and a generated backward's parameter sums) stay in float32.
-ACCUMULATOR_POINTERS = {"dh_ptr", "dc_ptr", "dp_ptr", "ds0_ptr", "ds1_ptr"}
-FLAGS = {"has_bias", "save", "packed"}  # Python bools at launch: Triton passes them as i1
+ACCUMULATOR_POINTERS = {"dh_ptr", "dc_ptr", "dp_ptr", "ds0_ptr", "ds1_ptr", "part_ptr"}
+INT_POINTERS = {"sizes_ptr", "starts_ptr", "tickets_ptr"}
+# Python bools at launch: Triton passes them as i1
+FLAGS = {"has_bias", "save", "packed", "has_h0", "has_dhn", "copy", "sums"}
 POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64"}
 # Strides that the launchers make 1 (common.unit_stride), which Triton then compiles in as constants.
 UNIT_STRIDES = {"forward": ("stride_wk", "stride_rk"), "backward": ("stride_wn", "stride_rn")}
@@ -69,7 +71,7 @@ def _signature(kernel, dtype: torch.dtype, constexprs: Dict[str, Any]) -> Dict[s
             return "constexpr"
         if name in FLAGS:
             return "i1"
-        if name in ("sizes_ptr", "starts_ptr"):
+        if name in INT_POINTERS:
             return "*i32"
         if name in ACCUMULATOR_POINTERS:
             return POINTER_TYPES[torch.float64 if dtype == torch.float64 else torch.float32]
