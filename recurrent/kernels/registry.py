@@ -96,7 +96,7 @@ def _native(mode: str, projected: bool) -> Optional[Kernel]:
 
 def _triton(mode: str, projected: bool) -> Optional[Kernel]:
     # Triton is imported on first use only: a CPU user never pays for it (or needs it installed).
-    return importlib.import_module(f"{__package__}.triton").kernel(mode)
+    return importlib.import_module(f"{__package__}.triton").kernel(mode, projected)
 
 
 def _resident(mode: str, projected: bool) -> Optional[Kernel]:

@@ -196,7 +196,7 @@ def test_forced_backend_runs_the_triton_kernels(kind, options, monkeypatch):
 
 
 @pytest.mark.parametrize("backend", ["triton", "resident"])
-@pytest.mark.parametrize("kind,bias", [("GRU", True), ("RNN", True), ("GRU", False)])
+@pytest.mark.parametrize("kind,bias", [("GRU", True), ("RNN", True), ("LSTM", True), ("GRU", False)])
 def test_a_training_step_launches_one_recurrent_kernel_and_the_products_per_layer(kind, bias, backend, monkeypatch):
     """The launches of one forward and backward of a 2-layer stack on the CUDA path (issue 35, item 3): per layer
     the input product and the recurrent kernel forward; the recurrent kernel (which sums the bias gradients) and

@@ -39,8 +39,9 @@ _KERNELS = {
     "RNN_TANH": _stacked(Kernel(partial(rnn_forward, relu=False), partial(rnn_backward, relu=False), saved_widths=RNN_SAVED)),
     "RNN_RELU": _stacked(Kernel(partial(rnn_forward, relu=True), partial(rnn_backward, relu=True), saved_widths=RNN_SAVED)),
     "GRU": _stacked(Kernel(gru_forward, gru_backward, saved_widths=GRU_SAVED)),
-    "LSTM": Kernel(lstm_forward, lstm_backward, saved_widths=LSTM_SAVED),
+    "LSTM": _stacked(Kernel(lstm_forward, lstm_backward, saved_widths=LSTM_SAVED)),
 }
+_PROJECTED = Kernel(lstm_forward, lstm_backward, saved_widths=LSTM_SAVED)  # layer by layer
 
 # The same launchers with the resident kernels (their arguments are the persistent ones').
 _held = dict(run=resident.launch)
@@ -57,10 +58,10 @@ _RESIDENT = {
         partial(gru_forward, kernel=resident.gru_forward_kernel, **_held),
         partial(gru_backward, kernel=resident.gru_backward_kernel, **_held), saved_widths=GRU_SAVED,
     )),
-    "LSTM": Kernel(
+    "LSTM": _stacked(Kernel(
         partial(lstm_forward, kernel=resident.lstm_forward_kernel, **_held),
         partial(lstm_backward, kernel=resident.lstm_backward_kernel, **_held), saved_widths=LSTM_SAVED,
-    ),
+    )),
 }
 
 
@@ -75,8 +76,8 @@ def refusal(mode: str, dtype: torch.dtype, hidden_size: int) -> Optional[str]:
     return None
 
 
-def kernel(mode: str) -> Kernel:
-    return _KERNELS[mode]
+def kernel(mode: str, projected: bool = False) -> Kernel:
+    return _PROJECTED if projected else _KERNELS[mode]
 
 
 def resident_refusal(mode: str, projected: bool, dtype: torch.dtype, hidden_size: int, device: torch.device) -> Optional[str]:

@@ -395,9 +395,11 @@ class Outputs(NamedTuple):
     kernel's own buffer, or not at all."""
 
     h_n: Optional[Tensor] = None
+    c_n: Optional[Tensor] = None
     copy: Optional[Tensor] = None
     tickets: Optional[Tensor] = None
     dh: Optional[Tensor] = None
+    dc: Optional[Tensor] = None
     bias: Optional[Tuple[Tensor, Tensor]] = None
 
 

@@ -29,8 +29,8 @@ def lstm_proj_forward_kernel(
         for j in range(0, H, BLOCK_N):
             cols, col_mask, mask = column_block(j, H, active, BLOCK_N)
             u = lstm_columns_forward(
-                prev, active, w_d, P, stride_wk, stride_wn, gi_ptr, cn_ptr, if_ptr, g_ptr, o_ptr, cs_ptr, save,
-                state, out, cols, col_mask, mask, H, ACC, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K,
+                prev, active, w_d, P, stride_wk, stride_wn, gi_ptr, gi_ptr, False, cn_ptr, cn_ptr, if_ptr, g_ptr, o_ptr, cs_ptr, save,
+                state, out, cols, col_mask, mask, H, t, True, ACC, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K,
             )
             tl.store(u_ptr + state[:, None] + cols[None, :], u.to(u_ptr.dtype.element_ty), mask=mask)
         tl.debug_barrier()  # the projection reads every column of u
@@ -67,7 +67,10 @@ def lstm_proj_backward_kernel(
         for j in range(0, H, BLOCK_N):
             cols, col_mask, mask = column_block(j, H, active, BLOCK_N)
             du = hidden_dot(dhs_ptr + out_p, active, hr_d, cols, col_mask, P, stride_rk, stride_rn, ACC, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
-            lstm_columns_backward(du, if_ptr, g_ptr, o_ptr, cs_ptr, c_prev_rows, dc_ptr, dgates_ptr, state, out, cols, mask, H, ACC)
+            lstm_columns_backward(
+                du, if_ptr, g_ptr, o_ptr, cs_ptr, c_prev_rows, mask, dc_ptr, dgates_ptr, dc_ptr, False, state, out, cols,
+                col_mask, mask, H, ACC,
+            )
         tl.debug_barrier()  # dh reads every column of this step's dgates
         for j in range(0, P, BLOCK_N):
             cols, col_mask, mask = column_block(j, P, active, BLOCK_N)

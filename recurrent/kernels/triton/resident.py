@@ -297,32 +297,41 @@ def gru_backward_kernel(
 
 @triton.jit(do_not_specialize=PLAIN_ARGS)
 def lstm_forward_kernel(
-    gi_ptr, h0_ptr, w_ptr, hs_ptr, hn_ptr, cn_ptr, if_ptr, g_ptr, o_ptr, cs_ptr, sizes_ptr, starts_ptr,
-    steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed, save,
+    gi_ptr, h0_ptr, c0_ptr, w_ptr, b_ptr, hs_ptr, hn_ptr, cn_ptr, if_ptr, g_ptr, o_ptr, cs_ptr, copy_ptr, tickets_ptr,
+    sizes_ptr, starts_ptr, steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed, save, has_bias, has_h0,
+    copy, sums,
     ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr,
 ):
-    """:func:`recurrent.cells.lstm_step` over the sequence: gi (D, T, 4H) with both biases in, h0 and
-    c_n (D, N, H; c0 on entry), w = W_hhᵀ (D, H, 4H) -> hs, h_n, c_n, and with ``save`` if (D, T, 2H),
-    g, o and c (D, T, H)."""
+    """:func:`recurrent.cells.lstm_step` over the sequence: gi (D, T, 4H) with b_ih in (and b_hh, unless
+    ``has_bias``: b = b_hh (D, 4H)), h0 and c0
+    (D, N, H), w = W_hhᵀ (D, H, 4H) -> hs, h_n, c_n, and with ``save`` if (D, T, 2H), g, o and c (D, T, H)
+    (the persistent kernel's flags: ``has_h0``, ``copy``, ``sums``)."""
     d, rows, seq, w_d, state = program_rows(w_ptr, stride_wd, batch, rows_total, H, BLOCK_B)
+    zero_tickets(tickets_ptr, sums)
     cols = tl.arange(0, HP)
     w_i = weight_tile(w_d, 0, 0, H, stride_wk, stride_wn, HP)
     w_f = weight_tile(w_d, 0, H, H, stride_wk, stride_wn, HP)
     w_g = weight_tile(w_d, 0, 2 * H, H, stride_wk, stride_wn, HP)
     w_o = weight_tile(w_d, 0, 3 * H, H, stride_wk, stride_wn, HP)
-    h = running(h0_ptr, state, cols, rows < batch, H, ACC)
-    c = running(cn_ptr, state, cols, rows < batch, H, ACC)
+    b_i = bias_row(b_ptr, d, 0, H, has_bias, cols, ACC, 4)
+    b_f = bias_row(b_ptr, d, 1, H, has_bias, cols, ACC, 4)
+    b_g = bias_row(b_ptr, d, 2, H, has_bias, cols, ACC, 4)
+    b_o = bias_row(b_ptr, d, 3, H, has_bias, cols, ACC, 4)
+    h = running(h0_ptr, state, cols, (rows < batch) & has_h0, H, ACC)
+    c = running(c0_ptr, state, cols, (rows < batch) & has_h0, H, ACC)
     for t in range(steps):
         active, prev, out = step_layout(t, rows, batch, sizes_ptr, starts_ptr, packed, h0_ptr, hs_ptr, state, seq, H)
         mask = active[:, None] & (cols < H)[None, :]
         gi = gi_ptr + 4 * out[:, None] + cols[None, :]
-        i = sigmoid(times(h, w_i, ACC, PRECISION) + load(gi, mask, ACC))
-        f = sigmoid(times(h, w_f, ACC, PRECISION) + load(gi + H, mask, ACC))
-        g = tanh(times(h, w_g, ACC, PRECISION) + load(gi + 2 * H, mask, ACC))
-        o = sigmoid(times(h, w_o, ACC, PRECISION) + load(gi + 3 * H, mask, ACC))
+        i = sigmoid(times(h, w_i, ACC, PRECISION) + b_i + load(gi, mask, ACC))
+        f = sigmoid(times(h, w_f, ACC, PRECISION) + b_f + load(gi + H, mask, ACC))
+        g = tanh(times(h, w_g, ACC, PRECISION) + b_g + load(gi + 2 * H, mask, ACC))
+        o = sigmoid(times(h, w_o, ACC, PRECISION) + b_o + load(gi + 3 * H, mask, ACC))
         c_new = f * c + i * g
         new = (o * tanh(c_new)).to(hs_ptr.dtype.element_ty)
         tl.store(hs_ptr + out[:, None] + cols[None, :], new, mask=mask)
+        if copy:
+            tl.store(copy_ptr + out[:, None] + cols[None, :], new, mask=mask)
         if save:
             at = out[:, None] + cols[None, :]
             store_pair(if_ptr, out, cols, H, i, f, mask)
@@ -338,11 +347,13 @@ def lstm_forward_kernel(
 
 @triton.jit(do_not_specialize=PLAIN_ARGS)
 def lstm_backward_kernel(
-    grad_hs_ptr, c0_ptr, if_ptr, g_ptr, o_ptr, cs_ptr, w_ptr, dgates_ptr, dh_ptr, dc_ptr, sizes_ptr, starts_ptr,
-    steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed,
+    grad_hs_ptr, c0_ptr, if_ptr, g_ptr, o_ptr, cs_ptr, w_ptr, dgates_ptr, dhn_ptr, dcn_ptr, dh_ptr, dc_ptr,
+    part_ptr, dbi_ptr, dbh_ptr, tickets_ptr, sizes_ptr, starts_ptr,
+    steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed, has_h0, has_dhn, has_dcn, sums,
     ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr,
 ):
-    """Time in reverse, w = W_hh (D, 4H, H); ``dh`` and ``dc`` are dh_n and dc_n in, dh0 and dc0 out.
+    """Time in reverse, w = W_hh (D, 4H, H); dh_n and dc_n in (``dhn``, ``dcn``; zeros without ``has_dhn``,
+    ``has_dcn``), dh0 and dc0 out (``dh``, ``dc``); with ``sums`` the bias gradients (both Σ dgates).
     Per step (:func:`.lstm_cell.lstm_columns_backward`'s formulas, every column at once): the four gate
     gradients (stored), dc ← dc' f and dh ← dgates W_hh."""
     d, rows, seq, w_d, state = program_rows(w_ptr, stride_wd, batch, rows_total, H, BLOCK_B)
@@ -351,12 +362,17 @@ def lstm_backward_kernel(
     w_f = weight_tile(w_d, H, 0, H, stride_wk, stride_wn, HP)
     w_g = weight_tile(w_d, 2 * H, 0, H, stride_wk, stride_wn, HP)
     w_o = weight_tile(w_d, 3 * H, 0, H, stride_wk, stride_wn, HP)
-    dh = running(dh_ptr, state, cols, rows < batch, H, ACC)
-    dc = running(dc_ptr, state, cols, rows < batch, H, ACC)
+    dh = running(dhn_ptr, state, cols, (rows < batch) & has_dhn, H, ACC)
+    dc = running(dcn_ptr, state, cols, (rows < batch) & has_dcn, H, ACC)
+    s_i = tl.zeros((HP,), ACC)
+    s_f = tl.zeros((HP,), ACC)
+    s_g = tl.zeros((HP,), ACC)
+    s_o = tl.zeros((HP,), ACC)
     for step in range(steps):
         t = steps - 1 - step
         active, c_prev_rows, out = step_layout(t, rows, batch, sizes_ptr, starts_ptr, packed, c0_ptr, cs_ptr, state, seq, H)
         mask = active[:, None] & (cols < H)[None, :]
+        seen = mask & ((t > 0) | has_h0)
         at = out[:, None] + cols[None, :]
         du = dh + load(grad_hs_ptr + at, mask, ACC)
         i, f = load_pair(if_ptr, out, cols, H, mask, ACC)
@@ -364,7 +380,7 @@ def lstm_backward_kernel(
         o = load(o_ptr + at, mask, ACC)
         tanh_c = tanh(load(cs_ptr + at, mask, ACC))
         dc_t = dc + du * o * (1.0 - tanh_c * tanh_c)
-        c_prev = load(c_prev_rows[:, None] + cols[None, :], mask, ACC)
+        c_prev = load(c_prev_rows[:, None] + cols[None, :], seen, ACC)
         ty = dgates_ptr.dtype.element_ty
         da_i = (dc_t * g * i * (1.0 - i)).to(ty)
         da_f = (dc_t * c_prev * f * (1.0 - f)).to(ty)
@@ -375,6 +391,10 @@ def lstm_backward_kernel(
         tl.store(gates + H, da_f, mask=mask)
         tl.store(gates + 2 * H, da_g, mask=mask)
         tl.store(gates + 3 * H, da_o, mask=mask)
+        s_i += tl.sum(da_i.to(ACC), 0)
+        s_f += tl.sum(da_f.to(ACC), 0)
+        s_g += tl.sum(da_g.to(ACC), 0)
+        s_o += tl.sum(da_o.to(ACC), 0)
         back = times(da_i, w_i, ACC, PRECISION) + times(da_f, w_f, ACC, PRECISION)
         back += times(da_g, w_g, ACC, PRECISION) + times(da_o, w_o, ACC, PRECISION)
         dh = tl.where(mask, back, dh)
@@ -382,4 +402,12 @@ def lstm_backward_kernel(
     final = (rows < batch)[:, None] & (cols < H)[None, :]
     tl.store(dh_ptr + state[:, None] + cols[None, :], dh, mask=final)
     tl.store(dc_ptr + state[:, None] + cols[None, :], dc, mask=final)
+    if sums:
+        part = partial_row(part_ptr, 8 * H)
+        for half in range(2):
+            store_sum(part, (4 * half) * H, cols, H, s_i)
+            store_sum(part, (4 * half + 1) * H, cols, H, s_f)
+            store_sum(part, (4 * half + 2) * H, cols, H, s_g)
+            store_sum(part, (4 * half + 3) * H, cols, H, s_o)
+        sum_partials(part_ptr, dbi_ptr, dbh_ptr, tickets_ptr, 8 * H, HP)
 

@@ -3,11 +3,14 @@ function, and in training one autograd node (:class:`recurrent.kernels.stack.Sta
 runs on the GPU is, per layer, the input product and the recurrent kernel forward, and the recurrent kernel
 and the weight (and input) gradient products backward. Nothing else is launched for a unidirectional stack:
 
-- the kernels write h_n and dh0 straight into the stack's (layers·D, N, H) tensors (no concatenation);
-- where no h0 or no gradient of h_n came, the kernels start from zeros themselves (no tensor of zeros);
+- the kernels write h_n (and c_n) and dh0 (and dc0) straight into the stack's (layers·D, N, H) tensors (no
+  concatenation);
+- where no initial state or no gradient of a final state came, the kernels start from zeros themselves (no
+  tensor of zeros);
 - the last layer's forward writes the caller's output a second time (what the caller may change in place
   stays apart from what the backward reads);
-- the backward kernel sums the bias gradients itself (:func:`.common.sum_partials`).
+- the kernels add b_hh themselves (no sum of the two biases per call), and the backward kernel sums the bias
+  gradients (:func:`.common.sum_partials`).
 
 Two directions add the reversal of each layer's input and the joining of its outputs, as the layer path does.
 """
@@ -34,7 +37,8 @@ def stack_forward(
     layers, directions = spec.num_layers, spec.directions
     reverse = reverse_index(batch_sizes, rows.device) if directions == 2 else None
     hidden = weights[1].size(1)
-    finals = rows.new_empty(layers * directions, batch_sizes[0], hidden)
+    states = 2 if weights[1].size(0) == 4 * hidden else 1  # the LSTM's (h, c); the RNN's and GRU's h
+    finals = [rows.new_empty(layers * directions, batch_sizes[0], hidden) for _ in range(states)]
     tickets = torch.empty(layers, directions, dtype=torch.int32, device=rows.device) if save else None
     saved: List[Tensor] = []
     for layer in range(layers):
@@ -47,14 +51,17 @@ def stack_forward(
         copy = rows.new_empty(gi.size(1), hidden) if save and layer == layers - 1 and reverse is None else None
         at = slice(layer * directions, (layer + 1) * directions)
         copied = None if copy is None else copy.unsqueeze(0)
-        out = Outputs(h_n=finals[at], copy=copied, tickets=tickets[layer] if save else None)
+        out = Outputs(
+            h_n=finals[0][at], c_n=finals[1][at] if states == 2 else None, copy=copied,
+            tickets=tickets[layer] if save else None,
+        )
         hs, _, activations = kernel.forward(gi, mine, w_hh.transpose(1, 2), b_hh, kind_weights, batch_sizes, save, out=out)
         if save:
             saved += [rows, hs, *activations]
         rows = join_directions(hs, reverse) if copy is None else copy
         if spec.dropout > 0 and spec.training and layer < layers - 1:  # never with save (the route's rule)
             rows = torch.nn.functional.dropout(rows, spec.dropout, True)
-    return rows, [finals], saved + ([tickets] if save else [])
+    return rows, finals, saved + ([tickets] if save else [])
 
 
 def stack_backward(
@@ -66,7 +73,7 @@ def stack_backward(
     layers, directions = spec.num_layers, spec.directions
     reverse = reverse_index(batch_sizes, rows.device) if directions == 2 else None
     tickets, per = saved[-1], (len(saved) - 1) // layers
-    dstate0 = torch.empty_like(state0[0]) if state0 else None
+    dstate0 = [torch.empty_like(s) for s in state0]
     bias = "bias_ih" in spec.param_names
     dweights: List[Tensor] = []
     grad, dx = grad_out, None
@@ -77,14 +84,18 @@ def stack_backward(
         at = slice(layer * directions, (layer + 1) * directions)
         # Two tensors, as each parameter's gradient must own its storage.
         db = (hs.new_empty(directions, w_hh.size(1)), hs.new_empty(directions, w_hh.size(1))) if bias else None
-        dh0 = dstate0[at] if dstate0 is not None else None
-        out = Outputs(dh=dh0, bias=db, tickets=tickets[layer] if bias else None)
-        grad_final = [grad_finals[0][at] if grad_finals[0] is not None else None]
+        starts = [d[at] for d in dstate0]
+        out = Outputs(
+            dh=starts[0] if starts else None, dc=starts[1] if len(starts) == 2 else None, bias=db,
+            tickets=tickets[layer] if bias else None,
+        )
+        finals = [g[at] if g is not None else None for g in grad_finals]
         dgi, dgh, dstate, _ = kernel.backward(
-            split_directions(grad, reverse), grad_final, mine, hs, [], activations, w_hh, kind_weights, batch_sizes, out=out,
+            split_directions(grad, reverse), finals, mine, hs, [], activations, w_hh, kind_weights, batch_sizes, out=out,
         )  # fmt: skip
-        if dh0 is not None and dstate[0] is not dh0:  # 16-bit layers: the running gradient was float32
-            dh0.copy_(dstate[0])
+        for start, got in zip(starts, dstate):
+            if got is not start:  # 16-bit layers: the running gradient was float32
+                start.copy_(got)
         inputs = per_direction(x, reverse)
         grads = {"weight_ih": torch.bmm(dgi.transpose(1, 2), inputs), "weight_hh": _hidden_weight_grad(dgh, mine, hs, batch_sizes)}
         if bias:
@@ -93,7 +104,7 @@ def stack_backward(
         if layer > 0 or input_grad:
             dx = sum_directions(torch.bmm(dgi, w_ih), reverse)
             grad = dx
-    return (dx if input_grad else None), ([dstate0] if dstate0 is not None else []), dweights
+    return (dx if input_grad else None), dstate0, dweights
 
 
 def _layer(spec, state0: List[Tensor], weights: List[Tensor], layer: int) -> Tuple[List[Tensor], List[Tensor]]:
