@@ -49,6 +49,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from recurrent.kernels.triton.resident import SHARED_LIMITS as SHARED_LIMIT  # noqa: E402
 from recurrent.kernels.triton.targets import (  # noqa: E402
     CompileTarget,
     ResidentTarget,
@@ -57,7 +58,6 @@ from recurrent.kernels.triton.targets import (  # noqa: E402
     resident_targets,
 )
 
-SHARED_LIMIT = {90: 232448, 80: 166912}  # bytes of shared memory one block may use (227 / 163 KiB)
 PTXAS_ARCH = {90: "sm_90a", 80: "sm_80"}  # Triton's sm_90 PTX targets sm_90a
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 

@@ -21,13 +21,11 @@ from .lstm_proj import lstm_proj_backward_kernel, lstm_proj_forward_kernel
 
 @triton.jit(do_not_specialize=PLAIN_ARGS)
 def lstm_forward_kernel(
-    gi_ptr, h0_ptr, c0_ptr, w_ptr, b_ptr, hs_ptr, hn_ptr, cn_ptr, if_ptr, g_ptr, o_ptr, cs_ptr, copy_ptr, tickets_ptr,
-    sizes_ptr, starts_ptr, steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed, save, has_bias, has_h0,
-    copy, sums,
+    gi_ptr, h0_ptr, c0_ptr, w_ptr, hs_ptr, hn_ptr, cn_ptr, if_ptr, g_ptr, o_ptr, cs_ptr, copy_ptr, tickets_ptr,
+    sizes_ptr, starts_ptr, steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed, save, has_h0, copy, sums,
     ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """gi (D, T, 4H) with b_ih in (and b_hh, unless ``has_bias``: then b = b_hh (D, 4H)), h0 and c0 (D, N, H;
-    zeros without ``has_h0``), w = W_hhᵀ
+    """gi (D, T, 4H) with both biases folded in, h0 and c0 (D, N, H; zeros without ``has_h0``), w = W_hhᵀ
     (D, H, 4H) by strides -> hs (D, T, H), h_n and c_n (D, N, H; c_n is also the running cell state, which
     only its own column reads), and with ``save`` if (D, T, 2H), g, o and c (D, T, H); with ``copy`` hs once
     more into ``copy``; with ``sums`` the backward's ticket counters zeroed."""
@@ -39,8 +37,7 @@ def lstm_forward_kernel(
         for j in range(0, H, BLOCK_N):
             cols, col_mask, mask = column_block(j, H, active, BLOCK_N)
             h = lstm_columns_forward(
-                prev, seen, w_d, H, stride_wk, stride_wn, gi_ptr, b_ptr + d * 4 * H, has_bias, c0_ptr, cn_ptr, if_ptr,
-                g_ptr, o_ptr, cs_ptr, save,
+                prev, seen, w_d, H, stride_wk, stride_wn, gi_ptr, c0_ptr, cn_ptr, if_ptr, g_ptr, o_ptr, cs_ptr, save,
                 state, out, cols, col_mask, mask, H, t, has_h0, ACC, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K,
             ).to(hs_ptr.dtype.element_ty)
             tl.store(hs_ptr + out[:, None] + cols[None, :], h, mask=mask)
@@ -93,8 +90,7 @@ def lstm_forward(
     gi: Tensor, state0: List[Tensor], w_hh_t: Tensor, b_hh: Optional[Tensor], kind_weights: List[Tensor],
     batch_sizes: List[int], save: bool, kernel=lstm_forward_kernel, run=None, out: Optional[common.Outputs] = None,
 ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
-    """The contract of :func:`recurrent.kernels.lstm.lstm_forward` (b_hh folded into gi, or given, unprojected
-    only): ``kind_weights`` is
+    """The contract of :func:`recurrent.kernels.lstm.lstm_forward` (b_hh folded into gi): ``kind_weights`` is
     [w_hr (D, P, H)] for a projected LSTM, whose state and outputs h then have P columns (``kernel`` and
     ``run``: another kernel of the unprojected one's arguments and its launcher, the resident one's; ``state0``
     [] for zeros and ``out``, where the whole-stack op gives the kernel more to write: unprojected only)."""
@@ -108,10 +104,9 @@ def lstm_forward(
     if not kind_weights:
         c0 = common.as_rows(state0[1]) if state0 else h0
         c_n = gi.new_empty(directions, batch, hidden) if out.c_n is None else out.c_n  # also the running cell state
-        bias = b_hh.reshape(directions, 4 * hidden).contiguous() if b_hh is not None else gi
         extra = [hs if out.copy is None else out.copy, common.tickets_or_none(out.tickets, gi.device)]
-        tensors = [gi, h0, c0, w_hh_t, bias, hs, h_n, c_n, *buffers, *extra]
-        own = (save, b_hh is not None, bool(state0), out.copy is not None, out.tickets is not None)
+        tensors = [gi, h0, c0, w_hh_t, hs, h_n, c_n, *buffers, *extra]
+        own = (save, bool(state0), out.copy is not None, out.tickets is not None)
         (run or common.launch)(kernel, tensors, w_hh_t, batch_sizes, batch, hidden, own)
     else:
         c_n = state0[1].clone(memory_format=torch.contiguous_format)  # also the running cell state

@@ -8,23 +8,17 @@ from .common import add_column_sums, gate_products, load, load_pair, sigmoid, st
 
 @triton.jit
 def lstm_columns_forward(
-    prev, active, w_d, K, stride_wk, stride_wn, gi_ptr, b_d, has_bias, c0_ptr, cn_ptr, if_ptr, g_ptr, o_ptr, cs_ptr,
-    save, state, out, cols, col_mask, mask, H, t, has_c0,
+    prev, active, w_d, K, stride_wk, stride_wn, gi_ptr, c0_ptr, cn_ptr, if_ptr, g_ptr, o_ptr, cs_ptr, save,
+    state, out, cols, col_mask, mask, H, t, has_c0,
     ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """The four gates of one column block from the previous state (K wide; ``active`` its rows read), gi and,
-    with ``has_bias``, b_hh (``b_d``: this direction's (4H,));
+    """The four gates of one column block from the previous state (K wide; ``active`` its rows read) and gi;
     updates the running cell state in c_n (read from c0 at step 0: zeros without ``has_c0``), stores the
     activations with ``save``; returns o ⊙ tanh(c')."""
     gi = gi_ptr + 4 * out[:, None] + cols[None, :]
     a_i, a_f, a_g, a_o = gate_products(
         prev, active, w_d, cols, col_mask, K, H, stride_wk, stride_wn, 4, ACC, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K,
     )
-    if has_bias:
-        a_i += load(b_d + cols, col_mask, ACC)[None, :]
-        a_f += load(b_d + H + cols, col_mask, ACC)[None, :]
-        a_g += load(b_d + 2 * H + cols, col_mask, ACC)[None, :]
-        a_o += load(b_d + 3 * H + cols, col_mask, ACC)[None, :]
     i = sigmoid(a_i + load(gi, mask, ACC))
     f = sigmoid(a_f + load(gi + H, mask, ACC))
     g = tanh(a_g + load(gi + 2 * H, mask, ACC))
@@ -75,8 +69,15 @@ def lstm_columns_backward(
     tl.store(gates + 3 * H, da_o, mask=mask)
     tl.store(dc_at, (dc * f).to(dc_ptr.dtype.element_ty), mask=mask)
     if sums:
-        for half in range(2):
-            add_column_sums(part, (4 * half) * H, cols, col_mask, da_i)
-            add_column_sums(part, (4 * half + 1) * H, cols, col_mask, da_f)
-            add_column_sums(part, (4 * half + 2) * H, cols, col_mask, da_g)
-            add_column_sums(part, (4 * half + 3) * H, cols, col_mask, da_o)
+        lstm_bias_sums(part, cols, col_mask, H, da_i, da_f, da_g, da_o)
+
+
+@triton.jit
+def lstm_bias_sums(part, cols, col_mask, H, da_i, da_f, da_g, da_o):
+    """Adds a tile's gate-gradient column sums to a partial row laid out as [db_ih | db_hh], the two the same
+    (b_hh is folded into gi)."""
+    for half in range(2):
+        add_column_sums(part, (4 * half) * H, cols, col_mask, da_i)
+        add_column_sums(part, (4 * half + 1) * H, cols, col_mask, da_f)
+        add_column_sums(part, (4 * half + 2) * H, cols, col_mask, da_g)
+        add_column_sums(part, (4 * half + 3) * H, cols, col_mask, da_o)

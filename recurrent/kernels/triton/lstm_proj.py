@@ -29,7 +29,7 @@ def lstm_proj_forward_kernel(
         for j in range(0, H, BLOCK_N):
             cols, col_mask, mask = column_block(j, H, active, BLOCK_N)
             u = lstm_columns_forward(
-                prev, active, w_d, P, stride_wk, stride_wn, gi_ptr, gi_ptr, False, cn_ptr, cn_ptr, if_ptr, g_ptr, o_ptr, cs_ptr, save,
+                prev, active, w_d, P, stride_wk, stride_wn, gi_ptr, cn_ptr, cn_ptr, if_ptr, g_ptr, o_ptr, cs_ptr, save,
                 state, out, cols, col_mask, mask, H, t, True, ACC, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K,
             )
             tl.store(u_ptr + state[:, None] + cols[None, :], u.to(u_ptr.dtype.element_ty), mask=mask)

@@ -27,19 +27,24 @@ from torch import Tensor
 from . import common
 from .common import (
     DTYPES, PLAIN_ARGS, dot_kind, load, load_pair, partial_row, program_rows, sigmoid, step_layout, store_pair,
-    sum_partials, tanh, zero_tickets,
+    sum_partials, tanh, zero_row, zero_tickets,
 )
+from .lstm_cell import lstm_bias_sums
 
 WARPS = 8  # 4 spill at HP = 128 (registers hold the dot operands' fragments and the running state)
 SCRATCH = 32768  # bytes of shared memory the compiler adds to the tiles (layout conversions), an upper bound
 # The widest padded hidden size per kind of dot: FMA dots (IEEE float32, float64) keep operand fragments in
-# registers, which spill beyond 64 columns; tensor-core dots are bounded by shared memory alone.
-MAX_PADDED = {"fma": 64, "tensor-core": 256}
+# registers, which spill beyond 32 columns in the backward since it sums the bias gradients (64 did before);
+# tensor-core dots are bounded by shared memory alone.
+MAX_PADDED = {"fma": 32, "tensor-core": 256}
 # A hidden size that is not a multiple of 16 masks every tile (and Triton cannot vectorize its rows), which
 # costs registers: compiled spill-free up to these padded widths (tools/triton_check.py).
 UNALIGNED_MAX_PADDED = {"fma": 32, "tensor-core": 64}
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3, "LSTM": 4}
-SHARED_LIMIT = 232448  # bytes of shared memory one block may use on sm_90 (H100/H200), what CPU runs assume
+# Bytes of shared memory one block may use (opt-in), by architecture: sm_90 (H100/H200, 227 KiB), what CPU runs
+# assume, and sm_80 (A100, 163 KiB); tools/triton_check.py checks every configuration against both.
+SHARED_LIMITS = {90: 232448, 80: 166912}
+SHARED_LIMIT = SHARED_LIMITS[90]
 
 
 def padded(hidden: int) -> int:
@@ -185,7 +190,7 @@ def rnn_backward_kernel(
             da = grad * (1.0 - h * h)
         da = da.to(da_ptr.dtype.element_ty)
         tl.store(da_ptr + at, da, mask=mask)
-        s_a += tl.sum(da.to(ACC), 0)
+        s_a += tl.sum(tl.where(mask, da.to(ACC), 0.0), 0)  # ended rows (packed) carry dh, not gradients
         dh = tl.where(mask, times(da, w, ACC, PRECISION), dh)
     tl.store(dh_ptr + state[:, None] + cols[None, :], dh, mask=(rows < batch)[:, None] & (cols < H)[None, :])
     if sums:
@@ -277,10 +282,10 @@ def gru_backward_kernel(
         tl.store(dgh_ptr + gates, da_r, mask=mask)
         tl.store(dgh_ptr + gates + H, da_z, mask=mask)
         tl.store(dgh_ptr + gates + 2 * H, dgh_n, mask=mask)
-        s_r += tl.sum(da_r.to(ACC), 0)
-        s_z += tl.sum(da_z.to(ACC), 0)
-        s_n += tl.sum(da_n.to(ACC), 0)
-        s_hn += tl.sum(dgh_n.to(ACC), 0)
+        s_r += tl.sum(tl.where(mask, da_r.to(ACC), 0.0), 0)  # ended rows (packed) carry dh, not gradients
+        s_z += tl.sum(tl.where(mask, da_z.to(ACC), 0.0), 0)
+        s_n += tl.sum(tl.where(mask, da_n.to(ACC), 0.0), 0)
+        s_hn += tl.sum(tl.where(mask, dgh_n.to(ACC), 0.0), 0)
         back = times(da_r, w_r, ACC, PRECISION) + times(da_z, w_z, ACC, PRECISION) + times(dgh_n, w_n, ACC, PRECISION)
         dh = tl.where(mask, grad * z + back, dh)
     tl.store(dh_ptr + state[:, None] + cols[None, :], dh, mask=(rows < batch)[:, None] & (cols < H)[None, :])
@@ -297,13 +302,11 @@ def gru_backward_kernel(
 
 @triton.jit(do_not_specialize=PLAIN_ARGS)
 def lstm_forward_kernel(
-    gi_ptr, h0_ptr, c0_ptr, w_ptr, b_ptr, hs_ptr, hn_ptr, cn_ptr, if_ptr, g_ptr, o_ptr, cs_ptr, copy_ptr, tickets_ptr,
-    sizes_ptr, starts_ptr, steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed, save, has_bias, has_h0,
-    copy, sums,
+    gi_ptr, h0_ptr, c0_ptr, w_ptr, hs_ptr, hn_ptr, cn_ptr, if_ptr, g_ptr, o_ptr, cs_ptr, copy_ptr, tickets_ptr,
+    sizes_ptr, starts_ptr, steps, batch, rows_total, H, stride_wd, stride_wk, stride_wn, packed, save, has_h0, copy, sums,
     ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr,
 ):
-    """:func:`recurrent.cells.lstm_step` over the sequence: gi (D, T, 4H) with b_ih in (and b_hh, unless
-    ``has_bias``: b = b_hh (D, 4H)), h0 and c0
+    """:func:`recurrent.cells.lstm_step` over the sequence: gi (D, T, 4H) with both biases in, h0 and c0
     (D, N, H), w = W_hhᵀ (D, H, 4H) -> hs, h_n, c_n, and with ``save`` if (D, T, 2H), g, o and c (D, T, H)
     (the persistent kernel's flags: ``has_h0``, ``copy``, ``sums``)."""
     d, rows, seq, w_d, state = program_rows(w_ptr, stride_wd, batch, rows_total, H, BLOCK_B)
@@ -313,20 +316,16 @@ def lstm_forward_kernel(
     w_f = weight_tile(w_d, 0, H, H, stride_wk, stride_wn, HP)
     w_g = weight_tile(w_d, 0, 2 * H, H, stride_wk, stride_wn, HP)
     w_o = weight_tile(w_d, 0, 3 * H, H, stride_wk, stride_wn, HP)
-    b_i = bias_row(b_ptr, d, 0, H, has_bias, cols, ACC, 4)
-    b_f = bias_row(b_ptr, d, 1, H, has_bias, cols, ACC, 4)
-    b_g = bias_row(b_ptr, d, 2, H, has_bias, cols, ACC, 4)
-    b_o = bias_row(b_ptr, d, 3, H, has_bias, cols, ACC, 4)
     h = running(h0_ptr, state, cols, (rows < batch) & has_h0, H, ACC)
     c = running(c0_ptr, state, cols, (rows < batch) & has_h0, H, ACC)
     for t in range(steps):
         active, prev, out = step_layout(t, rows, batch, sizes_ptr, starts_ptr, packed, h0_ptr, hs_ptr, state, seq, H)
         mask = active[:, None] & (cols < H)[None, :]
         gi = gi_ptr + 4 * out[:, None] + cols[None, :]
-        i = sigmoid(times(h, w_i, ACC, PRECISION) + b_i + load(gi, mask, ACC))
-        f = sigmoid(times(h, w_f, ACC, PRECISION) + b_f + load(gi + H, mask, ACC))
-        g = tanh(times(h, w_g, ACC, PRECISION) + b_g + load(gi + 2 * H, mask, ACC))
-        o = sigmoid(times(h, w_o, ACC, PRECISION) + b_o + load(gi + 3 * H, mask, ACC))
+        i = sigmoid(times(h, w_i, ACC, PRECISION) + load(gi, mask, ACC))
+        f = sigmoid(times(h, w_f, ACC, PRECISION) + load(gi + H, mask, ACC))
+        g = tanh(times(h, w_g, ACC, PRECISION) + load(gi + 2 * H, mask, ACC))
+        o = sigmoid(times(h, w_o, ACC, PRECISION) + load(gi + 3 * H, mask, ACC))
         c_new = f * c + i * g
         new = (o * tanh(c_new)).to(hs_ptr.dtype.element_ty)
         tl.store(hs_ptr + out[:, None] + cols[None, :], new, mask=mask)
@@ -364,10 +363,12 @@ def lstm_backward_kernel(
     w_o = weight_tile(w_d, 3 * H, 0, H, stride_wk, stride_wn, HP)
     dh = running(dhn_ptr, state, cols, (rows < batch) & has_dhn, H, ACC)
     dc = running(dcn_ptr, state, cols, (rows < batch) & has_dcn, H, ACC)
-    s_i = tl.zeros((HP,), ACC)
-    s_f = tl.zeros((HP,), ACC)
-    s_g = tl.zeros((HP,), ACC)
-    s_o = tl.zeros((HP,), ACC)
+    # The bias sums go to this program's partial row step by step: four running sums in registers spilled
+    # (FMA dots at HP 64, 16-bit at HP 128); the barrier orders one step's writes before the next's reads.
+    part = partial_row(part_ptr, 8 * H)
+    if sums:
+        zero_row(part, 8 * H, HP)
+        tl.debug_barrier()
     for step in range(steps):
         t = steps - 1 - step
         active, c_prev_rows, out = step_layout(t, rows, batch, sizes_ptr, starts_ptr, packed, c0_ptr, cs_ptr, state, seq, H)
@@ -391,10 +392,9 @@ def lstm_backward_kernel(
         tl.store(gates + H, da_f, mask=mask)
         tl.store(gates + 2 * H, da_g, mask=mask)
         tl.store(gates + 3 * H, da_o, mask=mask)
-        s_i += tl.sum(da_i.to(ACC), 0)
-        s_f += tl.sum(da_f.to(ACC), 0)
-        s_g += tl.sum(da_g.to(ACC), 0)
-        s_o += tl.sum(da_o.to(ACC), 0)
+        if sums:  # (ended rows' gate gradients are zeros: their gates were read as zeros)
+            lstm_bias_sums(part, cols, cols < H, H, da_i, da_f, da_g, da_o)
+            tl.debug_barrier()
         back = times(da_i, w_i, ACC, PRECISION) + times(da_f, w_f, ACC, PRECISION)
         back += times(da_g, w_g, ACC, PRECISION) + times(da_o, w_o, ACC, PRECISION)
         dh = tl.where(mask, back, dh)
@@ -403,11 +403,5 @@ def lstm_backward_kernel(
     tl.store(dh_ptr + state[:, None] + cols[None, :], dh, mask=final)
     tl.store(dc_ptr + state[:, None] + cols[None, :], dc, mask=final)
     if sums:
-        part = partial_row(part_ptr, 8 * H)
-        for half in range(2):
-            store_sum(part, (4 * half) * H, cols, H, s_i)
-            store_sum(part, (4 * half + 1) * H, cols, H, s_f)
-            store_sum(part, (4 * half + 2) * H, cols, H, s_g)
-            store_sum(part, (4 * half + 3) * H, cols, H, s_o)
         sum_partials(part_ptr, dbi_ptr, dbh_ptr, tickets_ptr, 8 * H, HP)
 

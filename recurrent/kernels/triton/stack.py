@@ -9,8 +9,8 @@ and the weight (and input) gradient products backward. Nothing else is launched 
   tensor of zeros);
 - the last layer's forward writes the caller's output a second time (what the caller may change in place
   stays apart from what the backward reads);
-- the kernels add b_hh themselves (no sum of the two biases per call), and the backward kernel sums the bias
-  gradients (:func:`.common.sum_partials`).
+- the RNN and GRU kernels add b_hh themselves (no sum of the two biases per call; the LSTM's take the sum), and
+  the backward kernel sums the bias gradients (:func:`.common.sum_partials`).
 
 Two directions add the reversal of each layer's input and the joining of its outputs, as the layer path does.
 """
@@ -43,8 +43,10 @@ def stack_forward(
     saved: List[Tensor] = []
     for layer in range(layers):
         mine, params = _layer(spec, state0, weights, layer)
-        # The kernels add b_hh themselves: no sum of the biases per call (the RNN's are folded elsewhere).
-        w_ih, w_hh, b_ih, b_hh, kind_weights = stack_weights(params, directions, spec.param_names, False)
+        # The RNN and GRU kernels add b_hh themselves (no sum of the biases per call); the LSTM's, whose four
+        # bias rows spilled registers, take them folded into gi.
+        fold = spec.fold_bias and states == 2
+        w_ih, w_hh, b_ih, b_hh, kind_weights = stack_weights(params, directions, spec.param_names, fold)
         gi = rows_linear(per_direction(rows, reverse), w_ih, b_ih, False)
         # The caller's output is hs itself, except where the backward reads hs: then a copy the kernel writes
         # (a tensor of its own: autograd lets a caller modify it in place).

@@ -46,7 +46,7 @@ RESIDENT_KERNELS = [  # (name, kernel, its own compile-time constants, the mode 
 ACCUMULATOR_POINTERS = {"dh_ptr", "dc_ptr", "dp_ptr", "ds0_ptr", "ds1_ptr", "part_ptr"}
 INT_POINTERS = {"sizes_ptr", "starts_ptr", "tickets_ptr"}
 # Python bools at launch: Triton passes them as i1
-FLAGS = {"has_bias", "save", "packed", "has_h0", "has_dhn", "copy", "sums"}
+FLAGS = {"has_bias", "save", "packed", "has_h0", "has_dhn", "has_dcn", "copy", "sums"}
 POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64"}
 # Strides that the launchers make 1 (common.unit_stride), which Triton then compiles in as constants.
 UNIT_STRIDES = {"forward": ("stride_wk", "stride_rk"), "backward": ("stride_wn", "stride_rn")}
