@@ -190,7 +190,7 @@ def rnn_backward_kernel(
             da = grad * (1.0 - h * h)
         da = da.to(da_ptr.dtype.element_ty)
         tl.store(da_ptr + at, da, mask=mask)
-        s_a += tl.sum(tl.where(mask, da.to(ACC), 0.0), 0)  # ended rows (packed) carry dh, not gradients
+        s_a += column_sum(da, mask, ACC)
         dh = tl.where(mask, times(da, w, ACC, PRECISION), dh)
     tl.store(dh_ptr + state[:, None] + cols[None, :], dh, mask=(rows < batch)[:, None] & (cols < H)[None, :])
     if sums:
@@ -253,8 +253,7 @@ def gru_backward_kernel(
     with ``sums`` the bias gradients, db (D, 2, 3H) laid out as the persistent kernel's."""
     d, rows, seq, w_d, state = program_rows(w_ptr, stride_wd, batch, rows_total, H, BLOCK_B)
     cols = tl.arange(0, HP)
-    w_r = weight_tile(w_d, 0, 0, H, stride_wk, stride_wn, HP)
-    w_z = weight_tile(w_d, H, 0, H, stride_wk, stride_wn, HP)
+    w_r, w_z = weight_tile(w_d, 0, 0, H, stride_wk, stride_wn, HP), weight_tile(w_d, H, 0, H, stride_wk, stride_wn, HP)
     w_n = weight_tile(w_d, 2 * H, 0, H, stride_wk, stride_wn, HP)
     dh = running(dhn_ptr, state, cols, (rows < batch) & has_dhn, H, ACC)
     s_r = tl.zeros((HP,), ACC)
@@ -276,28 +275,37 @@ def gru_backward_kernel(
         da_r = (da_n.to(ACC) * load(ghn_ptr + at, mask, ACC) * r * (1.0 - r)).to(ty)
         dgh_n = (da_n.to(ACC) * r).to(ty)
         gates = 3 * out[:, None] + cols[None, :]
-        tl.store(dgi_ptr + gates, da_r, mask=mask)
-        tl.store(dgi_ptr + gates + H, da_z, mask=mask)
-        tl.store(dgi_ptr + gates + 2 * H, da_n, mask=mask)
-        tl.store(dgh_ptr + gates, da_r, mask=mask)
-        tl.store(dgh_ptr + gates + H, da_z, mask=mask)
-        tl.store(dgh_ptr + gates + 2 * H, dgh_n, mask=mask)
-        s_r += tl.sum(tl.where(mask, da_r.to(ACC), 0.0), 0)  # ended rows (packed) carry dh, not gradients
-        s_z += tl.sum(tl.where(mask, da_z.to(ACC), 0.0), 0)
-        s_n += tl.sum(tl.where(mask, da_n.to(ACC), 0.0), 0)
-        s_hn += tl.sum(tl.where(mask, dgh_n.to(ACC), 0.0), 0)
+        store_gates(dgi_ptr + gates, H, da_r, da_z, da_n, mask)
+        store_gates(dgh_ptr + gates, H, da_r, da_z, dgh_n, mask)
+        s_r += column_sum(da_r, mask, ACC)
+        s_z += column_sum(da_z, mask, ACC)
+        s_n += column_sum(da_n, mask, ACC)
+        s_hn += column_sum(dgh_n, mask, ACC)
         back = times(da_r, w_r, ACC, PRECISION) + times(da_z, w_z, ACC, PRECISION) + times(dgh_n, w_n, ACC, PRECISION)
         dh = tl.where(mask, grad * z + back, dh)
     tl.store(dh_ptr + state[:, None] + cols[None, :], dh, mask=(rows < batch)[:, None] & (cols < H)[None, :])
     if sums:
         part = partial_row(part_ptr, 6 * H)
-        store_sum(part, 0, cols, H, s_r)
-        store_sum(part, H, cols, H, s_z)
+        for half in range(2):  # [db_ih | db_hh]: r and z the same, n from dgi, then from dgh
+            store_sum(part, 3 * half * H, cols, H, s_r)
+            store_sum(part, (3 * half + 1) * H, cols, H, s_z)
         store_sum(part, 2 * H, cols, H, s_n)
-        store_sum(part, 3 * H, cols, H, s_r)
-        store_sum(part, 4 * H, cols, H, s_z)
         store_sum(part, 5 * H, cols, H, s_hn)
         sum_partials(part_ptr, dbi_ptr, dbh_ptr, tickets_ptr, 6 * H, HP)
+
+
+@triton.jit
+def store_gates(ptr, H, first, second, third, mask):
+    """Three gates' tiles side by side, H apart (the GRU's r, z, n)."""
+    tl.store(ptr, first, mask=mask)
+    tl.store(ptr + H, second, mask=mask)
+    tl.store(ptr + 2 * H, third, mask=mask)
+
+
+@triton.jit
+def column_sum(tile, mask, ACC: tl.constexpr):
+    """A gate-gradient tile's column sums over the rows that ran (ended rows carry dh, not gradients)."""
+    return tl.sum(tl.where(mask, tile.to(ACC), 0.0), 0)
 
 
 @triton.jit(do_not_specialize=PLAIN_ARGS)
@@ -352,19 +360,15 @@ def lstm_backward_kernel(
     ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr,
 ):
     """Time in reverse, w = W_hh (D, 4H, H); dh_n and dc_n in (``dhn``, ``dcn``; zeros without ``has_dhn``,
-    ``has_dcn``), dh0 and dc0 out (``dh``, ``dc``); with ``sums`` the bias gradients (both Σ dgates).
-    Per step (:func:`.lstm_cell.lstm_columns_backward`'s formulas, every column at once): the four gate
-    gradients (stored), dc ← dc' f and dh ← dgates W_hh."""
+    ``has_dcn``), dh0 and dc0 out; with ``sums`` the bias gradients. Per step (the formulas of :func:`.lstm_cell.
+    lstm_columns_backward`, every column at once): the four gate gradients, dc ← dc' f and dh ← dgates W_hh."""
     d, rows, seq, w_d, state = program_rows(w_ptr, stride_wd, batch, rows_total, H, BLOCK_B)
     cols = tl.arange(0, HP)
-    w_i = weight_tile(w_d, 0, 0, H, stride_wk, stride_wn, HP)
-    w_f = weight_tile(w_d, H, 0, H, stride_wk, stride_wn, HP)
-    w_g = weight_tile(w_d, 2 * H, 0, H, stride_wk, stride_wn, HP)
-    w_o = weight_tile(w_d, 3 * H, 0, H, stride_wk, stride_wn, HP)
+    w_i, w_f = weight_tile(w_d, 0, 0, H, stride_wk, stride_wn, HP), weight_tile(w_d, H, 0, H, stride_wk, stride_wn, HP)
+    w_g, w_o = weight_tile(w_d, 2 * H, 0, H, stride_wk, stride_wn, HP), weight_tile(w_d, 3 * H, 0, H, stride_wk, stride_wn, HP)
     dh = running(dhn_ptr, state, cols, (rows < batch) & has_dhn, H, ACC)
     dc = running(dcn_ptr, state, cols, (rows < batch) & has_dcn, H, ACC)
-    # The bias sums go to this program's partial row step by step: four running sums in registers spilled
-    # (FMA dots at HP 64, 16-bit at HP 128); the barrier orders one step's writes before the next's reads.
+    # Bias sums step by step into the partial row (four running sums spilled); barriers order its reads and writes.
     part = partial_row(part_ptr, 8 * H)
     if sums:
         zero_row(part, 8 * H, HP)
@@ -373,32 +377,27 @@ def lstm_backward_kernel(
         t = steps - 1 - step
         active, c_prev_rows, out = step_layout(t, rows, batch, sizes_ptr, starts_ptr, packed, c0_ptr, cs_ptr, state, seq, H)
         mask = active[:, None] & (cols < H)[None, :]
-        seen = mask & ((t > 0) | has_h0)
         at = out[:, None] + cols[None, :]
         du = dh + load(grad_hs_ptr + at, mask, ACC)
         i, f = load_pair(if_ptr, out, cols, H, mask, ACC)
-        g = load(g_ptr + at, mask, ACC)
-        o = load(o_ptr + at, mask, ACC)
+        g, o = load(g_ptr + at, mask, ACC), load(o_ptr + at, mask, ACC)
         tanh_c = tanh(load(cs_ptr + at, mask, ACC))
         dc_t = dc + du * o * (1.0 - tanh_c * tanh_c)
-        c_prev = load(c_prev_rows[:, None] + cols[None, :], seen, ACC)
+        c_prev = load(c_prev_rows[:, None] + cols[None, :], mask & ((t > 0) | has_h0), ACC)
         ty = dgates_ptr.dtype.element_ty
         da_i = (dc_t * g * i * (1.0 - i)).to(ty)
         da_f = (dc_t * c_prev * f * (1.0 - f)).to(ty)
         da_g = (dc_t * i * (1.0 - g * g)).to(ty)
         da_o = (du * tanh_c * o * (1.0 - o)).to(ty)
         gates = dgates_ptr + 4 * out[:, None] + cols[None, :]
-        tl.store(gates, da_i, mask=mask)
-        tl.store(gates + H, da_f, mask=mask)
-        tl.store(gates + 2 * H, da_g, mask=mask)
+        store_gates(gates, H, da_i, da_f, da_g, mask)
         tl.store(gates + 3 * H, da_o, mask=mask)
         if sums:  # (ended rows' gate gradients are zeros: their gates were read as zeros)
             lstm_bias_sums(part, cols, cols < H, H, da_i, da_f, da_g, da_o)
             tl.debug_barrier()
         back = times(da_i, w_i, ACC, PRECISION) + times(da_f, w_f, ACC, PRECISION)
         back += times(da_g, w_g, ACC, PRECISION) + times(da_o, w_o, ACC, PRECISION)
-        dh = tl.where(mask, back, dh)
-        dc = tl.where(mask, dc_t * f, dc)
+        dh, dc = tl.where(mask, back, dh), tl.where(mask, dc_t * f, dc)
     final = (rows < batch)[:, None] & (cols < H)[None, :]
     tl.store(dh_ptr + state[:, None] + cols[None, :], dh, mask=final)
     tl.store(dc_ptr + state[:, None] + cols[None, :], dc, mask=final)
