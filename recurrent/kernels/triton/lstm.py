@@ -130,9 +130,9 @@ def lstm_backward(
     w_hh = common.unit_stride(w_hh, 2)
     if not kind_weights:
         out = out or common.Outputs()
-        h0 = state0[1] if state0 else None
-        ends = common.backward_buffers(grad_finals[0], h0, hs, batch_sizes[0], 8, out)
-        cell = common.backward_buffers(grad_finals[1], h0, hs, batch_sizes[0], 8, common.Outputs(dh=out.dc))
+        c0 = state0[1] if state0 else None  # the kernel's first state: it reads c0, not h0
+        ends = common.backward_buffers(grad_finals[0], c0, hs, batch_sizes[0], 8, out)
+        cell = common.backward_buffers(grad_finals[1], c0, hs, batch_sizes[0], 8, common.Outputs(dh=out.dc))
         rows = [common.as_rows(t) for t in [grad_hs, ends.h0, *saved]]
         tensors = [*rows, w_hh, dgates, ends.dhn, cell.dhn, ends.dh, cell.dh, ends.part, ends.dbi, ends.dbh, ends.tickets]
         own = (bool(state0), grad_finals[0] is not None, grad_finals[1] is not None, out.tickets is not None)

@@ -110,7 +110,8 @@ def stack_backward(
 
 
 def _layer(spec, state0: List[Tensor], weights: List[Tensor], layer: int) -> Tuple[List[Tensor], List[Tensor]]:
-    """Layer ``layer``'s initial states ([] for zeros) and parameters, cut out of the stack's."""
+    """Layer ``layer``'s initial states ([] for zeros) and parameters, cut out of the stack's: the twin of
+    :func:`recurrent.kernels.stack.layer_inputs`, which a backend may not import (tests/project/test_imports.py)."""
     per_layer = len(weights) // spec.num_layers
     mine = [s[layer * spec.directions : (layer + 1) * spec.directions] for s in state0]
     return mine, weights[layer * per_layer : (layer + 1) * per_layer]
